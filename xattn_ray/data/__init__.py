@@ -1,0 +1,1 @@
+"""Data: parallel corpora, the synthetic language family, bilingual dictionaries, downloads."""
