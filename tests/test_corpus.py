@@ -1,0 +1,155 @@
+"""Reading, validating, slicing and cleaning parallel corpora; every error names the file (and line)."""
+
+import gzip
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA, requires_multi30k
+from xattn_ray.config import FilterConfig, TrainingSlice, load_experiment
+from xattn_ray.data.corpus import ParallelText, clean_training_pairs, read_lines, read_parallel, slice_lines
+from xattn_ray.data.run_data import experiment_runs, load_run_data, run_name
+from xattn_ray.errors import DataError
+
+
+def test_reads_plain_and_gzip_identically_without_terminators(tmp_path):
+    text = "un chat\r\ndeux chiens\nle\u2028mot\n"  # U+2028 must not split a line
+    (tmp_path / "a.txt").write_bytes(text.encode())
+    with gzip.open(tmp_path / "a.txt.gz", "wb") as f:
+        f.write(text.encode())
+    expected = ["un chat", "deux chiens", "le\u2028mot"]
+    assert read_lines(tmp_path / "a.txt") == expected
+    assert read_lines(tmp_path / "a.txt.gz") == expected
+
+
+def test_last_line_without_newline_is_kept(tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo")
+    assert read_lines(tmp_path / "a.txt") == ["one", "two"]
+
+
+def test_rewritten_file_is_read_again(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("one\n")
+    assert read_lines(path) == ["one"]
+    path.write_text("one\ntwo and more\n")
+    assert read_lines(path) == ["one", "two and more"]
+
+
+def test_invalid_utf8_names_file_line_and_byte(tmp_path):
+    path = tmp_path / "bad.fr"
+    path.write_bytes(b"bonjour\nca va\nd\xc3j\xe0 vu\n")
+    with pytest.raises(DataError) as info:
+        read_lines(path)
+    assert str(info.value).startswith(f"{path}:3: invalid UTF-8 at byte 1 of the line")
+
+
+def test_missing_file_and_bad_gzip(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.fr: file not found"):
+        read_lines(tmp_path / "nope.fr")
+    (tmp_path / "fake.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"fake\.gz: not a valid gzip file"):
+        read_lines(tmp_path / "fake.gz")
+
+
+def test_unequal_line_counts_name_both_files_and_counts(tmp_path):
+    (tmp_path / "t.fr").write_text("a\nb\nc\n")
+    (tmp_path / "t.en").write_text("a\nb\n")
+    with pytest.raises(DataError) as info:
+        read_parallel(tmp_path / "t.fr", tmp_path / "t.en")
+    assert f"{tmp_path / 't.fr'} has 3 lines but {tmp_path / 't.en'} has 2" in str(info.value)
+
+
+def test_empty_split(tmp_path):
+    (tmp_path / "t.fr").write_text("")
+    (tmp_path / "t.en").write_text("")
+    with pytest.raises(DataError, match=r"t\.fr: empty split"):
+        read_parallel(tmp_path / "t.fr", tmp_path / "t.en")
+
+
+def test_slices_and_sizes():
+    text = ParallelText([f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)], origin="x")
+    part = slice_lines(text, TrainingSlice(lines=(4, 9), size=3))
+    assert part.src == ["s4", "s5", "s6"] and part.tgt == ["t4", "t5", "t6"]
+    assert slice_lines(text, TrainingSlice()).src == text.src
+    with pytest.raises(DataError, match=r"slice \[5, 11\) goes past the split's 10 lines"):
+        slice_lines(text, TrainingSlice(lines=(5, 11)))
+    with pytest.raises(DataError, match=r"size 6 is more than the 5 lines of slice \[5, 10\)"):
+        slice_lines(text, TrainingSlice(lines=(5, 10), size=6))
+
+
+def test_cleaning_drops_pairs_and_counts_each_rule():
+    src = ["a b", "  ", "c", "d e f g h i j k", "x", "one two"]
+    tgt = ["A B", "X", "", "D", "Y", "ONE TWO THREE FOUR FIVE SIX"]
+    cleaned, report = clean_training_pairs(ParallelText(src, tgt, "x"),
+                                           FilterConfig(max_tokens=5, max_length_ratio=2.0))
+    assert cleaned.src == ["a b", "x"] and cleaned.tgt == ["A B", "Y"]
+    # "d e f g h i j k" (8 tokens) is too long; so is "one two" against six tokens (6 > 5).
+    assert (report.kept, report.empty, report.too_long, report.bad_ratio) == (2, 2, 2, 0)
+    _, ratio_report = clean_training_pairs(ParallelText(["a", "b c d"], ["A", "B"], "x"),
+                                           FilterConfig(max_tokens=None, max_length_ratio=2.0))
+    assert (ratio_report.kept, ratio_report.bad_ratio) == (1, 1)
+    with pytest.raises(DataError, match="no training pairs left after cleaning"):
+        clean_training_pairs(ParallelText([""], ["x"], "x"), FilterConfig())
+
+
+def write_corpus(root: Path, lines: dict[str, dict[str, list[str]]]) -> None:
+    for split, by_lang in lines.items():
+        for lang, sentences in by_lang.items():
+            (root / f"{split}.{lang}").write_text("".join(s + "\n" for s in sentences))
+
+
+EXPERIMENT = """\
+name: toy
+corpora:
+  toy:
+    languages: [fr, en]
+    train: data/train.{lang}
+    valid: data/valid.{lang}
+    test:
+      t1: data/test.{lang}
+parents: [{name: fr-en, pair: fr-en, corpus: toy, lines: [0, 4]}]
+children: [{pair: en-fr, parent: fr-en, lines: [4, 6]}]
+"""
+
+
+def test_run_data_cleans_training_but_never_test_data(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_corpus(data, {
+        "train": {"fr": ["a", "", "c", "d", "e", "f"], "en": ["A", "B", "C", "D", "E", "F"]},
+        "valid": {"fr": ["v"], "en": ["V"]},
+        "test": {"fr": ["  spaced  ", ""], "en": ["x", "y"]},
+    })
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    experiment = load_experiment(tmp_path / "exp.yaml")
+    parent, child = experiment_runs(experiment)
+    parent_data = load_run_data(experiment, parent, tmp_path / "cache")
+    assert parent_data.train.src == ["a", "c", "d"] and parent_data.cleaning.empty == 1
+    assert parent_data.tests["t1"].src == ["  spaced  ", ""]  # untouched
+    child_data = load_run_data(experiment, child, tmp_path / "cache")
+    assert child_data.train.src == ["E", "F"] and child_data.train.tgt == ["e", "f"]
+    assert run_name(child) == "en-fr"
+
+
+def test_run_data_reports_a_misaligned_file(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_corpus(data, {"train": {"fr": ["a"] * 6, "en": ["A"] * 5}, "valid": {"fr": ["v"], "en": ["V"]},
+                        "test": {"fr": ["x"], "en": ["y"]}})
+    (tmp_path / "exp.yaml").write_text(EXPERIMENT)
+    experiment = load_experiment(tmp_path / "exp.yaml")
+    with pytest.raises(DataError, match=r"train\.fr has 6 lines but .*train\.en has 5"):
+        load_run_data(experiment, experiment.parents[0], tmp_path / "cache")
+
+
+@requires_multi30k
+def test_multi30k_parent_and_child_slices_are_disjoint():
+    experiment = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "multi30k.yaml")
+    cache = Path("/nonexistent-cache")  # file corpora never touch the cache
+    parent = load_run_data(experiment, experiment.parents[0], cache)
+    child = load_run_data(experiment, experiment.children[0], cache)
+    assert len(parent.train) + parent.cleaning.empty + parent.cleaning.too_long + parent.cleaning.bad_ratio == 20000
+    assert len(child.train) <= 9000 and str(child.pair) == "de-en"
+    english = read_lines(SHARED_DATA / "multi30k" / "train.en.gz")
+    assert child.train.tgt[0] == english[20000] and parent.train.tgt[0] == english[0]
+    assert len(parent.tests["flickr2016"]) == 1000 and len(parent.valid) == 1014

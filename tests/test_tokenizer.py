@@ -1,0 +1,271 @@
+"""Per-language SentencePiece tokenizers: special ids, round trips, the cache, `auto` vocabulary size."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import io
+import itertools
+import multiprocessing
+import random
+from pathlib import Path
+
+import pytest
+
+from xattn_ray import tokenizer as tokenizer_module
+from xattn_ray.errors import ConfigError, DataError
+from xattn_ray.schema import Invalid, build, load_yaml
+from xattn_ray.tokenizer import (AUTO_VOCAB_SIZE_CANDIDATES, BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer,
+                                 TokenizerOptions, choose_vocab_size, starts_word, train_tokenizer)
+
+MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+
+ODD_LINES = [
+    "Un garçon à vélo, près d'une église.",
+    "Ein Mädchen isst ein Brötchen.",
+    "Déjà vu 😀 in Tōkyō (東京) — ½ “quoted” text!",
+    "tab\tinside and a non-breaking\u00a0space",
+]
+
+
+def synthetic_text(seed: int, num_lines: int = 1500) -> list[str]:
+    """Sentences of made-up words built from a few syllables, so BPE has much to merge."""
+    rng = random.Random(seed)
+    syllables = ["ka", "to", "mi", "ra", "su", "ne", "lo", "pi", "da", "ve", "or", "an", "el", "qu"]
+    words = ["".join(rng.choices(syllables, k=rng.randint(1, 4))) for _ in range(600)]
+    weights = [1 / rank for rank in range(1, len(words) + 1)]  # Zipf-like, as in real text
+    return [" ".join(rng.choices(words, weights, k=rng.randint(4, 15))).capitalize() + "."
+            for _ in range(num_lines)]
+
+
+def model_files(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.glob("*.model"))
+
+
+def test_special_ids_are_the_same_in_every_model(tmp_path: Path) -> None:
+    french = train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=400), tmp_path)
+    german = train_tokenizer("de", synthetic_text(2), TokenizerOptions(vocab_size=700), tmp_path)
+    assert (PAD_ID, BOS_ID, EOS_ID, UNK_ID) == (0, 1, 2, 3)
+    for tokenizer, size in ((french, 400), (german, 700)):
+        assert tokenizer.vocab_size == size == len(tokenizer.pieces())
+        assert tokenizer.pieces()[:4] == ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def test_round_trip_restores_text_with_unseen_characters(tmp_path: Path) -> None:
+    options = TokenizerOptions(vocab_size=500, byte_fallback=True)
+    tokenizer = train_tokenizer("fr", synthetic_text(1), options, tmp_path)
+    encoded = tokenizer.encode(ODD_LINES)
+    assert tokenizer.decode(encoded) == ODD_LINES
+    emoji_pieces = [tokenizer.pieces()[i] for i in tokenizer.encode(["😀"])[0]]
+    assert emoji_pieces[-4:] == ["<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]  # byte fallback, no <unk>
+    assert UNK_ID not in itertools.chain.from_iterable(encoded)
+
+
+def test_without_byte_fallback_unseen_characters_are_unknown(tmp_path: Path) -> None:
+    tokenizer = train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=500), tmp_path)
+    assert not any(piece.startswith("<0x") for piece in tokenizer.pieces())
+    assert UNK_ID in tokenizer.encode(["😀"])[0]
+
+
+def test_round_trip_collapses_runs_of_spaces(tmp_path: Path) -> None:
+    tokenizer = train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=500), tmp_path)
+    assert tokenizer.decode(tokenizer.encode(["  Kato   mira  "])) == ["Kato mira"]
+
+
+def test_decode_stops_at_eos_and_ignores_pad_and_bos(tmp_path: Path) -> None:
+    tokenizer = train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=500), tmp_path)
+    first, second = tokenizer.encode(["Kato mira.", "Sune lo."])
+    batch = [
+        [BOS_ID, *first, EOS_ID, *second, PAD_ID],
+        [BOS_ID, *second, EOS_ID, PAD_ID, PAD_ID, PAD_ID],
+        [PAD_ID, *first],  # no EOS: read to the end
+        [EOS_ID, *first],
+    ]
+    assert tokenizer.decode(batch) == ["Kato mira.", "Sune lo.", "Kato mira.", ""]
+    assert tokenizer.decode([]) == []
+    assert BOS_ID not in first and EOS_ID not in first  # encode adds no specials
+
+
+def test_pieces_mark_word_starts(tmp_path: Path) -> None:
+    tokenizer = train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=500), tmp_path)
+    pieces = [tokenizer.pieces()[i] for i in tokenizer.encode(["Kato mirasune"])[0]]
+    assert starts_word(pieces[0]) and starts_word("▁mi") and not starts_word("ne")
+    assert sum(starts_word(piece) for piece in pieces) == 2
+
+
+def test_second_call_reuses_the_cached_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text, options = synthetic_text(1), TokenizerOptions(vocab_size=500)
+    first = train_tokenizer("fr", text, options, tmp_path)
+    (model_file,) = model_files(tmp_path)
+    before = model_file.stat()
+
+    def must_not_train(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("trained again despite a cached model")
+
+    monkeypatch.setattr(tokenizer_module, "_train_model", must_not_train)
+    second = train_tokenizer("fr", text, options, tmp_path)
+    after = model_file.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert second.to_bytes() == first.to_bytes()
+
+
+def test_other_options_or_text_make_other_cache_entries(tmp_path: Path) -> None:
+    text = synthetic_text(1)
+    train_tokenizer("fr", text, TokenizerOptions(vocab_size=500), tmp_path)
+    train_tokenizer("fr", text, TokenizerOptions(vocab_size=600), tmp_path)
+    train_tokenizer("fr", text[:-1], TokenizerOptions(vocab_size=500), tmp_path)
+    train_tokenizer("de", text, TokenizerOptions(vocab_size=500), tmp_path)
+    assert len(model_files(tmp_path)) == 4
+    assert len(list(tmp_path.glob("*.json"))) == 4
+
+
+def _train_after_barrier(cache_dir: Path, barrier: multiprocessing.synchronize.Barrier,
+                         results: multiprocessing.Queue) -> None:
+    text = frequent_chars_and_rare_pairs()
+    barrier.wait()  # all processes ask at the same moment
+    results.put(train_tokenizer("fr", text, TokenizerOptions(), cache_dir).to_bytes()["model"])
+
+
+def test_concurrent_processes_share_one_training(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(4), context.Queue()
+    workers = [context.Process(target=_train_after_barrier, args=(tmp_path, barrier, results))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    models = [results.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert len(set(models)) == 1
+    (model_file,) = model_files(tmp_path)
+    assert model_file.read_bytes() == models[0]
+    assert sorted(path.suffix for path in tmp_path.iterdir()) == [".json", ".lock", ".model"]
+
+
+def test_training_is_deterministic(tmp_path: Path) -> None:
+    text = synthetic_text(1)
+    first = train_tokenizer("fr", text, TokenizerOptions(vocab_size=600), tmp_path / "one")
+    second = train_tokenizer("fr", text, TokenizerOptions(vocab_size=600), tmp_path / "two")
+    assert first.to_bytes() == second.to_bytes()
+
+
+def test_max_sentences_trains_on_an_even_sample(tmp_path: Path) -> None:
+    text = synthetic_text(1, num_lines=3000)
+    tokenizer = train_tokenizer("fr", text, TokenizerOptions(vocab_size=500, max_sentences=1000), tmp_path)
+    assert tokenizer.metadata["num_sentences"] == 3000
+    assert tokenizer.metadata["num_training_sentences"] == 1000
+
+
+def test_serialised_tokenizer_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    tokenizer = train_tokenizer("zh", frequent_chars_and_rare_pairs(), TokenizerOptions(), tmp_path)
+    buffer = io.BytesIO()
+    torch.save({"tokenizers": {"zh": tokenizer.to_bytes()}}, buffer)
+    buffer.seek(0)
+    restored = Tokenizer.from_bytes(torch.load(buffer, weights_only=True)["tokenizers"]["zh"])
+    assert restored.language == "zh"
+    assert restored.metadata == tokenizer.metadata
+    assert restored.vocab_size == tokenizer.vocab_size
+    assert restored.encode(ODD_LINES) == tokenizer.encode(ODD_LINES)
+
+
+WITH_BYTES = TokenizerOptions(byte_fallback=True)
+
+
+def frequent_chars_and_rare_pairs() -> list[str]:
+    """200 one-character words seen 150 times each, and 300 two-character words seen twice each.
+
+    BPE first learns the 200 frequent merges "▁c" (each then occurs 150 times), then one rare merge
+    per two-character word. With byte fallback the alphabet takes 4 specials + 256 bytes + 201 characters ("▁" too) =
+    461 ids, so size 600 learns 139 merges (all frequent: share 1.0) and size 700 learns 239
+    (share 200/239 < 0.95): "auto" must choose 600.
+    """
+    rng = random.Random(0)
+    alphabet = [chr(0x4E00 + i) for i in range(200)]  # one script, so any two may merge
+    rare_words = rng.sample([a + b for a in alphabet for b in alphabet], 300)
+    words = [char for char in alphabet for _ in range(150)] + rare_words * 2
+    rng.shuffle(words)
+    return [" ".join(words[start:start + 20]) for start in range(0, len(words), 20)]
+
+
+def test_auto_vocab_size_is_the_largest_with_frequent_types(tmp_path: Path) -> None:
+    vocab_size, search = choose_vocab_size(frequent_chars_and_rare_pairs(), WITH_BYTES, tmp_path)
+    shares = dict(search)
+    assert vocab_size == 600
+    assert shares[600] == 1.0
+    assert shares[700] == pytest.approx(200 / 239)
+    assert (tmp_path / "600.model").exists()  # left for train_tokenizer to reuse
+
+
+def test_auto_vocab_size_follows_the_thresholds(tmp_path: Path) -> None:
+    lenient = TokenizerOptions(auto_type_share=0.8, byte_fallback=True)  # 200/239 = 0.84 passes; 200/389 at 850 fails
+    assert choose_vocab_size(frequent_chars_and_rare_pairs(), lenient, tmp_path)[0] == 700
+
+
+def test_auto_vocab_size_is_recorded_with_the_model(tmp_path: Path) -> None:
+    tokenizer = train_tokenizer("zh", frequent_chars_and_rare_pairs(), WITH_BYTES, tmp_path)
+    assert tokenizer.vocab_size == tokenizer.metadata["vocab_size"] == 600
+    assert [600, 1.0] in tokenizer.metadata["auto_search"]
+    assert tokenizer.metadata["options"]["vocab_size"] == "auto"
+    assert list(tmp_path.glob(".*")) == []  # trial models went with the temporary folder
+
+
+def learned_type_share(tokenizer: Tokenizer, lines: list[str], min_count: int) -> float:
+    """The criterion recomputed from scratch: merged pieces (2+ characters) seen `min_count`+ times."""
+    counts = collections.Counter(itertools.chain.from_iterable(tokenizer.encode(lines)))
+    learned = [piece_id for piece_id, piece in enumerate(tokenizer.pieces())
+               if len(piece) > 1 and piece_id > UNK_ID and not piece.startswith("<0x")]
+    return sum(counts[piece_id] >= min_count for piece_id in learned) / len(learned)
+
+
+def read_gzip_lines(path: Path, stop: int | None = None) -> list[str]:
+    with gzip.open(path, "rt", encoding="utf-8") as lines:
+        return [line.rstrip("\n") for line in itertools.islice(lines, stop)]
+
+
+def test_auto_vocab_size_on_multi30k_french(tmp_path: Path) -> None:
+    if not MULTI30K.is_dir():
+        pytest.skip(f"../shared/data/multi30k not found: {MULTI30K} (real-data check skipped)")
+    train = read_gzip_lines(MULTI30K / "train.fr.gz", stop=20000)
+    tokenizer = train_tokenizer("fr", train, TokenizerOptions(), tmp_path)
+    chosen, shares = tokenizer.vocab_size, dict(map(tuple, tokenizer.metadata["auto_search"]))
+    assert tokenizer.metadata["vocab_size"] == chosen
+    recomputed = learned_type_share(tokenizer, train, 100)
+    assert recomputed >= 0.95 and recomputed == pytest.approx(shares[chosen])
+    next_size = AUTO_VOCAB_SIZE_CANDIDATES[AUTO_VOCAB_SIZE_CANDIDATES.index(chosen) + 1]
+    assert shares[next_size] < 0.95  # the chosen size is the largest that passes
+    test = read_gzip_lines(MULTI30K / "test_2016_flickr.fr.gz")
+    # Without byte fallback a character never seen in training decodes as " ⁇ " (test_2016 has a "7"
+    # that the first 20000 training lines lack): lines made of known characters round-trip exactly.
+    known = set("".join(train))
+    clean = [line for line in test if set(line) <= known]
+    assert len(clean) >= 0.99 * len(test)
+    assert tokenizer.decode(tokenizer.encode(clean)) == [" ".join(line.split()) for line in clean]
+
+
+def test_empty_text_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="'fr'"):
+        train_tokenizer("fr", [], TokenizerOptions(), tmp_path)
+    with pytest.raises(DataError, match="'fr'"):
+        train_tokenizer("fr", ["", "  "], TokenizerOptions(), tmp_path)
+
+
+def test_bad_vocab_size_is_a_config_error(tmp_path: Path) -> None:
+    for bad in ("big", "8000", 0, True, 1.5):
+        with pytest.raises(Invalid) as invalid:
+            TokenizerOptions(vocab_size=bad)
+        assert invalid.value.key == "vocab_size"
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text("tokenizer:\n  vocab_size: big\n", encoding="utf-8")
+    document = load_yaml(experiment)
+    with pytest.raises(ConfigError, match=r"experiment.yaml:2: tokenizer\.vocab_size: must be"):
+        build(TokenizerOptions, document, document.data["tokenizer"], ("tokenizer",))
+
+
+def test_vocab_size_the_text_cannot_fill_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"tokenizer\.vocab_size 100000 does not fit the 'fr' text"):
+        train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=100000), tmp_path)
+    with pytest.raises(ConfigError, match=r"tokenizer\.vocab_size 10 does not fit the 'fr' text"):
+        train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=10), tmp_path)
+    assert model_files(tmp_path) == [] and list(tmp_path.glob(".*")) == []

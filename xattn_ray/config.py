@@ -1,0 +1,255 @@
+"""The experiment file: a typed, strict description of one study.
+
+An experiment names its corpora, the tokenizer options, the parent runs (e.g. Fr-En) and the child
+runs that transfer from them (e.g. De-En, new source). `load_experiment(path)` parses and checks the
+whole file, including references between sections (a child's parent, a run's corpus and test sets),
+and raises a one-line `ConfigError` naming the file, line and key at fault.
+
+Relative data paths are relative to the experiment file; `${NAME}` and `${NAME:-default}` take values
+from the environment, so one file serves a laptop and a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xattn_ray.data.synthetic import FamilySpec
+from xattn_ray.errors import ConfigError
+from xattn_ray.schema import Invalid, YamlDocument, build, expand_environment, load_yaml
+from xattn_ray.tokenizer import TokenizerOptions
+
+# A split's files: a template with `{lang}` ("data/train.{lang}.gz", a multi-parallel set) or one path
+# per language ({fr: train.fr, en: train.en}, a pair of aligned files).
+SplitFiles = str | dict[str, str]
+
+
+@dataclass(frozen=True)
+class LanguagePair:
+    """A translation direction, written `src-tgt` (e.g. `fr-en`)."""
+
+    src: str
+    tgt: str
+
+    @classmethod
+    def parse(cls, text: str) -> LanguagePair:
+        parts = text.split("-")
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise Invalid("pair", f"expected two different languages written 'src-tgt', got {text!r}")
+        return cls(parts[0], parts[1])
+
+    def __str__(self) -> str:
+        return f"{self.src}-{self.tgt}"
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Where one corpus lives: files per split and language, or a synthetic family to generate."""
+
+    languages: list[str] | None = None  # the languages `{lang}` templates cover
+    train: SplitFiles | None = None
+    valid: SplitFiles | None = None
+    test: dict[str, SplitFiles] = field(default_factory=dict)  # named test sets
+    synthetic: FamilySpec | None = None  # generate the synthetic family instead of reading files
+
+    def __post_init__(self) -> None:
+        if self.synthetic is not None:
+            for name in ("languages", "train", "valid"):
+                if getattr(self, name) is not None:
+                    raise Invalid(name, "a synthetic corpus names no files (they are generated)")
+            if self.test:
+                raise Invalid("test", "a synthetic corpus names no files (they are generated)")
+            return
+        if self.train is None:
+            raise Invalid(None, "a corpus needs `train` files (or `synthetic:` to generate them)")
+        if self.valid is None:
+            raise Invalid(None, "a corpus needs `valid` files (early stopping and model selection use them)")
+        if not self.test:
+            raise Invalid(None, "a corpus needs at least one named `test` set")
+        templates = [("train", self.train), ("valid", self.valid)]
+        templates += [(f"test.{name}", files) for name, files in self.test.items()]
+        for key, files in templates:
+            if isinstance(files, str) and "{lang}" not in files:
+                raise Invalid(key, "a single path must contain {lang}; give one path per language instead")
+            if isinstance(files, str) and not self.languages:
+                raise Invalid("languages", f"`{key}` is a {{lang}} template, so list the corpus's languages")
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Length filters for training pairs only; validation and test data are never filtered."""
+
+    max_tokens: int | None = 250  # whitespace tokens per side; longer pairs are dropped
+    max_length_ratio: float | None = 9.0  # longer side / shorter side, in whitespace tokens
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise Invalid("max_tokens", "must be at least 1")
+        if self.max_length_ratio is not None and self.max_length_ratio < 1:
+            raise Invalid("max_length_ratio", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class TrainingSlice:
+    """Which training lines a run uses: lines [start, end) of the train split, then the first `size`."""
+
+    lines: tuple[int, int] | None = None  # [start, end), 0-based; None: the whole split
+    size: int | None = None  # first N lines of the slice (learning curves); None: all of it
+
+    def __post_init__(self) -> None:
+        if self.lines is not None and not 0 <= self.lines[0] < self.lines[1]:
+            raise Invalid("lines", f"expected [start, end) with 0 <= start < end, got {list(self.lines)}")
+        if self.size is not None and self.size < 1:
+            raise Invalid("size", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class ParentConfig:
+    """A parent run: a model trained from scratch on one pair, the starting point of transfer."""
+
+    name: str  # how children refer to it
+    pair: str  # e.g. "fr-en"
+    corpus: str  # a key of `corpora`
+    lines: tuple[int, int] | None = None
+    size: int | None = None
+    test_sets: list[str] | None = None  # names from the corpus's `test`; None: all
+
+    def __post_init__(self) -> None:
+        LanguagePair.parse(self.pair)
+        TrainingSlice(self.lines, self.size)
+
+    @property
+    def language_pair(self) -> LanguagePair:
+        return LanguagePair.parse(self.pair)
+
+    @property
+    def training_slice(self) -> TrainingSlice:
+        return TrainingSlice(self.lines, self.size)
+
+
+@dataclass(frozen=True)
+class ChildConfig:
+    """A child run: the parent's model moved to a pair with one new language (source or target)."""
+
+    pair: str  # e.g. "de-en": new source when the parent is fr-en
+    parent: str  # a parent's `name`
+    corpus: str | None = None  # default: the parent's corpus
+    lines: tuple[int, int] | None = None
+    size: int | None = None
+    test_sets: list[str] | None = None
+    name: str | None = None  # default: the pair
+
+    def __post_init__(self) -> None:
+        LanguagePair.parse(self.pair)
+        TrainingSlice(self.lines, self.size)
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.pair
+
+    @property
+    def language_pair(self) -> LanguagePair:
+        return LanguagePair.parse(self.pair)
+
+    @property
+    def training_slice(self) -> TrainingSlice:
+        return TrainingSlice(self.lines, self.size)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One study: corpora, tokenization, parents and the children that transfer from them."""
+
+    name: str
+    corpora: dict[str, CorpusConfig]
+    parents: list[ParentConfig]
+    children: list[ChildConfig] = field(default_factory=list)
+    tokenizer: TokenizerOptions = field(default_factory=TokenizerOptions)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    # Where the file was read from: relative data paths resolve against it.
+    base_dir: Path = field(default=Path("."), init=False, compare=False)
+
+    def parent(self, name: str) -> ParentConfig:
+        return next(p for p in self.parents if p.name == name)
+
+    def child_corpus(self, child: ChildConfig) -> str:
+        return child.corpus or self.parent(child.parent).corpus
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and check an experiment file; every mistake is a one-line ConfigError."""
+    path = Path(path)
+    document = load_yaml(path)
+    experiment = build(Experiment, document)
+    _check_references(experiment, document)
+    experiment = _with_environment_expanded(experiment, document)
+    object.__setattr__(experiment, "base_dir", path.resolve().parent)
+    return experiment
+
+
+def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
+    """Names that must refer to something defined elsewhere in the file."""
+    if not experiment.parents:
+        raise_at(doc, ("parents",), "at least one parent run is required")
+    run_names: dict[str, tuple] = {}
+    runs = [(("parents", i), p.name, p.corpus, p) for i, p in enumerate(experiment.parents)]
+    for i, child in enumerate(experiment.children):
+        if child.parent not in {p.name for p in experiment.parents}:
+            known = ", ".join(p.name for p in experiment.parents)
+            raise_at(doc, ("children", i, "parent"), f"no parent named {child.parent!r} (parents: {known})")
+        runs.append((("children", i), child.run_name, experiment.child_corpus(child), child))
+    for key_path, name, corpus_name, run in runs:
+        if name in run_names:
+            raise_at(doc, key_path, f"run name {name!r} is used twice (give one of them a `name`)")
+        run_names[name] = key_path
+        if corpus_name not in experiment.corpora:
+            known = ", ".join(experiment.corpora) or "none"
+            raise_at(doc, key_path + ("corpus",), f"no corpus named {corpus_name!r} (corpora: {known})")
+        corpus = experiment.corpora[corpus_name]
+        if corpus.synthetic is None:
+            languages = corpus_languages(corpus)
+            for language in (run.language_pair.src, run.language_pair.tgt):
+                if language not in languages:
+                    raise_at(doc, key_path + ("pair",),
+                             f"corpus {corpus_name!r} has no language {language!r} "
+                             f"(it has: {', '.join(sorted(languages))})")
+            for test_name in run.test_sets or []:
+                if test_name not in corpus.test:
+                    known = ", ".join(corpus.test) or "none"
+                    raise_at(doc, key_path + ("test_sets",),
+                             f"corpus {corpus_name!r} has no test set {test_name!r} (it has: {known})")
+
+
+def corpus_languages(corpus: CorpusConfig) -> set[str]:
+    """The languages a file-based corpus provides in its train split."""
+    if isinstance(corpus.train, dict):
+        return set(corpus.train)
+    return set(corpus.languages or [])
+
+
+def _with_environment_expanded(experiment: Experiment, doc: YamlDocument) -> Experiment:
+    """Expand `${NAME}` in every corpus path, naming the key when a variable is missing."""
+
+    def expand(files: SplitFiles | None, key_path: tuple) -> SplitFiles | None:
+        if files is None:
+            return None
+        if isinstance(files, str):
+            return expand_environment(files, doc.where(key_path))
+        return {lang: expand_environment(p, doc.where(key_path + (lang,))) for lang, p in files.items()}
+
+    corpora = {}
+    for name, corpus in experiment.corpora.items():
+        at = ("corpora", name)
+        corpora[name] = dataclasses.replace(
+            corpus,
+            train=expand(corpus.train, at + ("train",)),
+            valid=expand(corpus.valid, at + ("valid",)),
+            test={t: expand(f, at + ("test", t)) for t, f in corpus.test.items()},
+        )
+    return dataclasses.replace(experiment, corpora=corpora)
+
+
+def raise_at(doc: YamlDocument, key_path: tuple, why: str) -> None:
+    """Raise a ConfigError located at `key_path` of the experiment file."""
+    raise ConfigError(f"{doc.where(key_path)}: {why}")

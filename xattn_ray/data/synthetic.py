@@ -1,0 +1,645 @@
+"""A synthetic family of languages: multi-parallel corpora and gold dictionaries, generated offline.
+
+Every sentence starts as a *meaning* drawn from a small probabilistic grammar, and each language then
+*realizes* that meaning with its own words and rules, so line i of every file says the same thing.
+
+The grammar. A sentence is one clause, or two joined by a conjunction. A clause has a verb, a subject,
+an object (for transitive verbs), an optional adpositional phrase, an optional adverb, a tense
+(present, past, future) and possibly a negation. A noun phrase has a noun, up to two adjectives, a
+definite or indefinite determiner, and singular or plural number, sometimes with a numeral written as
+digits (the only words all languages share). Concepts belong to semantic classes (person, animal,
+food, artifact, place, plant) and verbs, adjectives and adpositions select the classes they combine
+with: people and animals eat food, only plants grow, one travels *to* a place. So every sentence is
+plausible, and a homonym (two concepts of different classes sharing a surface form) can be told
+apart from its context. Concepts are drawn with Zipfian frequencies from a lexicon of about 2,200
+nouns, 410 verbs and 300 adjectives, so rare words exist even in large corpora.
+
+How the languages differ. Each language has its own phonology (consonant and vowel inventories,
+syllable shapes), so its words are unrelated pseudo-words that a BPE model must split, with short
+words for frequent concepts. Each has its own typology: the order of subject, verb and object,
+adjectives before or after the noun, prepositions or postpositions, articles as words or a definite
+suffix, plural prefixes or suffixes, tense and negation as affixes or separate particles, subject-verb
+agreement, and an accusative suffix on objects (always when the verb comes last). About 4% of the
+nouns, verbs and adjectives of each non-pivot language are homonyms.
+
+The pivot `pv` (the parent model's target side) is English-like in typology: SVO, adjectives before
+nouns, prepositions, articles as separate words before the noun, a plural suffix, a past suffix, a
+future particle and a negation particle before the verb, and a present-tense suffix for singular
+subjects. Its words are generated pseudo-words too. Other languages are `la`, `lb`, `lc`, and so on.
+
+Everything is deterministic: each random stream is a `random.Random` seeded from a SHA-256 of the
+family seed and the stream's name. A language is generated from its own stream, so language `la` is the
+same whether the family has one language or ten, and the training sentences do not depend on the
+sizes of the validation and test sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import random
+import shutil
+import string
+import tempfile
+from bisect import bisect
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+from xattn_ray.errors import DataError
+
+PIVOT = "pv"
+MAX_LANGUAGES = 25  # non-pivot languages: codes la .. ly, so at most 26 codes with the pivot
+GENERATOR_VERSION = 1  # recorded in family.json; bump when the same spec would produce different files
+
+
+def language_codes(n_languages: int) -> list[str]:
+    """The pivot's code followed by the codes of `n_languages` other languages: pv, la, lb, ..."""
+    if not 0 <= n_languages <= MAX_LANGUAGES:
+        raise DataError(f"synthetic family: languages must be from 0 to {MAX_LANGUAGES}, got {n_languages}")
+    return [PIVOT] + [f"l{letter}" for letter in string.ascii_lowercase[:n_languages]]
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """How big a synthetic family to generate."""
+
+    languages: int = 2  # non-pivot languages, besides the pivot `pv`
+    sentences: int = 20000  # training sentences (lines per language)
+    seed: int = 1  # seeds the lexicons, the typologies and the sentences
+    valid: int = 500  # validation sentences
+    test: int = 500  # test sentences
+
+
+def family_dir_name(spec: FamilySpec) -> str:
+    """A stable directory name for the family `spec` describes, usable as a cache key."""
+    return f"synth-l{spec.languages}-n{spec.sentences}-s{spec.seed}-v{spec.valid}-t{spec.test}"
+
+
+# --- Random streams and Zipfian draws -----------------------------------------------------------
+
+def _stream(seed: int, name: str) -> random.Random:
+    """An independent random stream for one purpose (a language, a split) of the family `seed`."""
+    digest = hashlib.sha256(f"xattn-ray synthetic family {seed} {name}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+ZIPF_EXPONENT = 1.0
+
+
+class _Zipf:
+    """Draws from `items` with probability proportional to 1 / (rank + 1) ** ZIPF_EXPONENT."""
+
+    def __init__(self, items: list[int], ranks: list[int]) -> None:
+        self.items = items
+        self.cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** ZIPF_EXPONENT for rank in ranks))
+        self.last = len(items) - 1
+
+    def draw(self, rng: random.Random) -> int:
+        # `hi` guards against rounding pushing the point past the last bucket.
+        return self.items[bisect(self.cumulative, rng.random() * self.cumulative[-1], 0, self.last)]
+
+
+# --- The shared world of concepts ---------------------------------------------------------------
+
+NOUN_CLASSES = {"person": 300, "animal": 300, "food": 350, "artifact": 700, "place": 300, "plant": 250}
+ALL_CLASSES = tuple(NOUN_CLASSES)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """What a group of verbs combines with."""
+
+    verbs: int  # how many verb concepts have this frame
+    subjects: tuple[str, ...]  # noun classes a subject may have
+    objects: tuple[str, ...]  # noun classes an object may have; empty for an intransitive verb
+    adjuncts: tuple[str, ...]  # adposition roles of its phrases (obligatory for intransitive verbs)
+
+
+VERB_FRAMES = {
+    "ingest": _Frame(40, ("person", "animal"), ("food", "plant"), ("locative", "comitative")),
+    "perceive": _Frame(50, ("person", "animal"), ALL_CLASSES, ("locative", "comitative")),
+    "handle": _Frame(120, ("person",), ("artifact", "food", "plant"), ("locative", "comitative", "benefactive")),
+    "social": _Frame(60, ("person",), ("person", "animal"), ("locative", "comitative")),
+    "visit": _Frame(30, ("person",), ("place",), ("comitative", "benefactive")),
+    "motion": _Frame(50, ("person", "animal"), (), ("goal", "source")),
+    "rest": _Frame(40, ("person", "animal"), (), ("locative",)),
+    "grow": _Frame(20, ("plant",), (), ("locative",)),
+}
+ADJECTIVE_GROUPS = {  # group: (how many adjectives, noun classes they describe)
+    "size": (40, ALL_CLASSES),
+    "color": (50, ("animal", "food", "artifact", "plant")),
+    "taste": (40, ("food", "plant")),
+    "character": (80, ("person", "animal")),
+    "condition": (60, ("artifact", "place")),
+    "age": (30, ("person", "animal", "artifact", "place", "plant")),
+}
+ADPOSITION_ROLES = {  # role: (how many adpositions, noun classes of their objects)
+    "locative": (6, ("place", "artifact", "plant")),
+    "goal": (3, ("place",)),
+    "source": (2, ("place",)),
+    "comitative": (1, ("person", "animal", "artifact")),
+    "benefactive": (1, ("person", "animal")),
+}
+PRESENT, PAST, FUTURE = 0, 1, 2
+ADVERB_GROUPS = {  # group: (how many adverbs, tenses they fit); time adverbs agree with the tense
+    "manner": (16, (PRESENT, PAST, FUTURE)),
+    "present": (4, (PRESENT,)),
+    "past": (4, (PAST,)),
+    "future": (4, (FUTURE,)),
+}
+CONJUNCTIONS = 6
+PARTS_OF_SPEECH = ("noun", "verb", "adjective", "adposition", "adverb", "conjunction")
+
+
+class _Concept(NamedTuple):
+    kind: str  # its semantic class, verb frame, adjective group, adposition role or adverb group
+    rank: int  # frequency rank within its kind: 0 is the most common
+
+
+def _concepts(sizes: dict[str, int]) -> tuple[_Concept, ...]:
+    return tuple(_Concept(kind, rank) for kind, size in sizes.items() for rank in range(size))
+
+
+def _zipf_over(concepts: tuple[_Concept, ...], kinds: tuple[str, ...]) -> _Zipf:
+    chosen = [i for i, concept in enumerate(concepts) if concept.kind in kinds]
+    return _Zipf(chosen, [concepts[i].rank for i in chosen])
+
+
+class _World:
+    """The concepts every language names, and the frequency tables meanings are drawn from."""
+
+    def __init__(self) -> None:
+        self.concepts = {
+            "noun": _concepts(NOUN_CLASSES),
+            "verb": _concepts({frame: spec.verbs for frame, spec in VERB_FRAMES.items()}),
+            "adjective": _concepts({group: size for group, (size, _) in ADJECTIVE_GROUPS.items()}),
+            "adposition": _concepts({role: size for role, (size, _) in ADPOSITION_ROLES.items()}),
+            "adverb": _concepts({group: size for group, (size, _) in ADVERB_GROUPS.items()}),
+            "conjunction": _concepts({"conjunction": CONJUNCTIONS}),
+        }
+        nouns, adjectives = self.concepts["noun"], self.concepts["adjective"]
+        self.nouns_of = {cls: _zipf_over(nouns, (cls,)) for cls in ALL_CLASSES}
+        self.adjectives_for = {
+            cls: _zipf_over(adjectives, tuple(g for g, (_, classes) in ADJECTIVE_GROUPS.items() if cls in classes))
+            for cls in ALL_CLASSES
+        }
+        self.verbs = _zipf_over(self.concepts["verb"], tuple(VERB_FRAMES))
+        self.verb_frame = tuple(VERB_FRAMES[concept.kind] for concept in self.concepts["verb"])
+        self.adpositions_for = {role: _zipf_over(self.concepts["adposition"], (role,)) for role in ADPOSITION_ROLES}
+        self.adverbs_for = {
+            tense: _zipf_over(self.concepts["adverb"], tuple(g for g, (_, ts) in ADVERB_GROUPS.items() if tense in ts))
+            for tense in (PRESENT, PAST, FUTURE)
+        }
+        self.conjunctions = _zipf_over(self.concepts["conjunction"], ("conjunction",))
+        self.numerals = _Zipf(list(range(2, 100)), list(range(98)))
+
+
+# --- Meanings -----------------------------------------------------------------------------------
+
+class _NounPhrase(NamedTuple):
+    noun: int
+    adjectives: tuple[int, ...]
+    definite: bool
+    plural: bool
+    numeral: int  # the number written before (or after) the noun; 0 when there is none
+
+
+class _Clause(NamedTuple):
+    verb: int
+    subject: _NounPhrase
+    object: _NounPhrase | None  # None for an intransitive verb
+    tense: int  # PRESENT, PAST or FUTURE
+    negated: bool
+    adjunct: tuple[int, _NounPhrase] | None  # an adposition and its noun phrase
+    adverb: int | None
+
+
+class _Sentence(NamedTuple):
+    first: _Clause
+    conjunction: int | None  # joins the second clause, when there is one
+    second: _Clause | None
+
+
+def _sample_noun_phrase(rng: random.Random, world: _World, classes: tuple[str, ...],
+                        max_adjectives: int) -> _NounPhrase:
+    noun_class = rng.choice(classes)
+    roll = rng.random()
+    n_adjectives = min(max_adjectives, 2 if roll < 0.12 else 1 if roll < 0.5 else 0)
+    # dict.fromkeys drops a repeated adjective while keeping the order.
+    adjectives = tuple(dict.fromkeys(world.adjectives_for[noun_class].draw(rng) for _ in range(n_adjectives)))
+    plural = rng.random() < 0.3
+    numeral = world.numerals.draw(rng) if plural and rng.random() < 0.4 else 0
+    return _NounPhrase(world.nouns_of[noun_class].draw(rng), adjectives, rng.random() < 0.55, plural, numeral)
+
+
+def _sample_clause(rng: random.Random, world: _World, max_adjectives: int) -> _Clause:
+    verb = world.verbs.draw(rng)
+    frame = world.verb_frame[verb]
+    subject = _sample_noun_phrase(rng, world, frame.subjects, max_adjectives)
+    obj = _sample_noun_phrase(rng, world, frame.objects, max_adjectives) if frame.objects else None
+    roll = rng.random()
+    tense = PRESENT if roll < 0.45 else PAST if roll < 0.8 else FUTURE
+    negated = rng.random() < 0.15
+    adjunct = None
+    if not frame.objects or rng.random() < 0.5:  # intransitive verbs always say where / where to
+        role = rng.choice(frame.adjuncts)
+        adjunct = (world.adpositions_for[role].draw(rng),
+                   _sample_noun_phrase(rng, world, ADPOSITION_ROLES[role][1], min(max_adjectives, 1)))
+    adverb = world.adverbs_for[tense].draw(rng) if rng.random() < 0.25 else None
+    return _Clause(verb, subject, obj, tense, negated, adjunct, adverb)
+
+
+def _sample_sentence(rng: random.Random, world: _World) -> _Sentence:
+    if rng.random() < 0.4:  # two clauses, each kept lighter so a sentence stays under ~30 words
+        first = _sample_clause(rng, world, max_adjectives=1)
+        return _Sentence(first, world.conjunctions.draw(rng), _sample_clause(rng, world, max_adjectives=1))
+    return _Sentence(_sample_clause(rng, world, max_adjectives=2), None, None)
+
+
+# --- Languages ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Phonology:
+    """Which letters a language's words are made of, and how they form syllables."""
+
+    consonants: str
+    vowels: str
+    syllables: tuple[str, ...]  # syllable shapes: C consonant, L liquid consonant, V vowel; CV is common
+
+    def syllable(self, rng: random.Random) -> str:
+        shape = "CV" if rng.random() < 0.5 else rng.choice(self.syllables)
+        letters = {"C": self.consonants, "V": self.vowels, "L": [c for c in self.consonants if c in "lrwj"]}
+        return "".join(rng.choice(letters[slot]) for slot in shape)
+
+
+@dataclass(frozen=True)
+class Typology:
+    """How a language arranges and marks what a meaning says."""
+
+    word_order: str  # order of subject, verb and object: SVO, SOV, VSO, VOS, OVS or OSV
+    adjective_position: str  # adjectives (and numerals) "before" or "after" the noun
+    adposition: str  # "preposition" or "postposition"
+    definite: str  # "article-before" or "article-after" the noun phrase, or a "suffix" on the noun
+    indefinite: str  # "article" (a word, singular only, placed like a definite article) or "none"
+    plural: str  # the plural marker is a "prefix" or a "suffix" of the noun
+    object_case: bool  # objects take an accusative suffix
+    past: str  # "prefix", "suffix", "particle-before" or "particle-after" the verb
+    future: str  # as `past`; the present tense is unmarked
+    negation: str  # as `past`
+    agreement: str  # verb suffix: "none", "plural" subject, or "singular-present" subject (English -s)
+
+
+@dataclass(frozen=True)
+class Morphemes:
+    """The affixes and particles a language's typology uses ("" where it has none)."""
+
+    plural: str
+    definite: str
+    indefinite: str
+    accusative: str
+    past: str
+    future: str
+    negation: str
+    agreement: str
+
+
+@dataclass(frozen=True)
+class Language:
+    """One member of the family: its sound system, grammar, and a word for every concept."""
+
+    code: str
+    phonology: Phonology
+    typology: Typology
+    morphemes: Morphemes
+    lexicon: dict[str, tuple[str, ...]]  # part of speech -> the word of each concept, by concept id
+    homonyms: int  # concepts given the word of a concept of another kind (one per homonym pair)
+
+
+PIVOT_PHONOLOGY = Phonology("bdfghklmnprstvw", "aeiou", ("CVC", "CLV", "CLVC", "VC"))
+PIVOT_TYPOLOGY = Typology("SVO", "before", "preposition", "article-before", "article", "suffix", False,
+                          "suffix", "particle-before", "particle-before", "singular-present")
+WORD_ORDERS = {"SOV": 0.3, "SVO": 0.3, "VSO": 0.15, "VOS": 0.1, "OVS": 0.08, "OSV": 0.07}
+MARKER_PLACES = ("prefix", "suffix", "particle-before", "particle-after")
+HOMONYM_SHARE = 0.04
+
+
+def _draw_phonology(rng: random.Random) -> Phonology:
+    consonants = rng.sample("ptkbdgmnsfvzhcx", rng.randint(7, 12)) + rng.sample("lrwj", rng.randint(1, 3))
+    if rng.random() < 0.4:  # some languages write a few letters outside ASCII
+        consonants += rng.sample("šžčñŋð", rng.randint(1, 2))
+    vowels = rng.sample("aeiouy", rng.randint(3, 6))
+    if rng.random() < 0.3:
+        vowels += rng.sample("áéóöüåø", rng.randint(1, 2))
+    shapes = [shape for shape in ("CVC", "V", "VC", "CLV", "CVV", "CVCC") if rng.random() < 0.5]
+    return Phonology("".join(sorted(consonants)), "".join(sorted(vowels)), tuple(shapes) or ("CVC",))
+
+
+def _draw_typology(rng: random.Random) -> Typology:
+    word_order = rng.choices(list(WORD_ORDERS), weights=list(WORD_ORDERS.values()))[0]
+    object_first = word_order.index("O") < word_order.index("V")
+    verb_final = word_order.endswith("V")
+    return Typology(
+        word_order=word_order,
+        adjective_position=rng.choice(("before", "after")),
+        # Object-before-verb languages tend to have postpositions; verb-final ones mark their objects.
+        adposition="postposition" if rng.random() < (0.8 if object_first else 0.2) else "preposition",
+        definite=rng.choice(("article-before", "article-after", "suffix")),
+        indefinite=rng.choice(("article", "none")),
+        plural="suffix" if rng.random() < 0.7 else "prefix",
+        object_case=verb_final or word_order.index("O") < word_order.index("S") or rng.random() < 0.2,
+        past=rng.choice(MARKER_PLACES),
+        future=rng.choice(MARKER_PLACES),
+        negation=rng.choice(MARKER_PLACES),
+        agreement=rng.choice(("none", "plural")),
+    )
+
+
+def _draw_morphemes(rng: random.Random, phonology: Phonology, typology: Typology, taken: set[str]) -> Morphemes:
+    used = {
+        "plural": True,
+        "definite": True,
+        "indefinite": typology.indefinite == "article",
+        "accusative": typology.object_case,
+        "past": True,
+        "future": True,
+        "negation": True,
+        "agreement": typology.agreement != "none",
+    }
+    forms = {name: _new_word(rng, phonology, taken, syllables=1) if needed else "" for name, needed in used.items()}
+    return Morphemes(**forms)
+
+
+def _new_word(rng: random.Random, phonology: Phonology, taken: set[str], syllables: int) -> str:
+    """A word not yet in `taken` (which it joins); after many collisions it grows a syllable."""
+    attempts = 0
+    while True:
+        word = "".join(phonology.syllable(rng) for _ in range(syllables + attempts // 50))
+        if word not in taken:
+            taken.add(word)
+            return word
+        attempts += 1
+
+
+def _syllable_count(rng: random.Random, part_of_speech: str, rank: int) -> int:
+    # Frequent words are short (Zipf's law of abbreviation); closed-class words are shortest.
+    if part_of_speech in ("adposition", "conjunction"):
+        return 1
+    if rank < 15:
+        return rng.randint(1, 2)
+    if rank < 150:
+        return rng.randint(2, 3)
+    return rng.randint(2, 4)
+
+
+def _share_homonyms(rng: random.Random, words: list[str], concepts: tuple[_Concept, ...]) -> int:
+    """Give ~HOMONYM_SHARE of the concepts the word of a concept of another kind; returns how many."""
+    free = list(range(len(words)))
+    rng.shuffle(free)
+    shared = 0
+    while shared < round(HOMONYM_SHARE * len(words)) and len(free) >= 2:
+        borrower = free.pop()
+        lender = next((c for c in free if concepts[c].kind != concepts[borrower].kind), None)
+        if lender is None:
+            break
+        free.remove(lender)
+        words[borrower] = words[lender]
+        shared += 1
+    return shared
+
+
+def _make_language(code: str, seed: int, world: _World) -> Language:
+    """Language `code` of the family `seed`, from its own random stream only."""
+    rng = _stream(seed, f"language {code}")
+    if code == PIVOT:
+        phonology, typology = PIVOT_PHONOLOGY, PIVOT_TYPOLOGY
+    else:
+        phonology, typology = _draw_phonology(rng), _draw_typology(rng)
+    taken: set[str] = set()
+    morphemes = _draw_morphemes(rng, phonology, typology, taken)
+    lexicon, homonyms = {}, 0
+    for part_of_speech in PARTS_OF_SPEECH:
+        concepts = world.concepts[part_of_speech]
+        words = [_new_word(rng, phonology, taken, _syllable_count(rng, part_of_speech, c.rank)) for c in concepts]
+        if code != PIVOT and part_of_speech in ("noun", "verb", "adjective"):
+            homonyms += _share_homonyms(rng, words, concepts)
+        lexicon[part_of_speech] = tuple(words)
+    return Language(code, phonology, typology, morphemes, lexicon, homonyms)
+
+
+# --- Realizing meanings as text -----------------------------------------------------------------
+
+def _attach(stem: str, marker: str, place: str, before: list[str], after: list[str]) -> str:
+    """Attach `marker` to `stem` as an affix, or record it as a particle; returns the new stem."""
+    if place == "prefix":
+        return marker + stem
+    if place == "suffix":
+        return stem + marker
+    (before if place == "particle-before" else after).append(marker)
+    return stem
+
+
+class _Realizer:
+    """Writes meanings as sentences of one language, with every inflected form computed once."""
+
+    def __init__(self, language: Language) -> None:
+        self.typology, self.morphemes, self.lexicon = language.typology, language.morphemes, language.lexicon
+        t = self.typology
+        self.verb_final = t.word_order.endswith("V")
+        self.adjectives_first = t.adjective_position == "before"
+        self.article_first = t.definite != "article-after"
+        self.definite_article = self.morphemes.definite if t.definite != "suffix" else ""
+        # Forms indexed by ((noun * 2 + plural) * 2 + definite) * 2 + accusative, and
+        # ((verb * 3 + tense) * 2 + negated) * 2 + plural subject.
+        self.noun_forms = [self._inflect_noun(stem, *flags) for stem in self.lexicon["noun"]
+                           for flags in itertools.product((False, True), repeat=3)]
+        self.verb_phrases = [self._inflect_verb(stem, tense, negated, plural)
+                             for stem in self.lexicon["verb"] for tense in (PRESENT, PAST, FUTURE)
+                             for negated in (False, True) for plural in (False, True)]
+
+    def _inflect_noun(self, stem: str, plural: bool, definite: bool, accusative: bool) -> str:
+        t, m = self.typology, self.morphemes
+        if plural:
+            stem = m.plural + stem if t.plural == "prefix" else stem + m.plural
+        if definite and t.definite == "suffix":
+            stem += m.definite
+        return stem + m.accusative if accusative and t.object_case else stem
+
+    def _inflect_verb(self, stem: str, tense: int, negated: bool, plural_subject: bool) -> list[str]:
+        t, m = self.typology, self.morphemes
+        before: list[str] = []
+        after: list[str] = []
+        if tense == PAST:
+            stem = _attach(stem, m.past, t.past, before, after)
+        elif tense == FUTURE:
+            stem = _attach(stem, m.future, t.future, before, after)
+        if (t.agreement == "plural" and plural_subject) or (
+                t.agreement == "singular-present" and not plural_subject and tense == PRESENT):
+            stem += m.agreement
+        if negated:  # attached last, so negation is the outermost affix and follows a tense particle
+            stem = _attach(stem, m.negation, t.negation, before, after)
+        return [*before, stem, *after]
+
+    def noun_phrase(self, phrase: _NounPhrase, accusative: bool) -> list[str]:
+        noun = self.noun_forms[((phrase.noun * 2 + phrase.plural) * 2 + phrase.definite) * 2 + accusative]
+        modifiers = [self.lexicon["adjective"][a] for a in phrase.adjectives]
+        if phrase.numeral:
+            modifiers.insert(0, str(phrase.numeral))
+        words = modifiers + [noun] if self.adjectives_first else [noun] + modifiers
+        article = self.definite_article if phrase.definite else "" if phrase.plural else self.morphemes.indefinite
+        if article:
+            return [article] + words if self.article_first else words + [article]
+        return words
+
+    def clause(self, clause: _Clause) -> list[str]:
+        parts = {
+            "S": self.noun_phrase(clause.subject, accusative=False),
+            "V": self.verb_phrases[((clause.verb * 3 + clause.tense) * 2 + clause.negated) * 2 + clause.subject.plural],
+            "O": self.noun_phrase(clause.object, accusative=True) if clause.object else [],
+        }
+        adjuncts = []
+        if clause.adjunct:
+            adposition, phrase = clause.adjunct
+            words = self.noun_phrase(phrase, accusative=False)
+            marker = self.lexicon["adposition"][adposition]
+            adjuncts = [marker, *words] if self.typology.adposition == "preposition" else [*words, marker]
+        if clause.adverb is not None:
+            adjuncts.append(self.lexicon["adverb"][clause.adverb])
+        words = []
+        for slot in self.typology.word_order:
+            if slot == "V" and self.verb_final:  # verb-final languages put adjuncts before the verb
+                words += adjuncts
+            words += parts[slot]
+        return words if self.verb_final else words + adjuncts
+
+    def sentence(self, sentence: _Sentence) -> str:
+        words = self.clause(sentence.first)
+        if sentence.second is not None:
+            words += [self.lexicon["conjunction"][sentence.conjunction], *self.clause(sentence.second)]
+        return " ".join(words)
+
+
+# --- Writing a family ---------------------------------------------------------------------------
+
+CHUNK = 4096  # sentences realized and written at a time, so memory stays flat for any corpus size
+
+
+def generate_family(spec: FamilySpec, out_dir: Path | str) -> Path:
+    """Write the family `spec` describes into `out_dir` (which must not exist or be empty); returns it.
+
+    The files are generated in a temporary sibling directory renamed into place at the end, so
+    `out_dir` never holds a partial family, even when several processes generate it at once.
+    """
+    _validate(spec)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(f"{out_dir}: cannot write a synthetic family there, it exists and is not empty")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the family is meant to be shared
+        _write_family(spec, staging)
+        _publish(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _validate(spec: FamilySpec) -> None:
+    for field in fields(spec):
+        value = getattr(spec, field.name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataError(f"synthetic family: {field.name} must be an integer, got {value!r}")
+    if not 1 <= spec.languages <= MAX_LANGUAGES:
+        raise DataError(f"synthetic family: languages must be from 1 to {MAX_LANGUAGES}, got {spec.languages}")
+    for name in ("sentences", "valid", "test"):
+        if getattr(spec, name) < 1:
+            raise DataError(f"synthetic family: {name} must be at least 1, got {getattr(spec, name)}")
+
+
+def _write_family(spec: FamilySpec, directory: Path) -> None:
+    world = _World()
+    languages = [_make_language(code, spec.seed, world) for code in language_codes(spec.languages)]
+    realizers = [_Realizer(language) for language in languages]
+    vocabularies = _write_split("train", spec.sentences, spec.seed, world, languages, realizers, directory)
+    _write_split("valid", spec.valid, spec.seed, world, languages, realizers, directory)
+    _write_split("test", spec.test, spec.seed, world, languages, realizers, directory)
+    _write_dictionaries(languages, vocabularies, directory / "dictionaries")
+    _write_description(spec, languages, directory)
+
+
+def _write_split(split: str, size: int, seed: int, world: _World, languages: list[Language],
+                 realizers: list[_Realizer], directory: Path) -> dict[str, set[str]]:
+    """Write `size` sentences of every language; returns each language's set of words used."""
+    rng = _stream(seed, f"sentences {split}")  # one stream per split: train ignores valid/test sizes
+    vocabularies: dict[str, set[str]] = {language.code: set() for language in languages}
+    files = [open(directory / f"{split}.{language.code}", "w", encoding="utf-8", newline="\n",
+                  buffering=1 << 20) for language in languages]
+    try:
+        for start in range(0, size, CHUNK):
+            meanings = [_sample_sentence(rng, world) for _ in range(min(CHUNK, size - start))]
+            for language, realizer, file in zip(languages, realizers, files):
+                text = "\n".join(map(realizer.sentence, meanings)) + "\n"
+                file.write(text)
+                vocabularies[language.code].update(text.split())
+    finally:
+        for file in files:
+            file.close()
+    return vocabularies
+
+
+def _write_dictionaries(languages: list[Language], vocabularies: dict[str, set[str]], directory: Path) -> None:
+    """Write `<a>-<b>.txt` for every ordered pair: translations whose words both occur in training text."""
+    directory.mkdir()
+    for source, target in itertools.permutations(languages, 2):
+        seen_source, seen_target = vocabularies[source.code], vocabularies[target.code]
+        entries = {
+            f"{source_word} {target_word}\n"
+            for part_of_speech in PARTS_OF_SPEECH
+            for source_word, target_word in zip(source.lexicon[part_of_speech], target.lexicon[part_of_speech])
+            if source_word in seen_source and target_word in seen_target
+        }
+        path = directory / f"{source.code}-{target.code}.txt"
+        path.write_text("".join(sorted(entries)), encoding="utf-8")
+
+
+def _write_description(spec: FamilySpec, languages: list[Language], directory: Path) -> None:
+    """family.json: the spec and, per language, what was generated, for people to read."""
+    description = {
+        "generator": "xattn_ray.data.synthetic",
+        "version": GENERATOR_VERSION,
+        "spec": asdict(spec),
+        "concepts": {pos: len(words) for pos, words in languages[0].lexicon.items()},
+        "languages": {
+            language.code: {
+                "typology": asdict(language.typology),
+                "phonology": asdict(language.phonology),
+                "morphemes": asdict(language.morphemes),
+                "homonyms": language.homonyms,
+                "example": _first_line(directory / f"train.{language.code}"),
+            }
+            for language in languages
+        },
+    }
+    text = json.dumps(description, indent=2, ensure_ascii=False) + "\n"
+    (directory / "family.json").write_text(text, encoding="utf-8")
+
+
+def _first_line(path: Path) -> str:
+    with open(path, encoding="utf-8") as file:
+        return file.readline().rstrip("\n")
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Rename the finished family into place; losing the race to an identical family is fine."""
+    try:
+        os.rename(staging, out_dir)
+    except OSError:
+        ours, theirs = staging / "family.json", out_dir / "family.json"
+        if theirs.is_file() and theirs.read_bytes() == ours.read_bytes():
+            shutil.rmtree(staging)
+            return
+        raise DataError(f"{out_dir}: cannot write a synthetic family there, it exists and is not empty") from None

@@ -1,0 +1,401 @@
+"""Subword tokenizers: one SentencePiece BPE model per language, trained once and cached on disk.
+
+Every language has its own vocabulary (separate source and target vocabularies, as in Gheini et al.
+2021), trained on that language's training text and shared by every language pair that uses it. A
+model is cached under a hash of its text and options, so all trials of an experiment grid, in any
+number of processes, reuse one model.
+
+The vocabulary size is an integer or `"auto"`: the largest size at which at least 95% of the learned
+subword types occur at least 100 times in the training text (Gowda & May 2020, "Finding the optimal
+vocabulary size for neural machine translation"), so that the model sees enough examples of every type.
+
+Text round-trips: byte fallback spells any character outside the vocabulary as UTF-8 bytes, and the
+identity normalisation keeps characters as they are, so `decode(encode(lines)) == lines` except that
+runs of spaces collapse to one and leading and trailing spaces are dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import copy
+import dataclasses
+import fcntl
+import hashlib
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from xattn_ray.errors import ConfigError, DataError
+from xattn_ray.schema import Invalid
+
+logger = logging.getLogger(__name__)
+
+# The same special ids in every model, so batching and decoding code never asks a tokenizer.
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+WORD_START = "\u2581"  # "▁": SentencePiece's mark on a piece that begins a word
+
+# Sizes tried by `vocab_size: auto`, about four steps per doubling from 200 to 64000. The small end
+# matters: on 20k Multi30k sentences the criterion holds only up to about 250 pieces.
+AUTO_VOCAB_SIZE_CANDIDATES = (
+    200, 250, 300, 350, 420, 500, 600, 700, 850, 1000, 1200, 1400, 1700, 2000, 2400, 2800, 3400, 4000, 4800, 5600, 6800,
+    8000, 9500, 11000, 13500, 16000, 19000, 22500, 27000, 32000, 38000, 45000, 54000, 64000,
+)
+
+# The trainer stores its thread count in the model, so a fixed count keeps models byte-identical
+# across machines; it does not change the pieces learned.
+_TRAINER_THREADS = 8
+_ENCODE_BATCH = 50_000  # sentences encoded at once when counting pieces, to bound memory
+_CACHE_FORMAT = 2  # bump when a change here makes cached models stale
+
+
+@dataclass(frozen=True)
+class TokenizerOptions:
+    """SentencePiece options shared by every language of an experiment (the `tokenizer:` section)."""
+
+    vocab_size: int | str = "auto"  # pieces per language, or "auto" (Gowda & May 2020)
+    auto_min_count: int = 100  # "auto": a type is frequent when it occurs this many times ...
+    auto_type_share: float = 0.95  # ... and at least this share of the types must be frequent
+    character_coverage: float = 1.0  # share of character occurrences with their own piece
+    # Unknown characters as UTF-8 byte pieces (exact round trip of any text) instead of UNK; costs 256
+    # pieces, a large part of the small vocabularies that Multi30k-sized data gets.
+    byte_fallback: bool = False
+    max_sentences: int = 2_000_000  # train on at most this many sentences, evenly spaced through the text
+
+    def __post_init__(self) -> None:
+        if self.vocab_size != "auto" and not _is_positive_int(self.vocab_size):
+            raise Invalid("vocab_size", f'must be a positive integer or "auto", got {self.vocab_size!r}')
+        if not _is_positive_int(self.auto_min_count):
+            raise Invalid("auto_min_count", "must be at least 1")
+        if not 0 < self.auto_type_share <= 1:
+            raise Invalid("auto_type_share", "must be in (0, 1]")
+        if not 0 < self.character_coverage <= 1:
+            raise Invalid("character_coverage", "must be in (0, 1]")
+        if not _is_positive_int(self.max_sentences):
+            raise Invalid("max_sentences", "must be at least 1")
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+class Tokenizer:
+    """A trained subword model of one language: batched encoding and decoding, and its vocabulary.
+
+    `metadata` records how the model was made (options, chosen size, the `auto` search, text hash).
+    """
+
+    def __init__(self, language: str, model: bytes, metadata: dict) -> None:
+        self.language = language
+        self.metadata = metadata
+        self._model = model
+        self._processor = spm.SentencePieceProcessor(model_proto=model)
+        self.vocab_size: int = self._processor.get_piece_size()
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(language={self.language!r}, vocab_size={self.vocab_size})"
+
+    def encode(self, lines: Sequence[str]) -> list[list[int]]:
+        """Piece ids of each line, without BOS or EOS (the model adds those)."""
+        return self._processor.encode(list(lines))
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Detokenised text of each id sequence, read up to its first EOS, ignoring PAD and BOS."""
+        batch = [_content_ids(sequence) for sequence in ids]
+        return self._processor.decode(batch) if batch else []  # SentencePiece reads [] as one empty line
+
+    def pieces(self) -> list[str]:
+        """Every piece of the vocabulary, indexed by id."""
+        return [self._processor.id_to_piece(piece_id) for piece_id in range(self.vocab_size)]
+
+    def to_bytes(self) -> dict:
+        """The tokenizer as plain data (str, bytes, dict, list, numbers) for a checkpoint."""
+        return {"language": self.language, "model": self._model, "metadata": copy.deepcopy(self.metadata)}
+
+    @classmethod
+    def from_bytes(cls, blob: dict) -> Tokenizer:
+        """The tokenizer that `to_bytes` stored."""
+        return cls(blob["language"], blob["model"], blob["metadata"])
+
+
+def _content_ids(sequence: Sequence[int]) -> list[int]:
+    """The ids before the first EOS, without PAD and BOS; accepts tensors' rows as well as lists."""
+    content = []
+    for token in map(int, sequence):
+        if token == EOS_ID:
+            break
+        if token not in (PAD_ID, BOS_ID):
+            content.append(token)
+    return content
+
+
+def starts_word(piece: str) -> bool:
+    """Whether `piece` begins a word (it carries the "▁" mark), e.g. for lexicon induction."""
+    return piece.startswith(WORD_START)
+
+
+def train_tokenizer(language: str, lines: Sequence[str], options: TokenizerOptions,
+                    cache_dir: Path) -> Tokenizer:
+    """The tokenizer of `language` trained on `lines`, from the cache or trained into it.
+
+    Safe for concurrent callers in any number of processes: the first trains under a per-model file
+    lock while the others wait and then load its result; a model appears in the cache complete or
+    not at all.
+    """
+    _check_language_code(language)
+    if not any(line.strip() for line in lines):
+        raise DataError(f"no training text for language {language!r}: its sentence list is empty")
+    text_sha256 = _text_digest(lines)
+    entry = _CacheEntry.of(cache_dir, language, _cache_key(language, options, text_sha256))
+    if not entry.model.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(entry.lock):
+            if not entry.model.exists():  # another process may have trained it while we waited
+                _train_into_cache(language, lines, options, text_sha256, entry)
+    return entry.load()
+
+
+def _check_language_code(language: str) -> None:
+    """Language codes name cache files, so they must be plain (e.g. "fr", "pt_BR", "zh-Hant")."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", language):
+        raise ConfigError(f"language code {language!r} must consist of letters, digits, '_' and '-'")
+
+
+def _text_digest(lines: Sequence[str]) -> str:
+    """SHA-256 of the sentences; each is length-prefixed so that ["a b"] and ["a", "b"] differ."""
+    digest = hashlib.sha256()
+    for line in lines:
+        data = line.encode("utf-8")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _cache_key(language: str, options: TokenizerOptions, text_sha256: str) -> str:
+    """SHA-256 of everything that determines a model, including the SentencePiece version."""
+    identity = {
+        "format": _CACHE_FORMAT,
+        "sentencepiece": spm.__version__,
+        "auto_candidates": AUTO_VOCAB_SIZE_CANDIDATES,
+        "language": language,
+        "options": dataclasses.asdict(options),
+        "text_sha256": text_sha256,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class _CacheEntry:
+    """The files of one cached model: the model, its metadata, and the lock that guards training.
+
+    A lock file stays after use: deleting it could let a waiting process lock a file that is no
+    longer the one the next process opens.
+    """
+
+    model: Path
+    metadata: Path
+    lock: Path
+
+    @classmethod
+    def of(cls, cache_dir: Path, language: str, key: str) -> _CacheEntry:
+        """The entry named `<language>-<key prefix>.*` in `cache_dir`."""
+        stem = cache_dir / f"{language}-{key[:24]}"
+        return cls(stem.with_suffix(".model"), stem.with_suffix(".json"), stem.with_suffix(".lock"))
+
+    def load(self) -> Tokenizer:
+        """The cached tokenizer; its metadata was written before its model, so both are there."""
+        metadata = json.loads(self.metadata.read_text(encoding="utf-8"))
+        return Tokenizer(metadata["language"], self.model.read_bytes(), metadata)
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (across processes); closing the file releases it."""
+    with open(path, "a") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
+
+
+def _train_into_cache(language: str, lines: Sequence[str], options: TokenizerOptions,
+                      text_sha256: str, entry: _CacheEntry) -> None:
+    """Train the model in a temporary folder beside the cache, then rename it into place."""
+    sentences = _training_sentences(lines, options.max_sentences)
+    with tempfile.TemporaryDirectory(dir=entry.model.parent, prefix=f".{entry.model.stem}-") as tmp:
+        workdir = Path(tmp)
+        if options.vocab_size == "auto":
+            try:
+                vocab_size, search = choose_vocab_size(sentences, options, workdir)
+            except DataError as error:
+                raise DataError(f"tokenizer for {language!r}: {error}") from None
+            _log_auto_choice(language, vocab_size, search, options)
+        else:
+            vocab_size, search = options.vocab_size, []
+        try:
+            model_file = _trained_model_file(sentences, vocab_size, options, workdir)
+        except _VocabularySizeError as error:
+            raise ConfigError(f"tokenizer.vocab_size {vocab_size} does not fit the {language!r} text: "
+                              f"{error}") from None
+        metadata = {
+            "language": language,
+            "options": dataclasses.asdict(options),
+            "vocab_size": vocab_size,
+            "auto_search": [[size, share] for size, share in search],
+            "text_sha256": text_sha256,
+            "num_sentences": len(lines),
+            "num_training_sentences": len(sentences),
+            "sentencepiece_version": spm.__version__,
+        }
+        metadata_file = workdir / "metadata.json"
+        metadata_file.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # The model is renamed last: a cached model always has its metadata beside it.
+        os.replace(metadata_file, entry.metadata)
+        os.replace(model_file, entry.model)
+
+
+def _log_auto_choice(language: str, vocab_size: int, search: list[tuple[int, float]],
+                     options: TokenizerOptions) -> None:
+    """Log the `auto` choice with every share tried; a warning when no size met the criterion."""
+    tried = ", ".join(f"{size}: {share:.3f}" for size, share in search)
+    if dict(search)[vocab_size] >= options.auto_type_share:
+        logger.info("%s: vocabulary size %d (share of types seen %d+ times: %s)",
+                    language, vocab_size, options.auto_min_count, tried)
+    else:
+        logger.warning("%s: no vocabulary size has %.0f%% of its types seen %d+ times (%s); "
+                       "using the smallest, %d", language, 100 * options.auto_type_share,
+                       options.auto_min_count, tried, vocab_size)
+
+
+def _training_sentences(lines: Sequence[str], max_sentences: int) -> Sequence[str]:
+    """At most `max_sentences` of `lines`, evenly spaced, so that a sorted corpus is still sampled whole."""
+    if len(lines) <= max_sentences:
+        return lines
+    return [lines[index * len(lines) // max_sentences] for index in range(max_sentences)]
+
+
+def choose_vocab_size(lines: Sequence[str], options: TokenizerOptions,
+                      workdir: Path) -> tuple[int, list[tuple[int, float]]]:
+    """The `auto` vocabulary size of `lines` and the (size, share of frequent types) of every size tried.
+
+    The share of frequent types falls as the size grows (more, rarer pieces), so a binary search over
+    `AUTO_VOCAB_SIZE_CANDIDATES` finds the largest passing size in a few trainings. A size that the
+    text cannot fill counts as failing. If no size passes, the smallest trainable one is returned.
+    Trial models stay in `workdir` as `<size>.model`, where `train_tokenizer` reuses the chosen one.
+    """
+    sentences = _training_sentences(lines, options.max_sentences)
+    candidates = AUTO_VOCAB_SIZE_CANDIDATES
+    shares: dict[int, float] = {}
+    # Invariant: candidates[:low] pass or are smaller than the alphabet; candidates[high:] fail.
+    low, high = 0, len(candidates)
+    while low < high:
+        middle = (low + high) // 2
+        size = candidates[middle]
+        try:
+            model_file = _trained_model_file(sentences, size, options, workdir)
+        except _VocabularyTooSmall:
+            low = middle + 1
+            continue
+        except _VocabularyTooLarge:
+            high = middle
+            continue
+        processor = spm.SentencePieceProcessor(model_file=str(model_file))
+        shares[size] = _frequent_type_share(processor, sentences, options.auto_min_count)
+        logger.debug("vocabulary size %d: %.3f of types seen %d+ times", size, shares[size],
+                     options.auto_min_count)
+        if shares[size] >= options.auto_type_share:
+            low = middle + 1
+        else:
+            high = middle
+    search = sorted(shares.items())
+    largest_passing = candidates[low - 1] if low > 0 else None
+    if largest_passing in shares:
+        return largest_passing, search
+    smallest_trainable = candidates[low] if low < len(candidates) else None
+    if smallest_trainable in shares:
+        return smallest_trainable, search
+    raise DataError(f"no vocabulary size from {candidates[0]} to {candidates[-1]} can be trained on "
+                    f"{len(sentences)} sentences; set tokenizer.vocab_size to an integer")
+
+
+def _frequent_type_share(processor: spm.SentencePieceProcessor, sentences: Sequence[str],
+                         min_count: int) -> float:
+    """The share of learned types that occur at least `min_count` times in the encoded sentences.
+
+    Learned types are the pieces BPE merged (two or more characters). Single characters are left
+    out: every size has the whole alphabet, so its rare characters (digits, "œ") would fail any size.
+    """
+    counts: collections.Counter[int] = collections.Counter()
+    for start in range(0, len(sentences), _ENCODE_BATCH):
+        batch = processor.encode(list(sentences[start:start + _ENCODE_BATCH]))
+        counts.update(itertools.chain.from_iterable(batch))
+    learned = [piece_id for piece_id in range(processor.get_piece_size())
+               if _is_learned_piece(processor, piece_id)]
+    if not learned:
+        return 1.0
+    return sum(counts[piece_id] >= min_count for piece_id in learned) / len(learned)
+
+
+def _is_learned_piece(processor: spm.SentencePieceProcessor, piece_id: int) -> bool:
+    """A normal piece of two or more characters (not special, byte fallback or a single character)."""
+    if (processor.is_control(piece_id) or processor.is_unknown(piece_id) or processor.is_byte(piece_id)
+            or processor.is_unused(piece_id)):
+        return False
+    return len(processor.id_to_piece(piece_id)) > 1
+
+
+def _trained_model_file(sentences: Sequence[str], vocab_size: int, options: TokenizerOptions,
+                        workdir: Path) -> Path:
+    """`workdir/<vocab_size>.model`, trained unless an earlier call left it there."""
+    model_file = workdir / f"{vocab_size}.model"
+    if not model_file.exists():
+        model_file.write_bytes(_train_model(sentences, vocab_size, options))
+    return model_file
+
+
+class _VocabularySizeError(Exception):
+    """SentencePiece cannot make a vocabulary of the requested size from the text; says why."""
+
+
+class _VocabularyTooSmall(_VocabularySizeError):
+    """The size leaves no room for the text's characters, byte pieces and specials."""
+
+
+class _VocabularyTooLarge(_VocabularySizeError):
+    """The text has fewer distinct pieces to learn than the size asks for."""
+
+
+def _train_model(sentences: Sequence[str], vocab_size: int, options: TokenizerOptions) -> bytes:
+    """A serialised BPE model of `vocab_size` pieces; the same input gives the same bytes."""
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),  # not a file: a file's path would be stored in the model
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            character_coverage=options.character_coverage,
+            byte_fallback=options.byte_fallback,
+            normalization_rule_name="identity",
+            pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+            input_sentence_size=0,  # use every sentence given: no random sampling ...
+            shuffle_input_sentence=False,  # ... and no shuffling
+            num_threads=_TRAINER_THREADS,
+            minloglevel=2,  # errors only: the trainer's progress log would flood stderr
+        )
+    except RuntimeError as error:
+        reason = str(error).rsplit("] ", 1)[-1]  # drop the C++ source location and failed check
+        if "smaller than required_chars" in reason:
+            raise _VocabularyTooSmall(reason) from None
+        if "Vocabulary size too high" in reason:
+            raise _VocabularyTooLarge(reason) from None
+        raise
+    return model.getvalue()
