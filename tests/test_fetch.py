@@ -236,3 +236,22 @@ def test_http_404_names_the_file(serve: Serve, tmp_path: Path) -> None:
         fetch_file(f"{server.url}/val.en.gz", dest, MULTI30K_SHA256["val.en.gz"])
 
     assert list(dest.iterdir()) == []
+
+
+def test_cli_fetch_prints_a_summary_and_reports_errors_in_one_line(
+    shared_data: Path, serve: Serve, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xattn_ray.cli import main
+
+    server = serve(shared_data)
+    args = ["data", "fetch", "muse", "--pairs", "de-fr", "--dest", str(tmp_path), "--base-url", f"{server.url}/muse"]
+    assert main(args) == 0
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"muse: 2 downloaded, 0 already present, in {tmp_path}",
+                   f"muse: 0 downloaded, 2 already present, in {tmp_path}"]
+    assert main(["data", "fetch", "muse", "--pairs", "xx-yy", "--dest", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("xattn-ray: error: ") and "'xx-yy'" in error and "\n" not in error
+    assert main(["data", "fetch", "muse", "--dest", str(tmp_path)]) == 2
+    assert "needs --pairs" in capsys.readouterr().err

@@ -1,0 +1,275 @@
+"""The encoder-decoder Transformer of the paper's code, with parameter names that freeze policies select.
+
+Architecture (Gheini et al. 2021 used fairseq's transformer with these flags; REFERENCE.md section A):
+pre-norm layers (layer norm before each sub-layer) and a final layer norm in encoder and decoder;
+learned positional embeddings; a layer norm on the embedding sum; no sqrt(d) embedding scaling;
+separate source and target vocabularies; the target token embeddings double as the output projection.
+
+Parameter names are the vocabulary of freeze policies (`policies.py`), so they are stable:
+
+    src_embed.{tokens,positions,norm}.*                      the source embedding group  (`src`)
+    tgt_embed.{tokens,positions,norm}.*                      the target embedding group  (`tgt`;
+                                                             tokens.weight is also the output layer)
+    encoder.layers.N.{self_attn_norm,self_attn,ffn_norm,ffn}.*
+    encoder.final_norm.*
+    decoder.layers.N.{self_attn_norm,self_attn,cross_attn_norm,cross_attn,ffn_norm,ffn}.*
+    decoder.final_norm.*
+    ...attn.{q_proj,k_proj,v_proj,out_proj}.{weight,bias}   ffn.{fc1,fc2}.{weight,bias}
+
+`decoder.layers.N.cross_attn*` is the `xattn` group: the cross-attention and the layer norm before it.
+
+Shapes: B batch, S source length, T target length, D d_model, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xattn_ray.attention import MultiHeadAttention
+from xattn_ray.tokenizer import PAD_ID
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the model's shapes and regularisation; checkpoints carry it."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int = 512  # width of every residual stream
+    ffn_dim: int = 2048  # hidden width of the feed-forward blocks
+    heads: int = 8
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    max_positions: int = 1024  # rows of each learned position table (longest sequence + BOS/EOS)
+    dropout: float = 0.1  # on embeddings, sub-layer outputs
+    attention_dropout: float = 0.1  # on attention probabilities
+    activation_dropout: float = 0.0  # inside the feed-forward block, after the ReLU
+
+
+# The presets named by experiments; any field can still be overridden.
+PRESETS: dict[str, dict[str, int]] = {
+    "base": dict(d_model=512, ffn_dim=2048, heads=8, encoder_layers=6, decoder_layers=6),  # the paper's
+    "small": dict(d_model=256, ffn_dim=1024, heads=4, encoder_layers=3, decoder_layers=3),  # Multi30k on a CPU
+    "tiny": dict(d_model=32, ffn_dim=64, heads=2, encoder_layers=2, decoder_layers=2, max_positions=128),  # tests
+}
+
+
+def preset_config(preset: str, src_vocab_size: int, tgt_vocab_size: int, **overrides) -> ModelConfig:
+    """The ModelConfig of a named preset, with `overrides` applied."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r} (known: {', '.join(PRESETS)})")
+    return ModelConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+                       **{**PRESETS[preset], **overrides})
+
+
+class Embedding(nn.Module):
+    """Token plus learned position embeddings, then a layer norm (fairseq's `layernorm_embedding`)."""
+
+    def __init__(self, vocab_size: int, config: ModelConfig):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, config.d_model, padding_idx=PAD_ID)
+        self.positions = nn.Embedding(config.max_positions, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, ids: Tensor, start: int = 0) -> Tensor:
+        """[B, T] token ids at positions start..start+T-1 -> [B, T, D]."""
+        length = ids.shape[1]
+        if start + length > self.positions.num_embeddings:
+            raise ValueError(f"sequence of {start + length} positions exceeds max_positions "
+                             f"{self.positions.num_embeddings}")
+        positions = torch.arange(start, start + length, device=ids.device)
+        return self.dropout(self.norm(self.tokens(ids) + self.positions(positions)))
+
+
+class FeedForward(nn.Module):
+    """Position-wise D -> ffn_dim -> D with a ReLU."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
+        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.activation_dropout = nn.Dropout(config.activation_dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention then feed-forward, each added back to the residual stream."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = MultiHeadAttention(config.d_model, config.heads, config.attention_dropout)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        """x [B, S, D], src_mask [B, 1, 1, S] -> [B, S, D]."""
+        normed = self.self_attn_norm(x)
+        x = x + self.dropout(self.self_attn(normed, *self.self_attn.project_keys_values(normed), mask=src_mask))
+        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention, cross-attention to the source, feed-forward."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.self_attn_norm = nn.LayerNorm(config.d_model)
+        self.self_attn = MultiHeadAttention(config.d_model, config.heads, config.attention_dropout)
+        self.cross_attn_norm = nn.LayerNorm(config.d_model)
+        self.cross_attn = MultiHeadAttention(config.d_model, config.heads, config.attention_dropout)
+        self.ffn_norm = nn.LayerNorm(config.d_model)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+                past_kv: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [B, T, D] -> (x [B, T, D], this layer's self-attention keys/values [B, H, t, Dh]).
+
+        Training passes whole prefixes (`past_kv` None, causal mask). Incremental decoding passes the
+        newest position only, with the keys/values of the earlier positions in `past_kv`.
+        """
+        normed = self.self_attn_norm(x)
+        keys, values = self.self_attn.project_keys_values(normed)
+        if past_kv is not None:
+            keys, values = torch.cat([past_kv[0], keys], dim=2), torch.cat([past_kv[1], values], dim=2)
+        x = x + self.dropout(self.self_attn(normed, keys, values, causal=past_kv is None))
+        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), *cross_kv, mask=src_mask))
+        return x + self.dropout(self.ffn(self.ffn_norm(x))), (keys, values)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, src_mask)
+        return self.final_norm(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
+        self.final_norm = nn.LayerNorm(config.d_model)
+
+
+@dataclass
+class DecoderState:
+    """What incremental decoding keeps between steps, for a batch of B hypotheses."""
+
+    src_mask: Tensor  # [B, 1, 1, S]
+    cross_kv: list[tuple[Tensor, Tensor]]  # per layer, computed once per source: [B, H, S, Dh] each
+    self_kv: list[tuple[Tensor, Tensor] | None]  # per layer, grows by one position a step
+    length: int = 0  # positions decoded so far
+
+    def select(self, rows: Tensor) -> DecoderState:
+        """Keep (and repeat) hypotheses `rows` [B'], e.g. to follow the best beams."""
+
+        def pick(kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor] | None:
+            return None if kv is None else (kv[0].index_select(0, rows), kv[1].index_select(0, rows))
+
+        return DecoderState(self.src_mask.index_select(0, rows), [pick(kv) for kv in self.cross_kv],
+                            [pick(kv) for kv in self.self_kv], self.length)
+
+
+class Transformer(nn.Module):
+    """Encoder-decoder translation model; see the module docstring for parameter names."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.src_embed = Embedding(config.src_vocab_size, config)
+        self.tgt_embed = Embedding(config.tgt_vocab_size, config)
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """fairseq's initialisation: normal(0, D^-0.5) embeddings with a zero pad row, xavier linears."""
+        for module in self.modules():
+            if isinstance(module, Embedding):
+                initialise_embedding_group(module)
+            elif isinstance(module, MultiHeadAttention | FeedForward):
+                initialise_linears(module)
+
+    # -- training: whole sequences -------------------------------------------------------------
+    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        """src [B, S] -> (memory [B, S, D], src_mask [B, 1, 1, S]).
+
+        When nothing on the source side trains (e.g. `xattn` on a new-target child), the encoder runs
+        without building an autograd graph: its activations need no gradient.
+        """
+        src_mask = (src != PAD_ID)[:, None, None, :]
+        needs_grad = torch.is_grad_enabled() and any(
+            p.requires_grad for p in (*self.src_embed.parameters(), *self.encoder.parameters()))
+        with torch.set_grad_enabled(needs_grad):
+            memory = self.encoder(self.src_embed(src), src_mask)
+        return memory, src_mask
+
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
+        """Teacher forcing: tgt_in [B, T] (BOS + target), memory [B, S, D] -> hidden states [B, T, D]."""
+        x = self.tgt_embed(tgt_in)
+        for layer in self.decoder.layers:
+            x, _ = layer(x, layer.cross_attn.project_keys_values(memory), src_mask)
+        return self.decoder.final_norm(x)
+
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """[..., D] -> [..., V]: the tied output projection (no bias, as in fairseq)."""
+        return F.linear(hidden, self.tgt_embed.tokens.weight)
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """src [B, S], tgt_in [B, T] -> logits [B, T, V]."""
+        memory, src_mask = self.encode(src)
+        return self.output_logits(self.decode(tgt_in, memory, src_mask))
+
+    # -- inference: one target position at a time ---------------------------------------------
+    def start_decoding(self, src: Tensor) -> DecoderState:
+        """Encode src [B, S] and compute every layer's cross-attention keys/values once."""
+        memory, src_mask = self.encode(src)
+        cross_kv = [layer.cross_attn.project_keys_values(memory) for layer in self.decoder.layers]
+        return DecoderState(src_mask, cross_kv, [None] * len(self.decoder.layers))
+
+    def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
+        """Feed the newest tokens [B] and return next-token log-probabilities [B, V]; updates `state`."""
+        x = self.tgt_embed(tokens[:, None], start=state.length)
+        for i, layer in enumerate(self.decoder.layers):
+            x, state.self_kv[i] = layer(x, state.cross_kv[i], state.src_mask, past_kv=state.self_kv[i])
+        state.length += 1
+        return F.log_softmax(self.output_logits(self.decoder.final_norm(x[:, 0])).float(), dim=-1)
+
+
+def initialise_embedding_group(embedding: Embedding) -> None:
+    """Fresh embeddings: tokens and positions normal(0, D^-0.5), pad row zero; layer norm identity."""
+    d_model = embedding.tokens.embedding_dim
+    with torch.no_grad():
+        nn.init.normal_(embedding.tokens.weight, mean=0.0, std=d_model ** -0.5)
+        embedding.tokens.weight[PAD_ID].zero_()
+        nn.init.normal_(embedding.positions.weight, mean=0.0, std=d_model ** -0.5)
+        embedding.norm.reset_parameters()
+
+
+def initialise_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear layer inside `module`."""
+    for linear in module.modules():
+        if isinstance(linear, nn.Linear):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+
+
+def config_differences(expected: ModelConfig, actual: ModelConfig) -> list[str]:
+    """Human-readable `field: expected X, found Y` for every field where two configs differ."""
+    return [f"{f.name}: expected {getattr(expected, f.name)}, found {getattr(actual, f.name)}"
+            for f in dataclasses.fields(ModelConfig) if getattr(expected, f.name) != getattr(actual, f.name)]
