@@ -230,10 +230,15 @@ class Transformer(nn.Module):
         """[..., D] -> [..., V]: the tied output projection (no bias, as in fairseq)."""
         return F.linear(hidden, self.tgt_embed.tokens.weight)
 
-    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """src [B, S], tgt_in [B, T] -> logits [B, T, V]."""
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+        """src [B, S], tgt_in [B, T] -> logits [B, T, V].
+
+        With `keep` [B, T] (True at positions to predict), only those rows are projected onto the
+        vocabulary: logits [N, V] for the N kept positions, so padding costs no output-layer work.
+        """
         memory, src_mask = self.encode(src)
-        return self.output_logits(self.decode(tgt_in, memory, src_mask))
+        hidden = self.decode(tgt_in, memory, src_mask)
+        return self.output_logits(hidden if keep is None else hidden[keep])
 
     # -- inference: one target position at a time ---------------------------------------------
     def start_decoding(self, src: Tensor) -> DecoderState:

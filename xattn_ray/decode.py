@@ -1,0 +1,192 @@
+"""Translation by greedy and beam search over the model's key/value cache.
+
+Beam search keeps, for every source sentence, the `beam` best partial translations (hypotheses)
+by the sum of their tokens' log-probabilities, extends each by every vocabulary token at each step,
+and keeps the `beam` best extensions. A hypothesis that emits EOS is finished and set aside, scored
+`sum of log-probs / length ** length_penalty` (length counting the EOS): the plain sum favours short
+translations, and a penalty above 1 rewards length a little more than averaging would. As in fairseq,
+which Gheini et al. (2021) used with beam 5 and length penalty 1.2, a sentence stops as soon as it has
+`beam` finished hypotheses, or at its maximum length, where every live hypothesis must emit EOS.
+
+Shapes: B sentences, S source length, K beam size, V target vocabulary size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from xattn_ray.model import DecoderState, Transformer
+from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+
+def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2,
+                  max_len_b: int = 10) -> list[list[int]]:
+    """The most probable next token at every step, for each sentence of src [B, S].
+
+    src holds source ids followed by EOS, right-padded with PAD. Returns, per sentence, the output ids
+    without BOS and EOS; a sentence leaves the batch as soon as it emits EOS.
+    """
+    with _inference(model):
+        max_lens = max_output_lengths(model, src, max_len_a, max_len_b)  # [B]
+        state = model.start_decoding(src)
+        sentences = torch.arange(src.shape[0], device=src.device)  # original index of each batch row
+        tokens = torch.full_like(sentences, BOS_ID)  # [B'] the newest token of each row
+        outputs: list[list[int]] = [[] for _ in range(src.shape[0])]
+        step = 0
+        while True:
+            log_probs = _next_token_log_probs(model, tokens, state, at_limit=max_lens == step)
+            tokens = log_probs.argmax(dim=-1)
+            for sentence, token in zip(sentences.tolist(), tokens.tolist()):
+                if token != EOS_ID:
+                    outputs[sentence].append(token)
+            alive = (tokens != EOS_ID).nonzero().squeeze(1)
+            if len(alive) == 0:
+                return outputs
+            if len(alive) < len(tokens):
+                state, sentences, tokens, max_lens = (state.select(alive), sentences[alive], tokens[alive],
+                                                      max_lens[alive])
+            step += 1
+
+
+def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: float = 1.2,
+                max_len_a: float = 1.2, max_len_b: int = 10) -> list[list[int]]:
+    """The best finished hypothesis of a beam search (module docstring) for each sentence of src [B, S].
+
+    src holds source ids followed by EOS, right-padded with PAD. Returns, per sentence, the output ids
+    without BOS and EOS. All sentences' hypotheses form one batch of B*K rows (sentence-major), from
+    which finished sentences are dropped so the work shrinks as sentences finish. UNK may be emitted,
+    as in fairseq; PAD and BOS never are.
+    """
+    if beam < 1:
+        raise ValueError(f"beam must be at least 1, got {beam}")
+    with _inference(model):
+        batch_size = src.shape[0]
+        max_lens = max_output_lengths(model, src, max_len_a, max_len_b)  # [B'] of the active sentences
+        rows_per_sentence = torch.arange(batch_size, device=src.device).repeat_interleave(beam)
+        state = model.start_decoding(src).select(rows_per_sentence)
+        sentences = torch.arange(batch_size, device=src.device)  # [B'] original index of active sentences
+        # All beams of a sentence start identical, so only the first is live; the others start at -inf
+        # and so cannot be chosen until real candidates run out.
+        scores = torch.full((batch_size, beam), float("-inf"), device=src.device)
+        scores[:, 0] = 0.0
+        scores = scores.view(-1)  # [B'*K] sum of log-probs of each live hypothesis
+        hypotheses = torch.full((batch_size * beam, 1), BOS_ID, device=src.device)  # [B'*K, 1 + step]
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
+        step = 0
+        while True:
+            active = len(sentences)
+            # 1. Extend every live hypothesis by every token: [B', K*V] candidate scores.
+            at_limit = (max_lens == step).repeat_interleave(beam)
+            log_probs = _next_token_log_probs(model, hypotheses[:, -1], state, at_limit)
+            vocab_size = log_probs.shape[-1]
+            candidates = (scores[:, None] + log_probs).view(active, beam * vocab_size)
+            # 2. The best 2K candidates: at most K of them end in EOS (one per beam), so at least K go on.
+            top_scores, top_indices = candidates.topk(min(2 * beam, beam * vocab_size), dim=1)
+            top_beams, top_tokens = top_indices // vocab_size, top_indices % vocab_size  # [B', 2K]
+            top_rows = torch.arange(active, device=src.device)[:, None] * beam + top_beams
+            # 3. Set aside the EOS candidates among the best K, best first, until a sentence has K.
+            ends = (top_tokens[:, :beam] == EOS_ID) & top_scores[:, :beam].isfinite()
+            sentence_ids = sentences.tolist()
+            for position, rank in ends.nonzero().tolist():
+                sentence_finished = finished[sentence_ids[position]]
+                if len(sentence_finished) < beam:
+                    score = top_scores[position, rank].item() / (step + 1) ** length_penalty
+                    output = hypotheses[top_rows[position, rank], 1:].tolist()
+                    sentence_finished.append((score, output))
+            # 4. A sentence is done with K finished hypotheses or at its maximum length.
+            done = torch.tensor([len(finished[s]) == beam for s in sentence_ids], device=src.device)
+            keep = (~(done | (max_lens == step))).nonzero().squeeze(1)  # [B''] sentences going on
+            if len(keep) == 0:
+                break
+            # 5. Each remaining sentence goes on with its best K candidates that do not end in EOS.
+            go_on = torch.sort((top_tokens[keep] == EOS_ID).int(), dim=1, stable=True).indices[:, :beam]
+            rows = top_rows[keep].gather(1, go_on).view(-1)  # [B''*K] rows of the hypotheses extended
+            new_tokens = top_tokens[keep].gather(1, go_on).view(-1, 1)
+            scores = top_scores[keep].gather(1, go_on).view(-1)
+            # 6. One selection both follows the chosen beams and drops the finished sentences.
+            hypotheses = torch.cat([hypotheses[rows], new_tokens], dim=1)
+            state = state.select(rows)
+            sentences, max_lens = sentences[keep], max_lens[keep]
+            step += 1
+        return [max(sentence_finished, key=lambda scored: scored[0])[1] for sentence_finished in finished]
+
+
+def translate(model: Transformer, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer, lines: Sequence[str],
+              beam: int = 5, length_penalty: float = 1.2, max_tokens: int = 4096, max_len_a: float = 1.2,
+              max_len_b: int = 10) -> list[str]:
+    """Translate `lines` (raw text) into detokenised target text, in the order given.
+
+    Sources longer than the model's positions are truncated. Sentences are sorted by length and
+    batched so that a batch holds at most `max_tokens` source tokens with padding (a longer sentence
+    goes alone), which keeps padding and wasted steps small. `beam` 1 is greedy search.
+    """
+    sources = [ids[:model.config.max_positions - 1] + [EOS_ID] for ids in src_tokenizer.encode(lines)]
+    device = next(model.parameters()).device
+    outputs: list[list[int]] = [[] for _ in sources]
+    for batch in _length_sorted_batches([len(source) for source in sources], max_tokens):
+        src = torch.full((len(batch), len(sources[batch[-1]])), PAD_ID, device=device)
+        for row, index in enumerate(batch):
+            src[row, :len(sources[index])] = torch.tensor(sources[index])
+        if beam == 1:
+            translations = greedy_search(model, src, max_len_a, max_len_b)
+        else:
+            translations = beam_search(model, src, beam, length_penalty, max_len_a, max_len_b)
+        for index, output in zip(batch, translations):
+            outputs[index] = output
+    return tgt_tokenizer.decode(outputs)
+
+
+def _length_sorted_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indices into `lengths`, shortest first, cut into batches of at most `max_tokens` padded tokens.
+
+    A batch's padded size is its size times its longest (last) length; a sentence longer than
+    `max_tokens` forms a batch of its own.
+    """
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if batch and (len(batch) + 1) * lengths[index] > max_tokens:
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    return batches + [batch] if batch else batches
+
+
+def _next_token_log_probs(model: Transformer, tokens: Tensor, state: DecoderState, at_limit: Tensor) -> Tensor:
+    """Feed tokens [N] and return next-token log-probs [N, V] that the search may choose from.
+
+    PAD and BOS are never output; rows at their maximum length (at_limit [N], bool) can only end.
+    """
+    log_probs = model.decode_step(tokens, state)
+    log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
+    log_probs[at_limit, :EOS_ID] = float("-inf")
+    log_probs[at_limit, EOS_ID + 1:] = float("-inf")
+    return log_probs
+
+
+def max_output_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
+    """The most tokens (EOS not counted) each sentence of src [B, S] may output: [B] int64.
+
+    `int(max_len_a * source length + max_len_b)`, the source length counting neither EOS nor PAD, and at
+    most max_positions - 1: BOS and that many tokens fill the decoder's positions, since the final
+    EOS is predicted but never fed back.
+    """
+    source_lengths = ((src != PAD_ID) & (src != EOS_ID)).sum(dim=1)
+    lengths = (max_len_a * source_lengths + max_len_b).long()
+    return lengths.clamp(0, model.config.max_positions - 1)
+
+
+@contextlib.contextmanager
+def _inference(model: Transformer) -> Iterator[None]:
+    """Evaluation mode (no dropout) without autograd; the model's training mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
