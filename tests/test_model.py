@@ -7,7 +7,7 @@ import torch
 
 from xattn_ray.checkpoint import CheckpointError, load_model, save_model
 from xattn_ray.model import Transformer, preset_config
-from xattn_ray.tokenizer import PAD_ID, TokenizerOptions, train_tokenizer
+from xattn_ray.tokenizer import PAD_ID
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "tiny_parameter_names.txt"
 
@@ -88,16 +88,8 @@ def test_unknown_preset():
         preset_config("huge", 10, 10)
 
 
-@pytest.fixture(scope="module")
-def tokenizers(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("spm")
-    lines = [f"word{i % 37} thing{i % 11} more{i % 5}" for i in range(400)]
-    return (train_tokenizer("aa", lines, TokenizerOptions(vocab_size=60), cache),
-            train_tokenizer("bb", [line.upper() for line in lines], TokenizerOptions(vocab_size=60), cache))
-
-
-def test_checkpoint_rebuilds_model_and_tokenizers(tmp_path, tokenizers):
-    src_tok, tgt_tok = tokenizers
+def test_checkpoint_rebuilds_model_and_tokenizers(tmp_path, toy_tokenizers):
+    src_tok, tgt_tok = toy_tokenizers
     model = Transformer(preset_config("tiny", src_tok.vocab_size, tgt_tok.vocab_size)).eval()
     save_model(tmp_path / "m.pt", model, src_tok, tgt_tok, {"run": "demo"})
     loaded = load_model(tmp_path / "m.pt", expected=model.config)
@@ -108,8 +100,8 @@ def test_checkpoint_rebuilds_model_and_tokenizers(tmp_path, tokenizers):
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary files left
 
 
-def test_checkpoint_of_another_architecture_names_the_field(tmp_path, tokenizers):
-    src_tok, tgt_tok = tokenizers
+def test_checkpoint_of_another_architecture_names_the_field(tmp_path, toy_tokenizers):
+    src_tok, tgt_tok = toy_tokenizers
     model = Transformer(preset_config("tiny", src_tok.vocab_size, tgt_tok.vocab_size))
     save_model(tmp_path / "m.pt", model, src_tok, tgt_tok)
     expected = preset_config("tiny", src_tok.vocab_size, tgt_tok.vocab_size, d_model=64, heads=4)
