@@ -11,12 +11,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from xattn_ray.data.corpus import ParallelText
 from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+
+if TYPE_CHECKING:  # the config (which imports this module's users) also defines corpora
+    from xattn_ray.data.corpus import ParallelText
 
 
 @dataclass(frozen=True)

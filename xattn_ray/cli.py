@@ -39,6 +39,33 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="study folder; generated data is cached under STORAGE/cache (default: %(default)s)")
     validate.set_defaults(handler=_validate)
 
+    train = commands.add_parser("train", help="run one run of an experiment in this process (debugging)")
+    train.add_argument("experiment", type=Path)
+    train.add_argument("--run", required=True, help="a parent's name or a child's name (default: its pair)")
+    train.add_argument("--policy", help="freeze policy of a child run (e.g. xattn)")
+    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="study folder (default: %(default)s)")
+    train.add_argument("--parent-checkpoint", type=Path,
+                       help="parent model of a child run (default: the parent run's best.pt under --storage)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    train.set_defaults(handler=_train)
+
+    translate = commands.add_parser("translate", help="translate standard input with a checkpoint")
+    translate.add_argument("--checkpoint", type=Path, required=True)
+    translate.add_argument("--beam", type=int, default=5)
+    translate.add_argument("--length-penalty", type=float, default=1.2)
+    translate.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
+    translate.set_defaults(handler=_translate)
+
+    policies = commands.add_parser("policies", help="parameters each freeze policy trains, for a model size")
+    policies.add_argument("--preset", default="base", help="base | small | tiny (default: %(default)s)")
+    policies.add_argument("--src-vocab", type=int, default=8000)
+    policies.add_argument("--tgt-vocab", type=int, default=8000)
+    policies.add_argument("--side", choices=["source", "target"], default="source",
+                          help="which side the child replaces (default: %(default)s)")
+    policies.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    policies.set_defaults(handler=_policies)
+
     data = commands.add_parser("data", help="generate or download data").add_subparsers(required=True,
                                                                                          metavar="ACTION")
     synth = data.add_parser("synth", help="write a synthetic language family (corpora + dictionaries)")
@@ -118,3 +145,87 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 def _base_url(args: argparse.Namespace) -> dict[str, str]:
     return {"base_url": args.base_url} if args.base_url else {}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from xattn_ray.config import ChildConfig, load_experiment
+    from xattn_ray.data.run_data import experiment_runs, run_name
+    from xattn_ray.pipeline import run_child, run_directory, run_parent
+
+    experiment = load_experiment(args.experiment)
+    runs = {run_name(run): run for run in experiment_runs(experiment)}
+    if args.run not in runs:
+        raise XattnError(f"{args.experiment}: no run named {args.run!r} (runs: {', '.join(runs)})")
+    run = runs[args.run]
+    if isinstance(run, ChildConfig):
+        if not args.policy:
+            raise XattnError(f"run {args.run!r} is a child: give --policy (e.g. xattn)")
+        experiment.policy(args.policy)  # an unknown name fails before any work
+        parent = experiment.parent(run.parent)
+        checkpoint = args.parent_checkpoint or run_directory(args.storage, experiment, parent, None, args.seed) / "best.pt"
+        if not checkpoint.is_file():
+            raise XattnError(f"parent checkpoint {checkpoint} not found: train the parent first "
+                             f"(xattn-ray train {args.experiment} --run {parent.name} --seed {args.seed}) "
+                             f"or give --parent-checkpoint")
+        workdir = run_directory(args.storage, experiment, run, args.policy, args.seed)
+        outcome = run_child(experiment, run, args.policy, args.seed, args.storage, checkpoint,
+                            resume_from=workdir if args.resume else None)
+    else:
+        if args.policy:
+            raise XattnError(f"run {args.run!r} is a parent: it trains from scratch, without --policy")
+        workdir = run_directory(args.storage, experiment, run, None, args.seed)
+        outcome = run_parent(experiment, run, args.seed, args.storage, resume_from=workdir if args.resume else None)
+    print(f"{outcome.run} ({outcome.pair}{', ' + outcome.policy if outcome.policy else ''}, seed {outcome.seed}): "
+          f"{outcome.stop_reason} after {outcome.updates} updates, {outcome.train_seconds:.0f} s, "
+          f"{outcome.target_tokens_per_second:.0f} target tokens/s")
+    print(f"  trainable params: {outcome.trainable_params:,} of {outcome.total_params:,}")
+    for name, result in outcome.tests.items():
+        print(f"  {name}: BLEU {result.bleu.score:.2f}  chrF {result.chrf.score:.2f}  ({result.bleu.signature})")
+    print(f"  checkpoint: {outcome.checkpoint}")
+    return 1 if outcome.stop_reason.startswith("non-finite") else 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from xattn_ray.checkpoint import load_model
+    from xattn_ray.decode import translate
+
+    loaded = load_model(args.checkpoint)
+    lines = sys.stdin.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for hypothesis in translate(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, lines, beam=args.beam,
+                                length_penalty=args.length_penalty, max_tokens=args.max_tokens):
+        print(hypothesis)
+    return 0
+
+
+def _policies(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from xattn_ray.model import Transformer, preset_config
+    from xattn_ray.policies import GROUPS, POLICIES, ParameterCount, group_sizes, trainable_names
+
+    try:
+        config = preset_config(args.preset, args.src_vocab, args.tgt_vocab)
+    except ValueError as err:
+        raise XattnError(str(err)) from None
+    with torch.device("meta"):  # shapes only: a base model's weights are never allocated
+        model = Transformer(config)
+    sizes = dict(model.named_parameters())
+    groups = group_sizes(model)
+    rows = []
+    for name, policy in POLICIES.items():
+        trainable = sum(sizes[n].numel() for n in trainable_names(model, policy, args.side, name))
+        rows.append({"policy": name, "trainable": trainable, "total": sum(p.numel() for p in sizes.values()),
+                     "summary": ParameterCount(trainable, sum(p.numel() for p in sizes.values())).summary()})
+    if args.json:
+        print(json.dumps({"preset": args.preset, "src_vocab": args.src_vocab, "tgt_vocab": args.tgt_vocab,
+                          "side": args.side, "groups": groups, "policies": rows}, indent=2))
+        return 0
+    print(f"{args.preset} model, vocabularies {args.src_vocab}/{args.tgt_vocab}, new {args.side}")
+    print("groups: " + ", ".join(f"{g} {groups[g]:,}" for g in GROUPS))
+    for row in rows:
+        print(f"  {row['policy']:<10} {row['summary']}")
+    return 0

@@ -17,8 +17,11 @@ from pathlib import Path
 
 from xattn_ray.data.synthetic import FamilySpec
 from xattn_ray.errors import ConfigError
+from xattn_ray.model import PRESETS
+from xattn_ray.policies import POLICIES, Policy
 from xattn_ray.schema import Invalid, YamlDocument, build, expand_environment, load_yaml
 from xattn_ray.tokenizer import TokenizerOptions
+from xattn_ray.train import TrainConfig
 
 # A split's files: a template with `{lang}` ("data/train.{lang}.gz", a multi-parallel set) or one path
 # per language ({fr: train.fr, en: train.en}, a pair of aligned files).
@@ -158,6 +161,45 @@ class ChildConfig:
 
 
 @dataclass(frozen=True)
+class ModelSection:
+    """A model preset and the fields that override it (None keeps the preset's value)."""
+
+    preset: str = "small"  # base | small | tiny (model.PRESETS)
+    d_model: int | None = None
+    ffn_dim: int | None = None
+    heads: int | None = None
+    encoder_layers: int | None = None
+    decoder_layers: int | None = None
+    max_positions: int | None = None
+    dropout: float | None = None
+    attention_dropout: float | None = None
+    activation_dropout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise Invalid("preset", f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+
+    def overrides(self) -> dict[str, int | float]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "preset" and getattr(self, f.name) is not None}
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How test sets are decoded (the paper: beam 5, length penalty 1.2)."""
+
+    beam: int = 5
+    length_penalty: float = 1.2
+    max_len_a: float = 1.2  # hypotheses stop at max_len_a * source length + max_len_b tokens
+    max_len_b: int = 10
+    max_tokens: int = 4096  # source tokens per decoding batch
+
+    def __post_init__(self) -> None:
+        if self.beam < 1:
+            raise Invalid("beam", "must be at least 1")
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One study: corpora, tokenization, parents and the children that transfer from them."""
 
@@ -167,6 +209,11 @@ class Experiment:
     children: list[ChildConfig] = field(default_factory=list)
     tokenizer: TokenizerOptions = field(default_factory=TokenizerOptions)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainConfig = field(default_factory=TrainConfig)  # parents' training options
+    child_train: TrainConfig | None = None  # children's; None: the same as `train`
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    policies: dict[str, Policy] = field(default_factory=dict)  # the user's own, beside POLICIES
     # Where the file was read from: relative data paths resolve against it.
     base_dir: Path = field(default=Path("."), init=False, compare=False)
 
@@ -175,6 +222,18 @@ class Experiment:
 
     def child_corpus(self, child: ChildConfig) -> str:
         return child.corpus or self.parent(child.parent).corpus
+
+    def policy(self, name: str) -> Policy:
+        """A built-in or user-defined policy by name."""
+        table = {**POLICIES, **self.policies}
+        if name not in table:
+            raise ConfigError(f"unknown policy {name!r} (known: {', '.join(table)})")
+        return table[name]
+
+    def train_config(self, run: ParentConfig | ChildConfig) -> TrainConfig:
+        if isinstance(run, ChildConfig) and self.child_train is not None:
+            return self.child_train
+        return self.train
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -190,6 +249,9 @@ def load_experiment(path: str | Path) -> Experiment:
 
 def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
     """Names that must refer to something defined elsewhere in the file."""
+    for name in experiment.policies:
+        if name in POLICIES:
+            raise_at(doc, ("policies", name), f"{name!r} is a built-in policy; give yours another name")
     if not experiment.parents:
         raise_at(doc, ("parents",), "at least one parent run is required")
     run_names: dict[str, tuple] = {}

@@ -358,18 +358,10 @@ def _draw_typology(rng: random.Random) -> Typology:
 
 
 def _draw_morphemes(rng: random.Random, phonology: Phonology, typology: Typology, taken: set[str]) -> Morphemes:
-    used = {
-        "plural": True,
-        "definite": True,
-        "indefinite": typology.indefinite == "article",
-        "accusative": typology.object_case,
-        "past": True,
-        "future": True,
-        "negation": True,
-        "agreement": typology.agreement != "none",
-    }
-    forms = {name: _new_word(rng, phonology, taken, syllables=1) if needed else "" for name, needed in used.items()}
-    return Morphemes(**forms)
+    needed = {"indefinite": typology.indefinite == "article", "accusative": typology.object_case,
+              "agreement": typology.agreement != "none"}  # the others every language uses
+    return Morphemes(**{field.name: _new_word(rng, phonology, taken, syllables=1) if needed.get(field.name, True)
+                        else "" for field in fields(Morphemes)})
 
 
 def _new_word(rng: random.Random, phonology: Phonology, taken: set[str], syllables: int) -> str:

@@ -1,0 +1,101 @@
+"""Whole runs on tiny data: a parent, its children under every policy, `xattn-ray train` and `translate`."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xattn_ray.checkpoint import load_model
+from xattn_ray.config import load_experiment
+from xattn_ray.pipeline import run_child, run_directory, run_parent
+from xattn_ray.policies import POLICIES
+
+TINY_STUDY = """\
+name: tiny
+corpora:
+  synth:
+    synthetic: {languages: 2, sentences: 400, seed: 3, valid: 30, test: 20}
+tokenizer: {vocab_size: 120}
+model: {preset: tiny}
+train: {lr: 0.003, warmup_updates: 5, max_tokens: 600, max_updates: 12, validate_every: 6, patience: 0}
+evaluation: {beam: 2, max_tokens: 2000}
+parents:
+  - {name: la-pv, pair: la-pv, corpus: synth, lines: [0, 250]}
+children:
+  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}
+  - {pair: la-lb, parent: la-pv, lines: [250, 400]}
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    (root / "tiny.yaml").write_text(TINY_STUDY)
+    experiment = load_experiment(root / "tiny.yaml")
+    parent = run_parent(experiment, experiment.parents[0], seed=1, storage=root / "runs")
+    return root, experiment, parent
+
+
+def test_parent_run_trains_scores_and_records(study):
+    root, experiment, parent = study
+    assert parent.stop_reason == "max_updates" and parent.updates == 12
+    assert parent.trainable_params == parent.total_params
+    test = parent.tests["test"]
+    assert len(test.hypotheses) == 20 and 0.0 <= test.bleu.score <= 100.0
+    assert "tok:13a" in test.bleu.signature
+    record = json.loads((parent.checkpoint.parent / "result.json").read_text())
+    assert record["tests"]["test"]["bleu"] == test.bleu.score
+    assert (parent.checkpoint.parent / "hypotheses.test.txt").read_text().splitlines() == test.hypotheses
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_every_policy_runs_on_a_new_source_child(study, policy):
+    root, experiment, parent = study
+    child = run_child(experiment, experiment.children[0], policy, 1, root / "runs", parent.checkpoint)
+    assert child.side == "source" and child.updates == 12 and "test" in child.tests
+    loaded = load_model(child.checkpoint)
+    assert loaded.src_tokenizer.language == "lb" and loaded.tgt_tokenizer.language == "pv"
+    parent_model = load_model(parent.checkpoint)
+    # The target side never changes: same tokenizer bytes, and frozen embeddings (except from scratch).
+    assert loaded.tgt_tokenizer.to_bytes() == parent_model.tgt_tokenizer.to_bytes()
+    same_target_embeddings = (loaded.model.tgt_embed.tokens.weight == parent_model.model.tgt_embed.tokens.weight).all()
+    assert bool(same_target_embeddings) == (policy != "scratch")
+
+
+def test_new_target_child_keeps_the_parent_source_side(study):
+    root, experiment, parent = study
+    child = run_child(experiment, experiment.children[1], "xattn", 1, root / "runs", parent.checkpoint)
+    loaded = load_model(child.checkpoint)
+    assert child.side == "target" and loaded.tgt_tokenizer.language == "lb"
+    assert loaded.src_tokenizer.to_bytes() == load_model(parent.checkpoint).src_tokenizer.to_bytes()
+    assert child.checkpoint.parent == run_directory(root / "runs", experiment, experiment.children[1], "xattn", 1)
+
+
+def xattn_ray(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "xattn_ray", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_cli_train_translate_and_mistakes(study):
+    root, experiment, parent = study
+    result = xattn_ray("train", "tiny.yaml", "--run", "lb-pv", "--policy", "bitfit", "--storage", "runs", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "lb-pv (lb-pv, bitfit, seed 1): max_updates after 12 updates" in result.stdout
+    assert "test: BLEU" in result.stdout
+
+    missing = xattn_ray("train", "tiny.yaml", "--run", "lb-pv", "--policy", "xattn", "--seed", "9",
+                        "--storage", "runs", cwd=root)
+    assert missing.returncode == 2 and "train the parent first" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    unknown = xattn_ray("train", "tiny.yaml", "--run", "lb-pv", "--policy", "xatn", "--storage", "runs", cwd=root)
+    assert unknown.returncode == 2 and "unknown policy 'xatn'" in unknown.stderr
+
+    sources = Path(root / "runs" / "cache" / "data").glob("*/test.la")
+    lines = next(sources).read_text().splitlines()[:5] + [""]
+    translated = subprocess.run([sys.executable, "-m", "xattn_ray", "translate", "--checkpoint", str(parent.checkpoint),
+                                 "--beam", "2"], input="\n".join(lines) + "\n", capture_output=True, text=True,
+                                timeout=300)
+    assert translated.returncode == 0, translated.stderr
+    assert len(translated.stdout.split("\n")) - 1 == len(lines)
