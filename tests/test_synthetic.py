@@ -55,8 +55,8 @@ def test_language_codes_start_with_the_pivot():
 
 
 def test_family_dir_name_spells_out_the_spec():
-    assert family_dir_name(FamilySpec()) == "synth-l2-n20000-s1-v500-t500"
-    assert family_dir_name(SMALL) == "synth-l2-n300-s3-v40-t30"
+    assert family_dir_name(FamilySpec()) == "synth1-l2-n20000-s1-v500-t500"
+    assert family_dir_name(SMALL) == "synth1-l2-n300-s3-v40-t30"
 
 
 # --- Determinism ----------------------------------------------------------------------------------

@@ -74,8 +74,11 @@ class FamilySpec:
 
 
 def family_dir_name(spec: FamilySpec) -> str:
-    """A stable directory name for the family `spec` describes, usable as a cache key."""
-    return f"synth-l{spec.languages}-n{spec.sentences}-s{spec.seed}-v{spec.valid}-t{spec.test}"
+    """A stable directory name for the family `spec` describes, usable as a cache key.
+
+    It names the generator version too, so a cache never serves a family an older generator made.
+    """
+    return f"synth{GENERATOR_VERSION}-l{spec.languages}-n{spec.sentences}-s{spec.seed}-v{spec.valid}-t{spec.test}"
 
 
 # --- Random streams and Zipfian draws -----------------------------------------------------------
@@ -86,7 +89,7 @@ def _stream(seed: int, name: str) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-ZIPF_EXPONENT = 1.0
+ZIPF_EXPONENT = 1.0  # classic Zipf: the concept of rank r is drawn about 1 / r as often as the commonest
 
 
 class _Zipf:
@@ -459,7 +462,7 @@ class _Realizer:
             stem += m.definite
         return stem + m.accusative if accusative and t.object_case else stem
 
-    def _inflect_verb(self, stem: str, tense: int, negated: bool, plural_subject: bool) -> list[str]:
+    def _inflect_verb(self, stem: str, tense: int, negated: bool, plural_subject: bool) -> tuple[str, ...]:
         t, m = self.typology, self.morphemes
         before: list[str] = []
         after: list[str] = []
@@ -472,7 +475,7 @@ class _Realizer:
             stem += m.agreement
         if negated:  # attached last, so negation is the outermost affix and follows a tense particle
             stem = _attach(stem, m.negation, t.negation, before, after)
-        return [*before, stem, *after]
+        return (*before, stem, *after)
 
     def noun_phrase(self, phrase: _NounPhrase, accusative: bool) -> list[str]:
         noun = self.noun_forms[((phrase.noun * 2 + phrase.plural) * 2 + phrase.definite) * 2 + accusative]
@@ -491,7 +494,7 @@ class _Realizer:
             "V": self.verb_phrases[((clause.verb * 3 + clause.tense) * 2 + clause.negated) * 2 + clause.subject.plural],
             "O": self.noun_phrase(clause.object, accusative=True) if clause.object else [],
         }
-        adjuncts = []
+        adjuncts: list[str] = []
         if clause.adjunct:
             adposition, phrase = clause.adjunct
             words = self.noun_phrase(phrase, accusative=False)
@@ -499,7 +502,7 @@ class _Realizer:
             adjuncts = [marker, *words] if self.typology.adposition == "preposition" else [*words, marker]
         if clause.adverb is not None:
             adjuncts.append(self.lexicon["adverb"][clause.adverb])
-        words = []
+        words: list[str] = []
         for slot in self.typology.word_order:
             if slot == "V" and self.verb_final:  # verb-final languages put adjuncts before the verb
                 words += adjuncts
