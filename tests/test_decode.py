@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from xattn_ray.decode import beam_search, greedy_search, max_output_lengths, translate
 from xattn_ray.model import Transformer, preset_config
@@ -103,27 +105,68 @@ def test_beam_of_one_is_greedy_search() -> None:
         assert beam_search(model, src, beam=1) == greedy_search(model, src)
 
 
+class TableModel(nn.Module):
+    """A stand-in model for testing search alone: next-token log-probs are a fixed random function of
+    the source and the prefix, sharp enough and varied enough that outputs differ in length and tokens."""
+
+    def __init__(self, vocab_size: int, max_positions: int = 64):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.config = SimpleNamespace(max_positions=max_positions)
+
+    def log_probs(self, source: tuple[int, ...], prefix: tuple[int, ...]) -> torch.Tensor:
+        """[V] log-probs of the token after `prefix` (which starts with BOS)."""
+        generator = torch.Generator().manual_seed(hash((source, prefix)) % 2 ** 62)
+        return (3 * torch.randn(self.vocab_size, generator=generator)).log_softmax(dim=0)
+
+    def start_decoding(self, src: torch.Tensor) -> PrefixState:
+        return PrefixState([tuple(row) for row in src.tolist()], [() for _ in range(len(src))])
+
+    def decode_step(self, tokens: torch.Tensor, state: PrefixState) -> torch.Tensor:
+        state.prefixes = [prefix + (token,) for prefix, token in zip(state.prefixes, tokens.tolist())]
+        return torch.stack([self.log_probs(*row) for row in zip(state.sources, state.prefixes)])
+
+    def score(self, src: torch.Tensor, output: list[int], length_penalty: float) -> float:
+        """The search objective of `output` for src [S], from the table directly."""
+        source, prefix = tuple(src.tolist()), (BOS_ID, *output)
+        total = sum(self.log_probs(source, prefix[:i + 1])[token].item()
+                    for i, token in enumerate([*output, EOS_ID]))
+        return total / (len(output) + 1) ** length_penalty
+
+
+@dataclass
+class PrefixState:
+    """TableModel's decoder state: the source and the tokens fed so far, per hypothesis."""
+
+    sources: list[tuple[int, ...]]
+    prefixes: list[tuple[int, ...]]
+
+    def select(self, rows: torch.Tensor) -> PrefixState:
+        return PrefixState([self.sources[row] for row in rows.tolist()], [self.prefixes[row] for row in rows.tolist()])
+
+
 def all_outputs(tokens: Sequence[int], max_len: int) -> Iterator[list[int]]:
     """Every output of at most `max_len` tokens drawn from `tokens`."""
     for length in range(max_len + 1):
         yield from map(list, itertools.product(tokens, repeat=length))
 
 
-def test_a_beam_that_prunes_nothing_finds_the_best_translation_and_never_loses_to_greedy() -> None:
+@pytest.mark.parametrize("length_penalty", [0.5, 1.2, 2.5])
+def test_a_beam_that_prunes_nothing_finds_the_best_output_and_never_loses_to_greedy(length_penalty: float) -> None:
     # Beam 5 can score below greedy on its own objective: the greedy prefix can fall out of the beam,
     # and fairseq's rule stops a sentence at 5 finished hypotheses, which may all be shorter and worse
     # than a greedy one still growing. What beam search guarantees is exactness once nothing is pruned.
-    # Here the target vocabulary is the specials and 2 tokens, so UNK and those 2 continue a hypothesis:
-    # with at most 3 tokens there are 40 outputs and at most 27 live hypotheses, which a beam of 64
-    # keeps. Scores are recomputed by teacher forcing, not step by step from the cache.
-    model, src = random_model(0, tgt_vocab=6), random_sources(0, 6, 30)
-    outputs = list(all_outputs([3, 4, 5], max_len=3))
-    found = beam_search(model, src, beam=64, length_penalty=1.2, max_len_a=0.0, max_len_b=3)
-    greedy = greedy_search(model, src, max_len_a=0.0, max_len_b=3)
-    for row, output in enumerate(found):
-        best = max(model_score(model, src[row], candidate, 1.2) for candidate in outputs)
-        assert model_score(model, src[row], output, 1.2) == pytest.approx(best, abs=1e-5)
-        assert model_score(model, src[row], greedy[row], 1.2) <= best + 1e-5
+    # Here 3 tokens (UNK, 4, 5) can continue a hypothesis: with at most 4 tokens there are 121 outputs
+    # and at most 81 live hypotheses, which a beam of 128 keeps.
+    model, src = TableModel(vocab_size=6), random_sources(0, 16, 30)
+    outputs = list(all_outputs([3, 4, 5], max_len=4))
+    found = beam_search(model, src, beam=128, length_penalty=length_penalty, max_len_a=0.0, max_len_b=4)
+    greedy = greedy_search(model, src, max_len_a=0.0, max_len_b=4)
+    for row in range(len(src)):
+        scores = {tuple(output): model.score(src[row], output, length_penalty) for output in outputs}
+        assert tuple(found[row]) == max(scores, key=scores.__getitem__)
+        assert scores[tuple(greedy[row])] <= scores[tuple(found[row])]
+    assert len({len(output) for output in found}) > 1  # the length penalty had choices to make
 
 
 def test_copy_model_decodes_its_inputs_exactly(copy_model: Transformer) -> None:

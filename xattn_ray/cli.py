@@ -94,13 +94,13 @@ def _validate(args: argparse.Namespace) -> int:
     runs = experiment_runs(experiment)
     loaded = {run_name(run): load_run_data(experiment, run, args.storage / "cache") for run in runs}
     print(f"experiment {experiment.name!r} ({args.experiment}): config and data OK")
-    print(f"{'run':<14} {'pair':<8} {'from':<12} {'train pairs':>11} {'dropped':>8} {'valid':>6}  tests")
+    print(f"{'run':<14} {'pair':<8} {'from':<22} {'train pairs':>11} {'dropped':>8} {'valid':>6}  tests")
     for run in runs:
         data = loaded[run_name(run)]
         origin = "scratch" if run in experiment.parents else f"{run.parent} ({_changed_side(experiment, run)})"
         dropped = data.cleaning.empty + data.cleaning.too_long + data.cleaning.bad_ratio
         tests = ", ".join(f"{name} {len(text)}" for name, text in data.tests.items())
-        print(f"{run_name(run):<14} {str(data.pair):<8} {origin:<12} {len(data.train):>11} {dropped:>8} "
+        print(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {len(data.train):>11} {dropped:>8} "
               f"{len(data.valid):>6}  {tests}")
     return 0
 

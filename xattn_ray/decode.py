@@ -148,7 +148,7 @@ def _length_sorted_batches(lengths: Sequence[int], max_tokens: int) -> list[list
     """
     batches: list[list[int]] = []
     batch: list[int] = []
-    for index in sorted(range(len(lengths)), key=lambda i: 0):
+    for index in sorted(range(len(lengths)), key=lengths.__getitem__):
         if batch and (len(batch) + 1) * lengths[index] > max_tokens:
             batches.append(batch)
             batch = []
