@@ -14,6 +14,7 @@ Shapes: B sentences, S source length, K beam size, V target vocabulary size.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -36,8 +37,7 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2,
         sentences = torch.arange(src.shape[0], device=src.device)  # original index of each batch row
         tokens = torch.full_like(sentences, BOS_ID)  # [B'] the newest token of each row
         outputs: list[list[int]] = [[] for _ in range(src.shape[0])]
-        step = 0
-        while True:
+        for step in itertools.count():
             log_probs = _next_token_log_probs(model, tokens, state, at_limit=max_lens == step)
             tokens = log_probs.argmax(dim=-1)
             for sentence, token in zip(sentences.tolist(), tokens.tolist()):
@@ -45,11 +45,11 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2,
                     outputs[sentence].append(token)
             alive = (tokens != EOS_ID).nonzero().squeeze(1)
             if len(alive) == 0:
-                return outputs
+                break
             if len(alive) < len(tokens):
                 state, sentences, tokens, max_lens = (state.select(alive), sentences[alive], tokens[alive],
                                                       max_lens[alive])
-            step += 1
+        return outputs
 
 
 def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: float = 1.2,
@@ -58,8 +58,12 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
 
     src holds source ids followed by EOS, right-padded with PAD. Returns, per sentence, the output ids
     without BOS and EOS. All sentences' hypotheses form one batch of B*K rows (sentence-major), from
-    which finished sentences are dropped so the work shrinks as sentences finish. UNK may be emitted,
-    as in fairseq; PAD and BOS never are.
+    which finished sentences are dropped so the work shrinks as sentences finish.
+
+    UNK may be emitted, as in fairseq; PAD and BOS never are. An empty output is allowed (fairseq's
+    `--min-len 1` forbids it). Stopping at K finished hypotheses is fast but not exhaustive: on some
+    sentences the result scores below greedy search's, since all K may be shorter than a better
+    hypothesis still growing (and a pruned prefix can hide the best one).
     """
     if beam < 1:
         raise ValueError(f"beam must be at least 1, got {beam}")
@@ -75,9 +79,8 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
         scores[:, 0] = 0.0
         scores = scores.view(-1)  # [B'*K] sum of log-probs of each live hypothesis
         hypotheses = torch.full((batch_size * beam, 1), BOS_ID, device=src.device)  # [B'*K, 1 + step]
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
-        step = 0
-        while True:
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]  # (score, ids)
+        for step in itertools.count():
             active = len(sentences)
             # 1. Extend every live hypothesis by every token: [B', K*V] candidate scores.
             at_limit = (max_lens == step).repeat_interleave(beam)
@@ -88,7 +91,8 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
             top_scores, top_indices = candidates.topk(min(2 * beam, beam * vocab_size), dim=1)
             top_beams, top_tokens = top_indices // vocab_size, top_indices % vocab_size  # [B', 2K]
             top_rows = torch.arange(active, device=src.device)[:, None] * beam + top_beams
-            # 3. Set aside the EOS candidates among the best K, best first, until a sentence has K.
+            # 3. Set aside the EOS candidates among the best K, best first, until a sentence has K
+            #    (placeholder rows at -inf end nothing).
             ends = (top_tokens[:, :beam] == EOS_ID) & top_scores[:, :beam].isfinite()
             sentence_ids = sentences.tolist()
             for position, rank in ends.nonzero().tolist():
@@ -98,11 +102,13 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
                     output = hypotheses[top_rows[position, rank], 1:].tolist()
                     sentence_finished.append((score, output))
             # 4. A sentence is done with K finished hypotheses or at its maximum length.
-            done = torch.tensor([len(finished[s]) == beam for s in sentence_ids], device=src.device)
-            keep = (~(done | (max_lens == step))).nonzero().squeeze(1)  # [B''] sentences going on
+            full = torch.tensor([len(finished[sentence]) == beam for sentence in sentence_ids],
+                                device=src.device)
+            keep = (~full & (max_lens != step)).nonzero().squeeze(1)  # [B''] sentences going on
             if len(keep) == 0:
                 break
-            # 5. Each remaining sentence goes on with its best K candidates that do not end in EOS.
+            # 5. Each remaining sentence goes on with its best K candidates that do not end in EOS
+            #    (a stable sort puts them first, still best first).
             go_on = torch.sort((top_tokens[keep] == EOS_ID).int(), dim=1, stable=True).indices[:, :beam]
             rows = top_rows[keep].gather(1, go_on).view(-1)  # [B''*K] rows of the hypotheses extended
             new_tokens = top_tokens[keep].gather(1, go_on).view(-1, 1)
@@ -111,7 +117,6 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
             hypotheses = torch.cat([hypotheses[rows], new_tokens], dim=1)
             state = state.select(rows)
             sentences, max_lens = sentences[keep], max_lens[keep]
-            step += 1
         return [max(sentence_finished, key=lambda scored: scored[0])[1] for sentence_finished in finished]
 
 
@@ -122,7 +127,8 @@ def translate(model: Transformer, src_tokenizer: Tokenizer, tgt_tokenizer: Token
 
     Sources longer than the model's positions are truncated. Sentences are sorted by length and
     batched so that a batch holds at most `max_tokens` source tokens with padding (a longer sentence
-    goes alone), which keeps padding and wasted steps small. `beam` 1 is greedy search.
+    goes alone), which keeps padding and wasted steps small. `beam` 1 is greedy search; outputs are
+    at most `max_len_a * source length + max_len_b` tokens long (`max_output_lengths`).
     """
     sources = [ids[:model.config.max_positions - 1] + [EOS_ID] for ids in src_tokenizer.encode(lines)]
     device = next(model.parameters()).device
@@ -156,7 +162,8 @@ def _length_sorted_batches(lengths: Sequence[int], max_tokens: int) -> list[list
     return batches + [batch] if batch else batches
 
 
-def _next_token_log_probs(model: Transformer, tokens: Tensor, state: DecoderState, at_limit: Tensor) -> Tensor:
+def _next_token_log_probs(model: Transformer, tokens: Tensor, state: DecoderState,
+                          at_limit: Tensor) -> Tensor:
     """Feed tokens [N] and return next-token log-probs [N, V] that the search may choose from.
 
     PAD and BOS are never output; rows at their maximum length (at_limit [N], bool) can only end.
@@ -175,9 +182,9 @@ def max_output_lengths(model: Transformer, src: Tensor, max_len_a: float, max_le
     most max_positions - 1: BOS and that many tokens fill the decoder's positions, since the final
     EOS is predicted but never fed back.
     """
-    source_lengths = ((src != PAD_ID) & (src != EOS_ID)).sum(dim=1)
-    lengths = (max_len_a * source_lengths + max_len_b).long()
-    return lengths.clamp(0, model.config.max_positions - 1)
+    source_lengths = ((src != PAD_ID) & (src != EOS_ID)).sum(dim=1).tolist()
+    lengths = [int(max_len_a * length + max_len_b) for length in source_lengths]  # in Python's float64
+    return torch.tensor(lengths, device=src.device).clamp(0, model.config.max_positions - 1)
 
 
 @contextlib.contextmanager

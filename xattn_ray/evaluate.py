@@ -75,6 +75,6 @@ def _corpus_score(name: str, metric: Metric, hypotheses: Sequence[str], referenc
 def _check_parallel(lines: Sequence[str], references: Sequence[str], what: str) -> None:
     """Every line needs its reference, and sacreBLEU cannot score an empty corpus."""
     if len(lines) != len(references):
-        raise ValueError(f"{len(lines)} {what} but {len(references)} references: they must pair up one to one")
+        raise ValueError(f"{len(lines)} {what} but {len(references)} references: they must pair one to one")
     if not references:
         raise ValueError("no sentences to score")

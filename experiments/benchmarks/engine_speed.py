@@ -1,0 +1,161 @@
+"""Engine speed against Hugging Face's MarianMTModel, and what freezing saves: ratios from one run.
+
+Three measurements, each a median over repeated timings on the same machine in the same process:
+
+1. training throughput (target tokens/s for forward + backward + Adam step) of the `small` and `base`
+   presets against a `MarianMTModel` of identical dimensions, vocabularies and batches (target >= 1.1);
+2. beam-5 translation throughput (sentences/s) against `MarianMTModel.generate` with the same beam,
+   length penalty and maximum lengths (target >= 1.5);
+3. on `base`, the step time and optimizer-state bytes of the `xattn` policy relative to `body` for a
+   new-source child (targets <= 0.75 and <= 0.2).
+
+Random weights: a random model rarely emits EOS, so both decoders run to their maximum length, the
+worst case, which is the same work for both. Needs the `bench` extra (transformers).
+
+    python experiments/benchmarks/engine_speed.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from xattn_ray.batching import EncodedPairs, collate, make_batches
+from xattn_ray.decode import beam_search
+from xattn_ray.model import Transformer, preset_config
+from xattn_ray.policies import POLICIES
+from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from xattn_ray.transfer import make_child
+
+VOCAB = 8000
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> EncodedPairs:
+    """Random ids with Multi30k-like lengths (8-30 subwords a side, target about source length)."""
+    rng = random.Random(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        length = rng.randint(8, 30)
+        src.append([rng.randrange(4, VOCAB) for _ in range(length)] + [EOS_ID])
+        tgt.append([rng.randrange(4, VOCAB) for _ in range(max(3, length + rng.randint(-3, 3)))] + [EOS_ID])
+    return EncodedPairs(src, tgt)
+
+
+def marian_like(model: Transformer):
+    """A MarianMTModel with the same dimensions, separate vocabularies and dropout."""
+    from transformers import MarianConfig, MarianMTModel
+
+    c = model.config
+    config = MarianConfig(
+        vocab_size=c.src_vocab_size, decoder_vocab_size=c.tgt_vocab_size, share_encoder_decoder_embeddings=False,
+        d_model=c.d_model, encoder_ffn_dim=c.ffn_dim, decoder_ffn_dim=c.ffn_dim, encoder_attention_heads=c.heads,
+        decoder_attention_heads=c.heads, encoder_layers=c.encoder_layers, decoder_layers=c.decoder_layers,
+        max_position_embeddings=c.max_positions, dropout=c.dropout, attention_dropout=c.attention_dropout,
+        activation_function="relu", pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=BOS_ID,
+        forced_eos_token_id=None, scale_embedding=False)
+    return MarianMTModel(config)
+
+
+def median_seconds(step, repeats: int) -> float:
+    step()  # warm-up: allocator, kernels
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_step(model, batch, optimizer, marian: bool):
+    def step():
+        keep = batch.tgt_out != PAD_ID
+        if marian:
+            logits = model(input_ids=batch.src, attention_mask=batch.src != PAD_ID,
+                           decoder_input_ids=batch.tgt_in).logits[keep]
+        else:
+            logits = model(batch.src, batch.tgt_in, keep)
+        F.cross_entropy(logits, batch.tgt_out[keep], label_smoothing=0.1, reduction="sum").backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return step
+
+
+def training_throughput(model, batches, marian: bool, repeats: int) -> float:
+    model.train()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    tokens = sum(b.target_tokens for b in batches)
+    steps = [training_step(model, b, optimizer, marian) for b in batches]
+    return tokens / median_seconds(lambda: [s() for s in steps], repeats)
+
+
+def optimizer_state_bytes(model, batch) -> int:
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    training_step(model, batch, optimizer, marian=False)()
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if torch.is_tensor(t))
+
+
+def beam_throughput(model, batches, marian: bool, repeats: int) -> float:
+    model.eval()
+    sentences = sum(b.src.shape[0] for b in batches)
+
+    def run():
+        with torch.inference_mode():
+            for batch in batches:
+                if marian:  # the longest of our per-sentence limits, 1.2 * source length + 10
+                    longest = int(1.2 * int((batch.src != PAD_ID).sum(1).max()) + 10)
+                    model.generate(input_ids=batch.src, attention_mask=batch.src != PAD_ID, num_beams=5,
+                                   length_penalty=1.2, max_new_tokens=longest, do_sample=False)
+                else:
+                    beam_search(model, batch.src, beam=5, length_penalty=1.2, max_len_a=1.2, max_len_b=10)
+
+    return sentences / median_seconds(run, repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, noisier)")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 5
+    torch.manual_seed(0)
+    pairs = synthetic_pairs(400)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocabularies {VOCAB}/{VOCAB}")
+
+    for preset, n_batches in (("small", 4), ("base", 2)):
+        batches = [collate(pairs, b) for b in make_batches(pairs, 2048, seed=0, epoch=0)[:n_batches]]
+        ours = Transformer(preset_config(preset, VOCAB, VOCAB))
+        theirs = marian_like(ours)
+        ours_tps = training_throughput(ours, batches, marian=False, repeats=repeats)
+        theirs_tps = training_throughput(theirs, batches, marian=True, repeats=repeats)
+        print(f"train {preset:<5}: xattn-ray {ours_tps:7.0f} tgt tok/s | Marian {theirs_tps:7.0f} | "
+              f"ratio {ours_tps / theirs_tps:.2f} (target >= 1.1)")
+        if preset == "small":
+            decode_pairs = EncodedPairs(pairs.src[:120], pairs.tgt[:120])
+            decode_batches = [collate(decode_pairs, b) for b in make_batches(decode_pairs, 1024, 0, 0, shuffle=False)]
+            ours_sps = beam_throughput(ours, decode_batches, marian=False, repeats=max(1, repeats - 2))
+            theirs_sps = beam_throughput(theirs, decode_batches, marian=True, repeats=max(1, repeats - 2))
+            print(f"beam-5 {preset}: xattn-ray {ours_sps:6.1f} sent/s | Marian generate {theirs_sps:6.1f} | "
+                  f"ratio {ours_sps / theirs_sps:.2f} (target >= 1.5)")
+        del theirs
+
+    parent = Transformer(preset_config("base", VOCAB, VOCAB))
+    batch = collate(pairs, make_batches(pairs, 2048, seed=0, epoch=0)[0])
+    results = {}
+    for policy in ("body", "xattn"):
+        child = make_child(parent, "source", VOCAB, POLICIES[policy], policy).model.train()
+        optimizer = torch.optim.Adam([p for p in child.parameters() if p.requires_grad], lr=1e-4)
+        results[policy] = (median_seconds(training_step(child, batch, optimizer, marian=False), repeats),
+                           optimizer_state_bytes(child, batch))
+    (body_s, body_bytes), (xattn_s, xattn_bytes) = results["body"], results["xattn"]
+    print(f"base new-source child: step xattn {xattn_s * 1000:.0f} ms / body {body_s * 1000:.0f} ms = "
+          f"{xattn_s / body_s:.2f} (target <= 0.75); optimizer state {xattn_bytes / 2**20:.0f} MiB / "
+          f"{body_bytes / 2**20:.0f} MiB = {xattn_bytes / body_bytes:.3f} (target <= 0.2)")
+
+
+if __name__ == "__main__":
+    main()
