@@ -78,11 +78,15 @@ class TableModel(nn.Module):
         return (3 * torch.randn(self.vocab_size, generator=generator)).log_softmax(dim=0)
 
     def start_decoding(self, src: torch.Tensor) -> PrefixState:
-        return PrefixState([tuple(row) for row in src.tolist()], [() for _ in range(len(src))])
+        return PrefixState([tuple(row) for row in src.tolist()], None)
 
     def decode_step(self, tokens: torch.Tensor, state: PrefixState) -> torch.Tensor:
-        state.prefixes = [prefix + (token,) for prefix, token in zip(state.prefixes, tokens.tolist())]
-        return torch.stack([self.log_probs(*row) for row in zip(state.sources, state.prefixes)])
+        """Like Transformer.decode_step: R = B*K hypotheses, sentence-major, over B sources."""
+        per_source = len(tokens) // len(state.sources)
+        prefixes = state.prefixes or [() for _ in range(len(tokens))]
+        state.prefixes = [prefix + (token,) for prefix, token in zip(prefixes, tokens.tolist())]
+        sources = [source for source in state.sources for _ in range(per_source)]
+        return torch.stack([self.log_probs(*row) for row in zip(sources, state.prefixes)])
 
     def score(self, src: torch.Tensor, output: list[int], length_penalty: float) -> float:
         """The search objective of `output` for src [S], from the table directly."""
@@ -96,12 +100,12 @@ class TableModel(nn.Module):
 class PrefixState:
     """TableModel's decoder state: the source and the tokens fed so far, per hypothesis."""
 
-    sources: list[tuple[int, ...]]
-    prefixes: list[tuple[int, ...]]
+    sources: list[tuple[int, ...]]  # one per sentence still decoding
+    prefixes: list[tuple[int, ...]] | None  # one per hypothesis; None before the first step
 
-    def select(self, rows: torch.Tensor) -> PrefixState:
-        rows = rows.tolist()
-        return PrefixState([self.sources[row] for row in rows], [self.prefixes[row] for row in rows])
+    def select(self, rows: torch.Tensor, sources: torch.Tensor | None = None) -> PrefixState:
+        kept = self.sources if sources is None else [self.sources[i] for i in sources.tolist()]
+        return PrefixState(kept, [self.prefixes[row] for row in rows.tolist()])
 
 
 def all_outputs(tokens: Sequence[int], max_len: int) -> Iterator[list[int]]:

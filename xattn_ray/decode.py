@@ -47,8 +47,8 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2,
             if len(alive) == 0:
                 break
             if len(alive) < len(tokens):
-                state, sentences, tokens, max_lens = (state.select(alive), sentences[alive], tokens[alive],
-                                                      max_lens[alive])
+                state, sentences, tokens, max_lens = (state.select(alive, alive), sentences[alive],
+                                                      tokens[alive], max_lens[alive])
         return outputs
 
 
@@ -70,8 +70,8 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
     with _inference(model):
         batch_size = src.shape[0]
         max_lens = max_output_lengths(model, src, max_len_a, max_len_b)  # [B'] of the active sentences
-        rows_per_sentence = torch.arange(batch_size, device=src.device).repeat_interleave(beam)
-        state = model.start_decoding(src).select(rows_per_sentence)
+        # The K hypotheses of a sentence share its cross-attention keys/values (DecoderLayer.cross_attend).
+        state = model.start_decoding(src)
         sentences = torch.arange(batch_size, device=src.device)  # [B'] original index of active sentences
         # All beams of a sentence start identical, so only the first is live; the others start at -inf
         # and so cannot be chosen until real candidates run out.
@@ -115,7 +115,7 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
             scores = top_scores[keep].gather(1, go_on).view(-1)
             # 6. One selection both follows the chosen beams and drops the finished sentences.
             hypotheses = torch.cat([hypotheses[rows], new_tokens], dim=1)
-            state = state.select(rows)
+            state = state.select(rows, keep if len(keep) < active else None)
             sentences, max_lens = sentences[keep], max_lens[keep]
         return [max(sentence_finished, key=lambda scored: scored[0])[1] for sentence_finished in finished]
 

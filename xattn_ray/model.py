@@ -143,8 +143,21 @@ class DecoderLayer(nn.Module):
         if past_kv is not None:
             keys, values = torch.cat([past_kv[0], keys], dim=2), torch.cat([past_kv[1], values], dim=2)
         x = x + self.dropout(self.self_attn(normed, keys, values, causal=past_kv is None))
-        x = x + self.dropout(self.cross_attn(self.cross_attn_norm(x), *cross_kv, mask=src_mask))
+        x = x + self.dropout(self.cross_attend(self.cross_attn_norm(x), cross_kv, src_mask))
         return x + self.dropout(self.ffn(self.ffn_norm(x))), (keys, values)
+
+    def cross_attend(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor) -> Tensor:
+        """Cross-attention from x [B*K, T, D] to the keys/values [B, H, S, Dh] of B sources.
+
+        In beam search the K hypotheses of a sentence (rows sentence-major) share its source, so they
+        attend as K*T queries of one row instead of K copies of the source's keys and values.
+        """
+        sources = cross_kv[0].shape[0]
+        if x.shape[0] == sources:
+            return self.cross_attn(x, *cross_kv, mask=src_mask)
+        rows, length, d_model = x.shape
+        grouped = x.reshape(sources, rows // sources * length, d_model)
+        return self.cross_attn(grouped, *cross_kv, mask=src_mask).reshape(rows, length, d_model)
 
 
 class Encoder(nn.Module):
@@ -168,21 +181,27 @@ class Decoder(nn.Module):
 
 @dataclass
 class DecoderState:
-    """What incremental decoding keeps between steps, for a batch of B hypotheses."""
+    """What incremental decoding keeps between steps: B sources, and R = B*K hypotheses (K per source)."""
 
     src_mask: Tensor  # [B, 1, 1, S]
     cross_kv: list[tuple[Tensor, Tensor]]  # per layer, computed once per source: [B, H, S, Dh] each
-    self_kv: list[tuple[Tensor, Tensor] | None]  # per layer, grows by one position a step
+    self_kv: list[tuple[Tensor, Tensor] | None]  # per layer, [R, H, t, Dh], grows by one position a step
     length: int = 0  # positions decoded so far
 
-    def select(self, rows: Tensor) -> DecoderState:
-        """Keep (and repeat) hypotheses `rows` [B'], e.g. to follow the best beams."""
+    def select(self, rows: Tensor, sources: Tensor | None = None) -> DecoderState:
+        """Keep (and repeat) hypotheses `rows` [R'], e.g. to follow the best beams.
 
-        def pick(kv: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor] | None:
-            return None if kv is None else (kv[0].index_select(0, rows), kv[1].index_select(0, rows))
+        `sources` [B'] keeps only those sources' cross-attention keys/values (sentences that are done
+        leave the batch); the hypotheses in `rows` must then belong to them, sentence-major.
+        """
 
-        return DecoderState(self.src_mask.index_select(0, rows), [pick(kv) for kv in self.cross_kv],
-                            [pick(kv) for kv in self.self_kv], self.length)
+        def pick(kv: tuple[Tensor, Tensor] | None, index: Tensor) -> tuple[Tensor, Tensor] | None:
+            return None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
+
+        src_mask, cross_kv = self.src_mask, self.cross_kv
+        if sources is not None:
+            src_mask, cross_kv = src_mask.index_select(0, sources), [pick(kv, sources) for kv in cross_kv]
+        return DecoderState(src_mask, cross_kv, [pick(kv, rows) for kv in self.self_kv], self.length)
 
 
 class Transformer(nn.Module):
