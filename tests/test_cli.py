@@ -81,3 +81,18 @@ def test_data_synth_writes_a_family(tmp_path):
 def test_python_dash_m_and_help():
     result = xattn_ray("--help")
     assert result.returncode == 0 and "validate" in result.stdout and "data" in result.stdout
+
+
+def test_policies_command_counts_the_papers_groups():
+    result = xattn_ray("policies", "--preset", "base", "--src-vocab", "8000", "--tgt-vocab", "8000", "--json")
+    assert result.returncode == 0, result.stderr
+    import json
+
+    report = json.loads(result.stdout)
+    assert report["groups"]["xattn"] == 6_309_888
+    by_policy = {row["policy"]: row for row in report["policies"]}
+    assert by_policy["xattn"]["trainable"] == report["groups"]["xattn"] + report["groups"]["src"]
+    assert by_policy["scratch"]["trainable"] == by_policy["scratch"]["total"]
+    table = xattn_ray("policies", "--preset", "small", "--side", "target")
+    assert "xattn      trainable params:" in table.stdout and "new target" in table.stdout
+    assert xattn_ray("policies", "--preset", "huge").returncode == 2
