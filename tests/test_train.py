@@ -158,3 +158,10 @@ def test_optimizer_steps_only_trainable_parameters(tmp_path, toy_tokenizers):
     assert len(state["optimizer"]["state"]) == trainable_count
     for name, p in child.model.named_parameters():
         assert torch.equal(p, before[name]) == (name not in child.trainable), name
+
+
+def test_resuming_a_finished_run_does_no_more_updates(tmp_path, toy_tokenizers):
+    first = train(fresh_model(), toy_data(toy_tokenizers), CONFIG, tmp_path)
+    again = train(fresh_model(), toy_data(toy_tokenizers), CONFIG, tmp_path, resume_from=tmp_path)
+    assert again.progress.update == first.progress.update == 40
+    assert numbers(again.progress.history) == numbers(first.progress.history)

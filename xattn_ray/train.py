@@ -186,7 +186,9 @@ def train(model: nn.Module, data: TrainingData, config: TrainConfig, workdir: Pa
         reporter.report(metrics, workdir if rank == 0 else None)
         return config.patience > 0 and progress.bad_validations >= config.patience
 
-    stop_reason = ""
+    # A resumed run that had already finished stops at once instead of taking one more update.
+    stop_reason = _limit_reached(config, progress) or (
+        "early_stopping" if config.patience and progress.bad_validations >= config.patience else "")
     window_loss = window_tokens = 0.0
     window_seconds = 0.0
     model.train()
