@@ -107,16 +107,12 @@ class TrainingSlice:
             raise Invalid("size", "must be at least 1")
 
 
-@dataclass(frozen=True)
-class ParentConfig:
-    """A parent run: a model trained from scratch on one pair, the starting point of transfer."""
+class _RunFields:
+    """What parent and child runs share: a language pair and a slice of the training split."""
 
-    name: str  # how children refer to it
-    pair: str  # e.g. "fr-en"
-    corpus: str  # a key of `corpora`
-    lines: tuple[int, int] | None = None
-    size: int | None = None
-    test_sets: list[str] | None = None  # names from the corpus's `test`; None: all
+    pair: str
+    lines: tuple[int, int] | None
+    size: int | None
 
     def __post_init__(self) -> None:
         LanguagePair.parse(self.pair)
@@ -132,7 +128,19 @@ class ParentConfig:
 
 
 @dataclass(frozen=True)
-class ChildConfig:
+class ParentConfig(_RunFields):
+    """A parent run: a model trained from scratch on one pair, the starting point of transfer."""
+
+    name: str  # how children refer to it
+    pair: str  # e.g. "fr-en"
+    corpus: str  # a key of `corpora`
+    lines: tuple[int, int] | None = None
+    size: int | None = None
+    test_sets: list[str] | None = None  # names from the corpus's `test`; None: all
+
+
+@dataclass(frozen=True)
+class ChildConfig(_RunFields):
     """A child run: the parent's model moved to a pair with one new language (source or target)."""
 
     pair: str  # e.g. "de-en": new source when the parent is fr-en
@@ -143,21 +151,9 @@ class ChildConfig:
     test_sets: list[str] | None = None
     name: str | None = None  # default: the pair
 
-    def __post_init__(self) -> None:
-        LanguagePair.parse(self.pair)
-        TrainingSlice(self.lines, self.size)
-
     @property
     def run_name(self) -> str:
         return self.name or self.pair
-
-    @property
-    def language_pair(self) -> LanguagePair:
-        return LanguagePair.parse(self.pair)
-
-    @property
-    def training_slice(self) -> TrainingSlice:
-        return TrainingSlice(self.lines, self.size)
 
 
 @dataclass(frozen=True)
