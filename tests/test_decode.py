@@ -167,7 +167,7 @@ def test_an_unpruned_beam_finds_the_best_output_and_never_loses_to_greedy(length
     # than a greedy one still growing. What beam search guarantees is exactness once nothing is pruned.
     # Here 2 tokens (UNK, 4) can continue a hypothesis: with at most 6 tokens there are 127 outputs and
     # at most 64 live hypotheses, which a beam of 128 keeps. The beam is wider than the candidates of
-    # the first steps, so it also checks that placeholder rows at -inf never count as finished.
+    # the first steps, so it also checks that beams not yet started (at -inf) never count as finished.
     model, src = TableModel(vocab_size=5), random_sources(0, 16, 30)
     outputs = list(all_outputs([3, 4], max_len=6))
     found = beam_search(model, src, beam=128, length_penalty=length_penalty, max_len_a=0.0, max_len_b=6)

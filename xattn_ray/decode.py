@@ -92,7 +92,7 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
             top_beams, top_tokens = top_indices // vocab_size, top_indices % vocab_size  # [B', 2K]
             top_rows = torch.arange(active, device=src.device)[:, None] * beam + top_beams
             # 3. Set aside the EOS candidates among the best K, best first, until a sentence has K
-            #    (placeholder rows at -inf end nothing).
+            #    (beams not yet started sit at -inf and end nothing).
             ends = (top_tokens[:, :beam] == EOS_ID) & top_scores[:, :beam].isfinite()
             sentence_ids = sentences.tolist()
             for position, rank in ends.nonzero().tolist():
