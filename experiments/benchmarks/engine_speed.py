@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from xattn_ray.batching import EncodedPairs, collate, make_batches
 from xattn_ray.decode import beam_search
 from xattn_ray.model import Transformer, preset_config
-from xattn_ray.policies import POLICIES
+from xattn_ray.policies import POLICIES, count_parameters
 from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from xattn_ray.train import TrainConfig, build_optimizer
 from xattn_ray.transfer import make_child
@@ -165,11 +165,16 @@ def main() -> None:
         child = make_child(parent, "source", VOCAB, POLICIES[policy], policy).model.train()
         optimizer = build_optimizer(child, TrainConfig())
         results[policy] = (median_seconds(training_step(child, batch, optimizer, marian=False), repeats),
-                           optimizer_state_bytes(child, batch))
-    (body_s, body_bytes), (xattn_s, xattn_bytes) = results["body"], results["xattn"]
+                           optimizer_state_bytes(child, batch), count_parameters(child).trainable)
+    (body_s, body_bytes, body_trainable), (xattn_s, xattn_bytes, xattn_trainable) = results["body"], results["xattn"]
     print(f"base new-source child: step xattn {xattn_s * 1000:.0f} ms / body {body_s * 1000:.0f} ms = "
           f"{xattn_s / body_s:.2f} (target <= 0.75); optimizer state {xattn_bytes / 2**20:.0f} MiB / "
           f"{body_bytes / 2**20:.0f} MiB = {xattn_bytes / body_bytes:.3f} (target <= 0.2)")
+    # fp32 Adam keeps two moments per trainable parameter: 8 bytes each, nothing for frozen ones. The
+    # ratio can only go below trainable(xattn) / trainable(body) with lower-precision moments.
+    print(f"  optimizer bytes per trainable parameter: xattn {xattn_bytes / xattn_trainable:.2f}, body "
+          f"{body_bytes / body_trainable:.2f}; floor for fp32 moments = trainable ratio "
+          f"{xattn_trainable:,} / {body_trainable:,} = {xattn_trainable / body_trainable:.3f}")
 
 
 if __name__ == "__main__":
