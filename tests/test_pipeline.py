@@ -9,7 +9,8 @@ import pytest
 
 from xattn_ray.checkpoint import load_model
 from xattn_ray.config import load_experiment
-from xattn_ray.pipeline import run_child, run_directory, run_parent
+from xattn_ray.pipeline import run_child, run_parent
+from xattn_ray.runs import RunSpec, run_directory
 from xattn_ray.policies import POLICIES
 
 TINY_STUDY = """\
@@ -34,7 +35,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     (root / "tiny.yaml").write_text(TINY_STUDY)
     experiment = load_experiment(root / "tiny.yaml")
-    parent = run_parent(experiment, experiment.parents[0], seed=1, storage=root / "runs")
+    parent = run_parent(experiment, RunSpec("parent", "la-pv", 1), root / "runs")
     return root, experiment, parent
 
 
@@ -53,7 +54,7 @@ def test_parent_run_trains_scores_and_records(study):
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_every_policy_runs_on_a_new_source_child(study, policy):
     root, experiment, parent = study
-    child = run_child(experiment, experiment.children[0], policy, 1, root / "runs", parent.checkpoint)
+    child = run_child(experiment, RunSpec("child", "lb-pv", 1, policy), root / "runs", parent.checkpoint)
     assert child.side == "source" and child.updates == 12 and "test" in child.tests
     loaded = load_model(child.checkpoint)
     assert loaded.src_tokenizer.language == "lb" and loaded.tgt_tokenizer.language == "pv"
@@ -66,11 +67,12 @@ def test_every_policy_runs_on_a_new_source_child(study, policy):
 
 def test_new_target_child_keeps_the_parent_source_side(study):
     root, experiment, parent = study
-    child = run_child(experiment, experiment.children[1], "xattn", 1, root / "runs", parent.checkpoint)
+    spec = RunSpec("child", "la-lb", 1, "xattn")
+    child = run_child(experiment, spec, root / "runs", parent.checkpoint)
     loaded = load_model(child.checkpoint)
     assert child.side == "target" and loaded.tgt_tokenizer.language == "lb"
     assert loaded.src_tokenizer.to_bytes() == load_model(parent.checkpoint).src_tokenizer.to_bytes()
-    assert child.checkpoint.parent == run_directory(root / "runs", experiment, experiment.children[1], "xattn", 1)
+    assert child.checkpoint.parent == run_directory(root / "runs", experiment, spec)
 
 
 def xattn_ray(*args, cwd):
@@ -86,7 +88,7 @@ def test_cli_train_translate_and_mistakes(study):
     assert "test: BLEU" in result.stdout
 
     missing = xattn_ray("train", "tiny.yaml", "--run", "lb-pv", "--policy", "xattn", "--seed", "9",
-                        "--storage", "runs", cwd=root)
+                        "--storage", "elsewhere", cwd=root)
     assert missing.returncode == 2 and "train the parent first" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     unknown = xattn_ray("train", "tiny.yaml", "--run", "lb-pv", "--policy", "xatn", "--storage", "runs", cwd=root)

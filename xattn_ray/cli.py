@@ -43,7 +43,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("experiment", type=Path)
     train.add_argument("--run", required=True, help="a parent's name or a child's name (default: its pair)")
     train.add_argument("--policy", help="freeze policy of a child run (e.g. xattn)")
-    train.add_argument("--seed", type=int, default=1)
+    train.add_argument("--seed", type=int, default=1, help="the run's seed (a child starts from its parent's "
+                       "`seed`, 1 unless the parent sets it)")
     train.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="study folder (default: %(default)s)")
     train.add_argument("--parent-checkpoint", type=Path,
                        help="parent model of a child run (default: the parent run's best.pt under --storage)")
@@ -65,6 +66,21 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="which side the child replaces (default: %(default)s)")
     policies.add_argument("--json", action="store_true", help="print JSON instead of a table")
     policies.set_defaults(handler=_policies)
+
+    results = commands.add_parser("results", help="print or export rows of the results store, filtered or by SQL")
+    location = results.add_mutually_exclusive_group()
+    location.add_argument("--store", help="results store: a folder or a URI such as s3://bucket/prefix "
+                                          "(default: STORAGE/results)")
+    location.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="study folder (default: %(default)s)")
+    results.add_argument("--experiment", help="rows of this experiment only")
+    results.add_argument("--where", help="SQL condition on the rows, e.g. \"policy = 'xattn' AND seed = 1\"")
+    results.add_argument("--sql", help="a whole DuckDB query over the table `results`, instead of "
+                                       "--experiment, --where and --columns")
+    results.add_argument("--columns", help="comma-separated columns (default: a readable set for `table`, "
+                                           "every column otherwise)")
+    results.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    results.add_argument("--out", type=Path, help="write to this file (atomically) instead of standard output")
+    results.set_defaults(handler=_results)
 
     data = commands.add_parser("data", help="generate or download data").add_subparsers(required=True,
                                                                                          metavar="ACTION")
@@ -150,7 +166,8 @@ def _base_url(args: argparse.Namespace) -> dict[str, str]:
 def _train(args: argparse.Namespace) -> int:
     from xattn_ray.config import ChildConfig, load_experiment
     from xattn_ray.data.run_data import experiment_runs, run_name
-    from xattn_ray.pipeline import run_child, run_directory, run_parent
+    from xattn_ray.pipeline import run_child, run_parent
+    from xattn_ray.runs import RunSpec, parent_spec, run_directory
 
     experiment = load_experiment(args.experiment)
     runs = {run_name(run): run for run in experiment_runs(experiment)}
@@ -161,28 +178,27 @@ def _train(args: argparse.Namespace) -> int:
         if not args.policy:
             raise XattnError(f"run {args.run!r} is a child: give --policy (e.g. xattn)")
         experiment.policy(args.policy)  # an unknown name fails before any work
-        parent = experiment.parent(run.parent)
-        checkpoint = args.parent_checkpoint or run_directory(args.storage, experiment, parent, None, args.seed) / "best.pt"
+        spec = RunSpec("child", args.run, args.seed, args.policy)
+        parent = parent_spec(experiment, spec)
+        checkpoint = args.parent_checkpoint or run_directory(args.storage, experiment, parent) / "best.pt"
         if not checkpoint.is_file():
             raise XattnError(f"parent checkpoint {checkpoint} not found: train the parent first "
-                             f"(xattn-ray train {args.experiment} --run {parent.name} --seed {args.seed}) "
+                             f"(xattn-ray train {args.experiment} --run {parent.run} --seed {parent.seed}) "
                              f"or give --parent-checkpoint")
-        workdir = run_directory(args.storage, experiment, run, args.policy, args.seed)
-        outcome = run_child(experiment, run, args.policy, args.seed, args.storage, checkpoint,
-                            resume_from=workdir if args.resume else None)
+        outcome = run_child(experiment, spec, args.storage, checkpoint, resume=args.resume)
     else:
         if args.policy:
             raise XattnError(f"run {args.run!r} is a parent: it trains from scratch, without --policy")
-        workdir = run_directory(args.storage, experiment, run, None, args.seed)
-        outcome = run_parent(experiment, run, args.seed, args.storage, resume_from=workdir if args.resume else None)
-    print(f"{outcome.run} ({outcome.pair}{', ' + outcome.policy if outcome.policy else ''}, seed {outcome.seed}): "
+        outcome = run_parent(experiment, RunSpec("parent", args.run, args.seed), args.storage, resume=args.resume)
+    policy = f", {outcome.spec.policy}" if outcome.spec.policy else ""
+    print(f"{outcome.spec.run} ({outcome.pair}{policy}, seed {outcome.spec.seed}): "
           f"{outcome.stop_reason} after {outcome.updates} updates, {outcome.train_seconds:.0f} s, "
           f"{outcome.target_tokens_per_second:.0f} target tokens/s")
     print(f"  trainable params: {outcome.trainable_params:,} of {outcome.total_params:,}")
     for name, result in outcome.tests.items():
         print(f"  {name}: BLEU {result.bleu.score:.2f}  chrF {result.chrf.score:.2f}  ({result.bleu.signature})")
     print(f"  checkpoint: {outcome.checkpoint}")
-    return 1 if outcome.stop_reason.startswith("non-finite") else 0
+    return 1 if outcome.failed else 0
 
 
 def _translate(args: argparse.Namespace) -> int:
@@ -229,3 +245,123 @@ def _policies(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"  {row['policy']:<10} {row['summary']}")
     return 0
+
+
+# What `results --format table` shows unless --columns says otherwise: which run, which figure, the scores.
+_RESULTS_TABLE_COLUMNS = ("experiment", "stage", "pair", "policy", "seed", "eval", "test_set", "bleu", "chrf",
+                          "reference_bleu", "bli_p1", "status")
+
+
+def _results(args: argparse.Namespace) -> int:
+    from xattn_ray.store import ResultsStore
+
+    if args.sql and (args.experiment or args.where or args.columns):
+        raise XattnError("--sql is a whole query: put the experiment, condition and columns inside it "
+                         "instead of --experiment, --where or --columns")
+    if args.format == "parquet" and args.out is None:
+        raise XattnError("--format parquet needs --out FILE")
+    store = ResultsStore(args.store or args.storage / "results")
+    table = store.sql_table(args.sql or _results_query(args))
+    if table.num_rows == 0:
+        filtered = args.sql or args.experiment or args.where
+        print(f"no results in {store.uri}" + (" match the query" if filtered else ""), file=sys.stderr)
+    output = {"table": _text_table, "csv": _csv_text, "json": _json_text, "parquet": _parquet_bytes}[args.format](table)
+    if args.out is None:
+        sys.stdout.write(output)
+    else:
+        _write_atomically(args.out, output if isinstance(output, bytes) else output.encode())
+    return 0
+
+
+def _results_query(args: argparse.Namespace) -> str:
+    """The query that --experiment, --where and --columns describe, rows in a stable order."""
+    if args.columns:
+        columns = ", ".join(_sql_name(name.strip()) for name in args.columns.split(",") if name.strip())
+    else:
+        columns = ", ".join(_RESULTS_TABLE_COLUMNS) if args.format == "table" else "*"
+    conditions = [f"experiment = {_sql_text(args.experiment)}"] if args.experiment else []
+    if args.where:
+        conditions.append(f"({args.where})")
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT {columns} FROM results{where} ORDER BY experiment, stage, pair, policy, seed, eval, test_set"
+
+
+def _sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _text_table(table) -> str:
+    """Aligned columns for reading: numbers to the right, floats to 2 decimals, nulls blank."""
+    import pyarrow as pa
+
+    right = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) for t in table.schema.types]
+    lines = [table.column_names] + [[_table_cell(value) for value in row]
+                                    for row in zip(*(column.to_pylist() for column in table.columns))]
+    widths = [max(len(line[i]) for line in lines) for i in range(table.num_columns)]
+    return "".join("  ".join(cell.rjust(width) if numeric else cell.ljust(width)
+                             for cell, width, numeric in zip(line, widths, right)).rstrip() + "\n" for line in lines)
+
+
+def _table_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else str(value)
+
+
+def _csv_text(table) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(table.column_names)
+    writer.writerows(zip(*(column.to_pylist() for column in table.columns)))  # None is written as an empty field
+    return buffer.getvalue()
+
+
+def _json_text(table) -> str:
+    """The rows as one JSON array of objects."""
+    import json
+    import math
+
+    records = [{name: None if isinstance(value, float) and not math.isfinite(value) else value  # JSON has no NaN
+                for name, value in row.items()} for row in table.to_pylist()]
+    return json.dumps(records, default=_json_default) + "\n"
+
+
+def _json_default(value):
+    """Values JSON has no type for: times become ISO text, decimals (DuckDB's sums) numbers."""
+    import decimal
+
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a hidden file beside `path`, then rename it over `path`: never half a file."""
+    import os
+    import uuid
+
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise XattnError(f"cannot write {path}: {err.strerror or err}") from None

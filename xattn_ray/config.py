@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from xattn_ray.data.synthetic import FamilySpec
 from xattn_ray.errors import ConfigError
@@ -137,6 +138,7 @@ class ParentConfig(_RunFields):
     lines: tuple[int, int] | None = None
     size: int | None = None
     test_sets: list[str] | None = None  # names from the corpus's `test`; None: all
+    seed: int = 1  # children of every grid seed start from this parent
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,107 @@ class EvaluationConfig:
             raise Invalid("beam", "must be at least 1")
 
 
+# Training options a grid axis or a search space may vary (numbers of the children's `TrainConfig`).
+TUNABLE_TRAIN_FIELDS = ("lr", "warmup_updates", "warmup_init_lr", "weight_decay", "label_smoothing", "clip_norm",
+                        "max_tokens", "update_freq", "max_updates", "max_epochs", "max_seconds", "patience")
+# Model options a child may change without changing the architecture.
+TUNABLE_MODEL_FIELDS = ("dropout", "attention_dropout", "activation_dropout")
+TUNABLE_FIELDS = TUNABLE_TRAIN_FIELDS + TUNABLE_MODEL_FIELDS
+
+
+def _check_tunable(name: str) -> None:
+    if name not in TUNABLE_FIELDS:
+        raise Invalid(name, f"not a tunable option (tunable: {', '.join(TUNABLE_FIELDS)})")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The child runs' grid: every combination of these axes is one run (one Ray Tune trial)."""
+
+    policies: list[str] = field(default_factory=lambda: ["scratch", "body", "xattn", "randxattn"])
+    seeds: list[int] = field(default_factory=lambda: [1])
+    sizes: list[int] | None = None  # child training sizes (a learning curve); None: each child's own
+    options: dict[str, list[float]] = field(default_factory=dict)  # e.g. {lr: [1e-4, 3e-4]}: more axes
+
+    def __post_init__(self) -> None:
+        for axis in ("policies", "seeds"):
+            values = getattr(self, axis)
+            if not values:
+                raise Invalid(axis, "list at least one value")
+            if len(set(values)) != len(values):
+                raise Invalid(axis, "lists a value twice")
+        if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
+            raise Invalid("sizes", "list positive training sizes")
+        for name, values in self.options.items():
+            _check_tunable(name)
+            if not values:
+                raise Invalid(name, "list at least one value")
+
+
+@dataclass(frozen=True)
+class SearchDomain:
+    """One hyperparameter's range, in Ray Tune's vocabulary: exactly one of the fields."""
+
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None  # [low, high)
+    choice: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        given = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        if len(given) != 1:
+            raise Invalid(None, "give exactly one of uniform, loguniform, randint, choice")
+        bounds = self.uniform or self.loguniform or self.randint
+        if bounds is not None and not bounds[0] < bounds[1]:
+            raise Invalid(given[0], f"expected [low, high] with low < high, got {list(bounds)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise Invalid("loguniform", "bounds must be positive")
+        if self.choice is not None and not self.choice:
+            raise Invalid("choice", "list at least one value")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A search over child hyperparameters: one Optuna search per grid cell, `samples` trials each."""
+
+    space: dict[str, SearchDomain]
+    samples: int = 8  # trials per grid cell
+    metric: Literal["valid_loss", "valid_bleu"] = "valid_loss"  # what the search optimises
+    scheduler: Literal["none", "asha"] = "none"  # ASHA stops weak trials at validation milestones
+    grace_validations: int = 2  # ASHA: validations every trial gets before it can be stopped
+    seed: int = 0  # Optuna's sampler seed
+
+    def __post_init__(self) -> None:
+        if not self.space:
+            raise Invalid("space", "name at least one hyperparameter")
+        for name in self.space:
+            _check_tunable(name)
+        if self.samples < 1:
+            raise Invalid("samples", "must be at least 1")
+        if self.scheduler == "asha" and self.metric != "valid_loss":
+            raise Invalid("scheduler", "ASHA compares trials during training, so it needs metric valid_loss")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What one run takes, and how many runs may train at once."""
+
+    workers: int = 1  # more than one: data-parallel training through Ray Train (DDP)
+    cpus_per_worker: int = 1  # whole CPUs: fractional trial CPUs can deadlock Ray (DESIGN.md)
+    gpus_per_worker: float = 0.0
+    max_concurrent: int | None = None  # None: as many as the cluster's resources allow
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise Invalid("workers", "must be at least 1")
+        if self.cpus_per_worker < 1:
+            raise Invalid("cpus_per_worker", "must be at least 1")
+        if self.gpus_per_worker < 0:
+            raise Invalid("gpus_per_worker", "must not be negative")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise Invalid("max_concurrent", "must be at least 1")
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One study: corpora, tokenization, parents and the children that transfer from them."""
@@ -210,6 +313,9 @@ class Experiment:
     child_train: TrainConfig | None = None  # children's; None: the same as `train`
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     policies: dict[str, Policy] = field(default_factory=dict)  # the user's own, beside POLICIES
+    grid: GridConfig = field(default_factory=GridConfig)
+    search: SearchConfig | None = None
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     # Where the file was read from: relative data paths resolve against it.
     base_dir: Path = field(default=Path("."), init=False, compare=False)
 
@@ -250,6 +356,14 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
             raise_at(doc, ("policies", name), f"{name!r} is a built-in policy; give yours another name")
     if not experiment.parents:
         raise_at(doc, ("parents",), "at least one parent run is required")
+    for i, name in enumerate(experiment.grid.policies):
+        if name not in POLICIES and name not in experiment.policies:
+            known = ", ".join([*POLICIES, *experiment.policies])
+            raise_at(doc, ("grid", "policies", i), f"unknown policy {name!r} (known: {known})")
+    child_train = experiment.child_train or experiment.train
+    for name, values in experiment.grid.options.items():
+        for i, value in enumerate(values):
+            _check_option(doc, ("grid", "options", name, i), child_train, name, value)
     run_names: dict[str, tuple] = {}
     runs = [(("parents", i), p.name, p.corpus, p) for i, p in enumerate(experiment.parents)]
     for i, child in enumerate(experiment.children):
@@ -277,6 +391,29 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
                     known = ", ".join(corpus.test) or "none"
                     raise_at(doc, key_path + ("test_sets",),
                              f"corpus {corpus_name!r} has no test set {test_name!r} (it has: {known})")
+
+
+def _check_option(doc: YamlDocument, key_path: tuple, train: TrainConfig, name: str, value: float) -> None:
+    """A grid value must make a valid training config (e.g. no negative learning rate)."""
+    if name in TUNABLE_MODEL_FIELDS:
+        if not 0 <= value < 1:
+            raise_at(doc, key_path, f"{name} must be in [0, 1), got {value!r}")
+        return
+    if isinstance(getattr(train, name), int) and not float(value).is_integer():
+        raise_at(doc, key_path, f"{name} takes whole numbers, got {value!r}")
+    try:
+        apply_options(train, {name: value})
+    except Invalid as err:
+        raise_at(doc, key_path, err.why)
+
+
+def apply_options(train: TrainConfig, options: dict[str, float]) -> TrainConfig:
+    """`train` with the training fields among `options` replaced (model fields are left to the model)."""
+    changes = {}
+    for name, value in options.items():
+        if name in TUNABLE_TRAIN_FIELDS:
+            changes[name] = type(getattr(train, name))(value)
+    return dataclasses.replace(train, **changes)
 
 
 def corpus_languages(corpus: CorpusConfig) -> set[str]:

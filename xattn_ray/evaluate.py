@@ -55,12 +55,14 @@ def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
 
 def score_test_set(model: Transformer, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
                    sources: Sequence[str], references: Sequence[str], beam: int = 5,
-                   length_penalty: float = 1.2, max_tokens: int = 4096) -> TestResult:
+                   length_penalty: float = 1.2, max_tokens: int = 4096, max_len_a: float = 1.2,
+                   max_len_b: int = 10) -> TestResult:
     """Translate `sources` (raw text) and score the translations against `references`."""
     _check_parallel(sources, references, "source sentences")
     start = time.perf_counter()
     hypotheses = translate(model, src_tokenizer, tgt_tokenizer, sources, beam=beam,
-                           length_penalty=length_penalty, max_tokens=max_tokens)
+                           length_penalty=length_penalty, max_tokens=max_tokens, max_len_a=max_len_a,
+                           max_len_b=max_len_b)
     seconds = time.perf_counter() - start
     return TestResult(bleu(hypotheses, references), chrf(hypotheses, references), hypotheses, seconds)
 

@@ -224,6 +224,19 @@ class Transformer(nn.Module):
             elif isinstance(module, MultiHeadAttention | FeedForward):
                 initialise_linears(module)
 
+    def set_dropout(self, **rates: float) -> None:
+        """Change `dropout`, `attention_dropout` or `activation_dropout` in place (shapes untouched): a
+        child may train with other rates than its parent had."""
+        self.config = dataclasses.replace(self.config, **rates)
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = self.config.dropout
+            elif isinstance(module, MultiHeadAttention):
+                module.dropout = self.config.attention_dropout
+        for module in self.modules():  # the feed-forward's inner dropout has its own rate
+            if isinstance(module, FeedForward):
+                module.activation_dropout.p = self.config.activation_dropout
+
     # -- training: whole sequences -------------------------------------------------------------
     def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
         """src [B, S] -> (memory [B, S, D], src_mask [B, 1, 1, S]).
