@@ -39,6 +39,17 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="study folder; generated data is cached under STORAGE/cache (default: %(default)s)")
     validate.set_defaults(handler=_validate)
 
+    run = commands.add_parser("run", help="run a whole study on Ray: parents, then the children's grid")
+    run.add_argument("experiment", type=Path)
+    run.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
+                     help="study folder, visible from every node of a cluster (default: %(default)s)")
+    run.add_argument("--store", help="results store URI (default: STORAGE/results; may be s3://...)")
+    run.add_argument("--resume", action="store_true", help="continue runs an interrupted invocation left")
+    run.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default: a local instance")
+    run.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
+                     help="seconds between progress tables (default: %(default)s)")
+    run.set_defaults(handler=_run)
+
     train = commands.add_parser("train", help="run one run of an experiment in this process (debugging)")
     train.add_argument("experiment", type=Path)
     train.add_argument("--run", required=True, help="a parent's name or a child's name (default: its pair)")
@@ -161,6 +172,25 @@ def _data_fetch(args: argparse.Namespace) -> int:
 
 def _base_url(args: argparse.Namespace) -> dict[str, str]:
     return {"base_url": args.base_url} if args.base_url else {}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from xattn_ray.config import load_experiment
+    from xattn_ray.data.run_data import experiment_runs, load_run_data
+    from xattn_ray.runner.study import format_summary, run_study
+
+    experiment = load_experiment(args.experiment)
+    if "://" in str(args.storage) or str(args.storage).startswith("s3:"):
+        raise XattnError(f"--storage {args.storage}: must be a folder every node can see (e.g. a shared "
+                         f"filesystem mount); put results on object storage with --store")
+    for run in experiment_runs(experiment):  # every data file checked before any trial starts
+        load_run_data(experiment, run, args.storage / "cache")
+    store = args.store or str(args.storage.absolute() / "results")
+    result = run_study(experiment, args.storage, store, resume=args.resume, address=args.address,
+                       progress_interval=args.progress_every)
+    print(format_summary(result))
+    print(f"results store: {store} (xattn-ray results --store {store} --experiment {experiment.name})")
+    return 1 if result.unfinished else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -307,11 +337,13 @@ def _text_table(table) -> str:
 
 
 def _table_cell(value) -> str:
+    from datetime import datetime
+
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.2f}"
-    return value.isoformat(timespec="seconds") if hasattr(value, "isoformat") else str(value)
+    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else str(value)
 
 
 def _csv_text(table) -> str:

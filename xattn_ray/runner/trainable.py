@@ -1,0 +1,116 @@
+"""One Ray Tune trial = one run: the training loop in the trial's process, or a Ray Train worker group.
+
+Three layers, as in Ray's own examples:
+
+    run_trial (Tune function, one per grid cell)
+      ├─ one worker:      pipeline.run_parent / run_child here, reporting through `ray.tune.report`
+      └─ several workers: TorchTrainer(worker_loop) — each worker runs the same pipeline with its model
+                          wrapped in DDP and reports through `ray.train.report`; a TuneReportCallback
+                          forwards rank 0's reports to this trial
+
+A one-worker trial skips the TorchTrainer because its start-up costs about 30 s per trial (DESIGN.md).
+Both paths resume from the run folder's `last.pt`, so a retried trial (Tune's or Train's FailureConfig)
+continues from its last checkpoint; the study driver only starts trials for runs that are not finished.
+When the run ends, the trial writes its rows to the results store and makes one last report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+
+from xattn_ray.config import Experiment
+from xattn_ray.pipeline import read_summary, run_child, run_parent
+from xattn_ray.runner.records import outcome_rows
+from xattn_ray.runs import RunSpec, parent_spec, run_directory, run_id
+from xattn_ray.store import ResultsStore
+
+MAX_FAILURES = 2  # retries of a failed trial (or worker group), each from the last checkpoint
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of a study shares (passed once through `tune.with_parameters`)."""
+
+    experiment: Experiment
+    storage: Path  # absolute, visible from every node
+    store_uri: str
+    workers: int
+    worker_resources: dict[str, float]
+    score_valid: bool  # a search optimising validation BLEU
+
+
+class TuneReporter:
+    """The training loop's reporter inside a Tune function."""
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        ray.tune.report(dict(metrics))
+
+
+class TrainReporter:
+    """The training loop's reporter inside a Ray Train worker (rank 0's metrics reach Tune)."""
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        ray.train.report(dict(metrics))
+
+
+def run_trial(config: dict, context: TrialContext) -> None:
+    """The Tune function: train and score the run `config["spec"]` names, write its rows, report."""
+    spec = RunSpec.from_dict(config["spec"])
+    experiment = context.experiment
+    threads = int(context.worker_resources.get("CPU", 1))
+    torch.set_num_threads(threads)
+    if context.workers == 1:
+        _run(context, spec, TuneReporter(), wrap_model=None)
+    else:
+        _fit_worker_group(context, spec)
+    workdir = run_directory(context.storage, experiment, spec)
+    summary = read_summary(workdir)
+    trial_id = ray.tune.get_context().get_trial_id()
+    ResultsStore(context.store_uri).write(outcome_rows(experiment, spec, summary, trial_id))
+    final = {"finished": True, "status": summary["status"], "update": summary["updates"],
+             "valid_loss": summary["best_valid_loss"], "valid_bleu": summary["valid_bleu"]}
+    for name, test in summary["tests"].items():
+        final[f"bleu/{name}"] = test["bleu"]
+    ray.tune.report(final)
+
+
+def _run(context: TrialContext, spec: RunSpec, reporter, wrap_model) -> None:
+    """The pipeline for one worker; resumes from the run folder when a checkpoint is there."""
+    experiment, storage = context.experiment, context.storage
+    if spec.stage == "parent":
+        run_parent(experiment, spec, storage, reporter, resume=True, wrap_model=wrap_model,
+                   score_valid=context.score_valid)
+    else:
+        parent_checkpoint = run_directory(storage, experiment, parent_spec(experiment, spec)) / "best.pt"
+        run_child(experiment, spec, storage, parent_checkpoint, reporter, resume=True, wrap_model=wrap_model,
+                  score_valid=context.score_valid)
+
+
+def _fit_worker_group(context: TrialContext, spec: RunSpec) -> None:
+    """Data-parallel training of one run on `context.workers` Ray Train workers (gloo on CPU, NCCL on GPU)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    resources = context.worker_resources
+    trainer = TorchTrainer(
+        _worker_loop, train_loop_config={"context": context, "spec": spec.to_dict()},
+        scaling_config=ScalingConfig(num_workers=context.workers, use_gpu=resources.get("GPU", 0) > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=run_id(context.experiment, spec), storage_path=str(context.storage / "ray-train"),
+                             failure_config=FailureConfig(max_failures=MAX_FAILURES),
+                             callbacks=[TuneReportCallback()]))
+    trainer.fit()
+
+
+def _worker_loop(config: dict) -> None:
+    """Each Ray Train worker: the same run, its model wrapped in DDP, its share of every batch."""
+    from ray.train.torch import prepare_model
+
+    context: TrialContext = config["context"]
+    torch.set_num_threads(int(context.worker_resources.get("CPU", 1)))
+    _run(context, RunSpec.from_dict(config["spec"]), TrainReporter(), wrap_model=prepare_model)
