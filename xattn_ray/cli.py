@@ -46,6 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--store", help="results store URI (default: STORAGE/results; may be s3://...)")
     run.add_argument("--resume", action="store_true", help="continue runs an interrupted invocation left")
     run.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default: a local instance")
+    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all of this machine's)")
     run.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                      help="seconds between progress tables (default: %(default)s)")
     run.set_defaults(handler=_run)
@@ -186,8 +187,10 @@ def _run(args: argparse.Namespace) -> int:
     for run in experiment_runs(experiment):  # every data file checked before any trial starts
         load_run_data(experiment, run, args.storage / "cache")
     store = args.store or str(args.storage.absolute() / "results")
+    if args.num_cpus is not None and args.address:
+        raise XattnError("--num-cpus sizes the local Ray instance; a cluster given by --address has its own")
     result = run_study(experiment, args.storage, store, resume=args.resume, address=args.address,
-                       progress_interval=args.progress_every)
+                       num_cpus=args.num_cpus, progress_interval=args.progress_every)
     print(format_summary(result))
     print(f"results store: {store} (xattn-ray results --store {store} --experiment {experiment.name})")
     return 1 if result.unfinished else 0

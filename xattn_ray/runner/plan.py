@@ -66,6 +66,15 @@ class ResourcePlan:
             total[key] = total.get(key, 0) + value * self.workers
         return total
 
+    def widened(self, trials: int, cluster: dict[str, float]) -> ResourcePlan:
+        """When a stage has fewer one-worker trials than fit at once (a lone parent), give each trial the
+        CPUs the others would have used: its training loop runs with that many threads."""
+        if self.workers > 1 or trials >= self.concurrent or "GPU" in self.worker_resources:
+            return self
+        cpus = float(max(self.worker_resources["CPU"], math.floor(cluster.get("CPU", 0) / max(trials, 1))))
+        resources = {**self.worker_resources, "CPU": cpus}
+        return ResourcePlan(self.workers, resources, dict(resources), max(1, trials))
+
     def describe(self, cluster: dict[str, float]) -> str:
         held = ", ".join(f"{value:g} {key}" for key, value in self.per_trial().items() if value)
         how = "in the trial's process" if self.workers == 1 else f"{self.workers} Ray Train workers (DDP)"

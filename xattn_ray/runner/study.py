@@ -49,11 +49,14 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     os.environ.update(RAY_ENV)
     if ray.is_initialized():
         return
+    # Trials log to files in Ray's session folder; the terminal shows the progress table. The dashboard
+    # stays on: Ray Train's placement-group cleaner needs its State API, or finished trials' placement
+    # groups leak and a grid on a small machine hangs (DESIGN.md).
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if address:
         ray.init(address=address, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False,
-                 include_dashboard=False)
+        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
 
 
 def cluster_resources() -> dict[str, float]:
@@ -63,13 +66,14 @@ def cluster_resources() -> dict[str, float]:
 
 
 def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: bool = False,
-              address: str | None = None, progress_interval: float = 30.0) -> StudyResult:
+              address: str | None = None, num_cpus: int | None = None,
+              progress_interval: float = 30.0) -> StudyResult:
     """Run every stage of `experiment`; results go to `store_uri`, run folders under `storage`."""
     storage = Path(storage).absolute()
     parents = parent_specs(experiment)
     children = child_specs(experiment) if experiment.search is None else []
     _refuse_unfinished(experiment, storage, parents + children, resume)
-    connect(address)
+    connect(address, num_cpus)
     plan = plan_resources(experiment.resources, cluster_resources(), autoscaling=address is not None)
     log.info("%s", plan.describe(cluster_resources()))
     store = ResultsStore(store_uri)
@@ -156,6 +160,8 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
     from xattn_ray.runner.progress import ProgressTable
     from xattn_ray.runner.trainable import MAX_FAILURES, TrialContext, run_trial
 
+    plan = plan.widened(samples if search_alg is not None else len(param_space["spec"]["grid_search"]),
+                        cluster_resources())
     context = TrialContext(experiment=experiment, storage=storage, store_uri=store.uri, workers=plan.workers,
                            worker_resources=plan.worker_resources,
                            score_valid=experiment.search is not None and experiment.search.metric == "valid_bleu")

@@ -1,0 +1,242 @@
+"""The Ray runner on a real local Ray instance: grids, reuse, resume after kills, DDP, search, job submit.
+
+Every study here runs `xattn-ray run` in a subprocess (its own Ray instance, as a user would), on the
+tiny preset and a few hundred synthetic sentences, so a trial takes seconds and Ray's start-up dominates.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from xattn_ray.config import load_experiment
+from xattn_ray.runner.plan import child_specs, plan_resources
+from xattn_ray.errors import ConfigError
+from xattn_ray.store import ResultsStore
+
+STUDY = """\
+name: {name}
+corpora:
+  synth:
+    synthetic: {{languages: 2, sentences: 400, seed: 3, valid: 30, test: 20}}
+tokenizer: {{vocab_size: 120}}
+model: {{preset: tiny{model}}}
+train: {{lr: 0.003, warmup_updates: 5, max_tokens: {max_tokens}, max_updates: {updates}, validate_every: {every}, patience: 0}}
+evaluation: {{beam: 2, max_tokens: 2000}}
+parents:
+  - {{name: la-pv, pair: la-pv, corpus: synth, lines: [0, 250]}}
+children:
+{children}
+{extra}
+"""
+TWO_CHILDREN = "  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}\n  - {pair: la-lb, parent: la-pv, lines: [250, 400]}"
+
+
+def write_study(folder: Path, name: str = "tiny", children: str = TWO_CHILDREN, extra: str = "",
+                updates: int = 12, every: int = 6, max_tokens: int = 600, model: str = "") -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(STUDY.format(name=name, children=children, extra=extra, updates=updates, every=every,
+                                 max_tokens=max_tokens, model=model))
+    return path
+
+
+def xattn_ray(*args, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xattn_ray", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def summaries(storage: Path, name: str) -> dict[str, dict]:
+    return {path.parent.name: json.loads(path.read_text())
+            for path in (storage / name / "runs").glob("*/result.json")}
+
+
+def assert_exactly_once(store: Path, name: str, runs: int) -> None:
+    rows = ResultsStore(store).read(experiment=name)
+    train_rows = rows[rows["eval"] == "train"]
+    assert sorted(train_rows["run_id"]) == sorted(set(train_rows["run_id"])) and len(train_rows) == runs
+    tests = rows[rows["eval"] == "test"]
+    assert not tests.duplicated(["run_id", "test_set"]).any() and len(tests) == runs
+
+
+def test_resource_plan_never_asks_for_more_than_exists():
+    from xattn_ray.config import ResourcesConfig
+
+    assert plan_resources(ResourcesConfig(), {"CPU": 2}).concurrent == 2
+    assert plan_resources(ResourcesConfig(cpus_per_worker=2), {"CPU": 5}).concurrent == 2
+    several = plan_resources(ResourcesConfig(workers=2), {"CPU": 7})
+    assert several.per_trial() == {"CPU": 3.0} and several.concurrent == 2  # driver CPU + 2 workers
+    assert plan_resources(ResourcesConfig(max_concurrent=1), {"CPU": 8}).concurrent == 1
+    with pytest.raises(ConfigError, match="needs 3 CPU but the cluster has 2"):
+        plan_resources(ResourcesConfig(workers=2), {"CPU": 2})
+    assert plan_resources(ResourcesConfig(workers=2), {"CPU": 2}, autoscaling=True).concurrent == 1
+    lone = plan_resources(ResourcesConfig(), {"CPU": 2}).widened(1, {"CPU": 2})
+    assert lone.trial_resources == {"CPU": 2.0} and lone.concurrent == 1  # a lone parent gets both CPUs
+
+
+def test_grid_runs_reuses_finished_runs_and_writes_rows_once(tmp_path):
+    """1 parent + 2 children x 2 policies on 2 CPUs; then a second seed trains only the 4 new runs."""
+    study = write_study(tmp_path, extra="grid: {policies: [body, xattn], seeds: [1]}")
+    first = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "[children] 4 to train, 0 finished earlier" in first.stdout
+    assert "xattn" in first.stdout.split("BLEU (first test set")[1]
+    runs = summaries(tmp_path / "st", "tiny")
+    assert len(runs) == 5 and all(s["status"] == "ok" and s["updates"] == 12 for s in runs.values())
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
+
+    study.write_text(study.read_text().replace("seeds: [1]", "seeds: [1, 2]"))
+    before = {run_id: (tmp_path / "st" / "tiny" / "runs" / run_id / "result.json").stat().st_mtime for run_id in runs}
+    second = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "[parents] 0 to train, 1 finished earlier" in second.stdout
+    assert "[children] 4 to train, 4 finished earlier" in second.stdout
+    assert all((tmp_path / "st" / "tiny" / "runs" / r / "result.json").stat().st_mtime == t for r, t in before.items())
+    assert len(summaries(tmp_path / "st", "tiny")) == 9
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 9)
+
+
+def test_two_ddp_workers_follow_the_same_loss_curve_as_one(tmp_path):
+    """Same global batch (1 x 1200 tokens vs 2 x 600), no dropout: the validation losses agree."""
+    one = write_study(tmp_path, name="one", children="  []", max_tokens=1200, model=", dropout: 0.0, attention_dropout: 0.0",
+                      extra="resources: {workers: 1}")
+    two = write_study(tmp_path, name="two", children="  []", max_tokens=600, model=", dropout: 0.0, attention_dropout: 0.0",
+                      extra="resources: {workers: 2}")
+    for study in (one, two):  # 3 logical CPUs: a 2-worker trial holds its driver's CPU and one per worker
+        result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "3", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    (curve_one,), (curve_two,) = ([s["valid_curve"] for s in summaries(tmp_path / "st", name).values()]
+                                  for name in ("one", "two"))
+    assert [u for u, _ in curve_one] == [u for u, _ in curve_two] == [6, 12]
+    for (_, loss_one), (_, loss_two) in zip(curve_one, curve_two):
+        assert loss_two == pytest.approx(loss_one, abs=2e-3)
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the study ended before {what}: {process.stdout.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trial_processes() -> list[int]:
+    """Pids of Ray worker processes currently running a Tune function trial."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if b"ray::ImplicitFunc" in command:
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path):
+    study = write_study(tmp_path, children="  []", updates=300, every=20)
+    process = subprocess.Popen([sys.executable, "-m", "xattn_ray", "run", str(study), "--storage", "st",
+                                "--num-cpus", "2", "--progress-every", "1000"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        checkpoint = wait_for(lambda: next((tmp_path / "st" / "tiny" / "runs").glob("*/last.pt"), None), 300,
+                              "a checkpoint", process)
+        wait_for(lambda: trial_processes(), 30, "the trial's process", process)
+        for pid in trial_processes():
+            os.kill(pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=600)
+    finally:
+        process.kill()
+    assert process.returncode == 0, output
+    (summary,) = summaries(tmp_path / "st", "tiny").values()
+    assert summary["status"] == "ok" and summary["updates"] == 300
+    # Tune's record of the trial: it failed once, and after the retry it reported from the checkpoint on,
+    # never from update 20 again.
+    trial_dir = next((tmp_path / "st" / "tiny" / "tune" / "parents").glob(f"{checkpoint.parent.name}*"))
+    reported = [json.loads(line).get("update") for line in (trial_dir / "result.json").read_text().splitlines()]
+    reported = [u for u in reported if u is not None]
+    assert reported.count(20) == 1 and len(reported) > len(set(reported)) - 1
+    assert (trial_dir / "error.txt").is_file() or any(trial_dir.glob("error*"))
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 1)
+
+
+def test_a_killed_driver_is_resumed_without_retraining_finished_runs(tmp_path):
+    study = write_study(tmp_path, extra="grid: {policies: [body, xattn], seeds: [1]}", updates=200, every=20)
+    process = subprocess.Popen([sys.executable, "-m", "xattn_ray", "run", str(study), "--storage", "st",
+                                "--num-cpus", "2", "--progress-every", "1000"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    runs = tmp_path / "st" / "tiny" / "runs"
+    try:
+        # Kill the driver (and the local Ray instance it started) once some child has finished while
+        # others are still training.
+        wait_for(lambda: len(summaries(tmp_path / "st", "tiny")) >= 2 and
+                 any((d / "last.pt").is_file() and not (d / "result.json").is_file() for d in runs.iterdir()),
+                 500, "a finished child beside an unfinished one", process)
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    finished = {run_id: (runs / run_id / "result.json").stat().st_mtime for run_id in summaries(tmp_path / "st", "tiny")}
+
+    refused = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    resumed = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = summaries(tmp_path / "st", "tiny")
+    assert len(after) == 5 and all(s["updates"] == 200 for s in after.values())
+    assert all((runs / r / "result.json").stat().st_mtime == t for r, t in finished.items())
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
+
+
+def test_optuna_search_per_grid_cell_records_the_best_of_each(tmp_path):
+    search = ("grid: {policies: [body, xattn], seeds: [1]}\n"
+              "search:\n  space: {lr: {loguniform: [0.0005, 0.01]}}\n  samples: 2\n  metric: valid_loss\n")
+    study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search)
+    assert len(child_specs(load_experiment(study))) == 2
+    result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    children = [s for s in summaries(tmp_path / "st", "tiny").values() if s["spec"]["stage"] == "child"]
+    assert len(children) == 4 and len({s["spec"]["options"]["lr"] for s in children}) == 4
+    best = json.loads((tmp_path / "st" / "tiny" / "search-best.json").read_text())
+    assert len(best) == 2 and {b["run_id"] for b in best} <= {s["run_id"] for s in children}
+    for record in best:  # the best of its cell by validation loss
+        cell = [s for s in children if record["cell"].startswith(f"lb-pv-{s['spec']['policy']}-")]
+        assert record["valid_loss"] == min(s["best_valid_loss"] for s in cell)
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
+
+
+def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path):
+    study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
+                        extra="grid: {policies: [xattn], seeds: [1]}")
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    port, dashboard = "6391", "8271"
+    ray = Path(sys.executable).parent / "ray"
+    ray = str(ray) if ray.exists() else "ray"
+    start = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
+                            "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard, "--num-cpus", "2"],
+                           capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    try:
+        assert start.returncode == 0, start.stdout + start.stderr
+        submitted = subprocess.run(
+            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(tmp_path),
+             "--", sys.executable, "-m", "xattn_ray", "run", study.name, "--storage", str(tmp_path / "st"),
+             "--address", "auto"],
+            capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        assert "succeeded" in submitted.stdout.lower()
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+    assert len(summaries(tmp_path / "st", "tiny")) == 2
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 2)
