@@ -128,30 +128,34 @@ def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def trial_processes() -> list[int]:
-    """Pids of Ray worker processes currently running a Tune function trial."""
+def trial_processes(marker: str) -> list[int]:
+    """Pids of Ray worker processes running a Tune function trial of the study started with env `marker`
+    (Ray's processes inherit the driver's environment; other studies on the machine are left alone)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                command = (entry / "cmdline").read_bytes()
+                environment = (entry / "environ").read_bytes()
             except OSError:
                 continue
-            if b"ray::ImplicitFunc" in command:
+            if b"ray::ImplicitFunc" in command and marker.encode() in environment:
                 found.append(int(entry.name))
     return found
 
 
 def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path):
     study = write_study(tmp_path, children="  []", updates=300, every=20)
+    marker = f"XATTN_TEST_STUDY={tmp_path}"
     process = subprocess.Popen([sys.executable, "-m", "xattn_ray", "run", str(study), "--storage", "st",
                                 "--num-cpus", "2", "--progress-every", "1000"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "XATTN_TEST_STUDY": str(tmp_path)})
     try:
         checkpoint = wait_for(lambda: next((tmp_path / "st" / "tiny" / "runs").glob("*/last.pt"), None), 300,
                               "a checkpoint", process)
-        wait_for(lambda: trial_processes(), 30, "the trial's process", process)
-        for pid in trial_processes():
+        wait_for(lambda: trial_processes(marker), 30, "the trial's process", process)
+        for pid in trial_processes(marker):
             os.kill(pid, signal.SIGKILL)
         output, _ = process.communicate(timeout=600)
     finally:
@@ -240,3 +244,32 @@ def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path):
         subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
     assert len(summaries(tmp_path / "st", "tiny")) == 2
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 2)
+
+
+def test_wmt_paper_study_validates_with_data_paths_as_parameters(tmp_path):
+    import gzip
+
+    for pair in ("fr-en", "ro-en", "ja-en", "de-en", "ha-en", "fr-es", "fr-de"):
+        (tmp_path / pair).mkdir()
+        for split in ("train", "valid", "test"):
+            for lang in pair.split("-"):
+                with gzip.open(tmp_path / pair / f"{split}.{lang}.gz", "wt") as file:
+                    file.write("".join(f"{lang} sentence {i}\n" for i in range(20)))
+    project = Path(__file__).resolve().parents[1]
+    result = xattn_ray("validate", project / "experiments" / "wmt-paper.yaml", "--storage", tmp_path / "st",
+                       cwd=tmp_path, env={"XATTN_WMT": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "24 child runs = 6 children x 4 policies" in result.stdout
+    experiment = load_experiment(project / "experiments" / "wmt-paper.yaml")
+    assert experiment.model.preset == "base" and experiment.resources.workers == 8
+
+
+def test_cluster_yaml_passes_the_cluster_launchers_schema():
+    """Without AWS credentials the launcher cannot start nodes here; its own schema check runs offline."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = prepare_config(yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text()))
+    validate_config(config)
+    assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}  # no trials on the head
+    assert {"gpu-8x-a100", "gpu-1x-spot"} <= set(config["available_node_types"])

@@ -130,7 +130,31 @@ def _validate(args: argparse.Namespace) -> int:
         tests = ", ".join(f"{name} {len(text)}" for name, text in data.tests.items())
         print(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {len(data.train):>11} {dropped:>8} "
               f"{len(data.valid):>6}  {tests}")
+    _print_plan(experiment)
     return 0
+
+
+def _print_plan(experiment) -> None:
+    """The trials `xattn-ray run` would schedule, and how many fit at once on this machine."""
+    import os
+
+    from xattn_ray.runner.plan import child_specs, plan_resources
+
+    grid = experiment.grid
+    cells = child_specs(experiment)
+    axes = [f"{len(experiment.children)} children", f"{len(grid.policies)} policies ({', '.join(grid.policies)})"]
+    if grid.sizes:
+        axes.append(f"{len(grid.sizes)} sizes")
+    axes += [f"{len(values)} {name}" for name, values in grid.options.items()]
+    axes.append(f"{len(grid.seeds)} seeds")
+    trials = len(cells) * (experiment.search.samples if experiment.search else 1)
+    print(f"plan: {len(experiment.parents)} parent run(s), then {trials} child runs = {' x '.join(axes)}"
+          + (f" x {experiment.search.samples} {experiment.search.metric} search samples" if experiment.search else ""))
+    machine = {"CPU": float(os.cpu_count() or 1)}
+    try:
+        print(f"  on this machine: {plan_resources(experiment.resources, machine).describe(machine)}")
+    except XattnError as err:
+        print(f"  on this machine: does not fit ({err}); a cluster given to `run --address` may")
 
 
 def _changed_side(experiment, child) -> str:
