@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -82,7 +83,7 @@ def config_hash(experiment: Experiment, spec: RunSpec) -> str:
     corpus_name = run.corpus if isinstance(run, ParentConfig) else experiment.child_corpus(run)
     payload = {
         "stage": spec.stage, "pair": run.pair, "lines": run.lines, "size": run.size,
-        "corpus": dataclasses.asdict(experiment.corpora[corpus_name]), "base_dir": str(experiment.base_dir),
+        "corpus": _resolved_paths(dataclasses.asdict(experiment.corpora[corpus_name]), experiment.base_dir),
         "test_sets": run.test_sets, "filters": dataclasses.asdict(experiment.filters),
         "tokenizer": dataclasses.asdict(experiment.tokenizer), "model": dataclasses.asdict(experiment.model),
         "model_options": model_options(spec), "train": dataclasses.asdict(train_config(experiment, spec)),
@@ -93,6 +94,20 @@ def config_hash(experiment: Experiment, spec: RunSpec) -> str:
         payload["parent"] = config_hash(experiment, parent_spec(experiment, spec))
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _resolved_paths(corpus: dict, base_dir: Path) -> dict:
+    """The corpus section with every file path absolute: moving the experiment file alone changes no
+    hash, pointing it at other data does."""
+
+    def resolve(files):
+        if isinstance(files, str):
+            return os.path.normpath(base_dir / files)
+        if isinstance(files, dict):
+            return {key: resolve(value) for key, value in files.items()}
+        return files
+
+    return {key: resolve(value) if key in ("train", "valid", "test") else value for key, value in corpus.items()}
 
 
 def run_label(spec: RunSpec) -> str:
