@@ -12,6 +12,11 @@ requires_multi30k = pytest.mark.skipif(
     reason=f"real Multi30k data not found at {SHARED_DATA / 'multi30k'} (the shared data folder beside the project)",
 )
 
+requires_muse = pytest.mark.skipif(
+    not (SHARED_DATA / "muse" / "de-fr.0-5000.txt").is_file(),
+    reason=f"real MUSE dictionaries not found at {SHARED_DATA / 'muse'} (the shared data folder beside the project)",
+)
+
 
 @pytest.fixture(scope="session")
 def toy_tokenizers(tmp_path_factory):

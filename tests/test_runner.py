@@ -84,7 +84,7 @@ def test_grid_runs_reuses_finished_runs_and_writes_rows_once(tmp_path):
     first = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "[children] 4 to train, 0 finished earlier" in first.stdout
-    assert "xattn" in first.stdout.split("BLEU (first test set")[1]
+    assert "xattn" in first.stdout.split("BLEU on each run")[1]
     runs = summaries(tmp_path / "st", "tiny")
     assert len(runs) == 5 and all(s["status"] == "ok" and s["updates"] == 12 for s in runs.values())
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
@@ -228,20 +228,34 @@ def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path):
     port, dashboard = "6391", "8271"
     ray = Path(sys.executable).parent / "ray"
     ray = str(ray) if ray.exists() else "ray"
-    start = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", port,
-                            "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard, "--num-cpus", "2"],
-                           capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    # `--block` keeps the head's processes under this one process group, so the test stops exactly
+    # this head (`ray stop` would stop every Ray instance on the machine).
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", port,
+                             "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard, "--num-cpus", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+                            start_new_session=True)
     try:
-        assert start.returncode == 0, start.stdout + start.stderr
-        submitted = subprocess.run(
-            [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(tmp_path),
-             "--", sys.executable, "-m", "xattn_ray", "run", study.name, "--storage", str(tmp_path / "st"),
-             "--address", "auto"],
-            capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        submit = [ray, "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(tmp_path),
+                  "--", sys.executable, "-m", "xattn_ray", "run", study.name, "--storage", str(tmp_path / "st"),
+                  "--address", "auto"]
+        deadline = time.monotonic() + 120
+        while True:  # the job server answers a few seconds after the head starts
+            submitted = subprocess.run(submit, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+            if submitted.returncode == 0 or time.monotonic() > deadline or "succeeded" in submitted.stdout.lower():
+                break
+            if head.poll() is not None:
+                raise AssertionError(f"the head stopped: {head.stdout.read()}")
+            if "Failed to connect" not in submitted.stdout + submitted.stderr:
+                break
+            time.sleep(2)
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         assert "succeeded" in submitted.stdout.lower()
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
     assert len(summaries(tmp_path / "st", "tiny")) == 2
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 2)
 

@@ -128,3 +128,136 @@ def test_custom_policy_with_raw_patterns():
     model = parent_model()
     trainable = trainable_names(model, Policy(train=["decoder.layers.*.ffn.*"]), "target", "ffn-only")
     assert trainable and all(".ffn." in name for name in trainable)
+
+
+# --- Grafting embedding groups: forgetting and zero-shot stitching ----------------------------
+
+def languages_of(loaded) -> str:
+    return f"{loaded.src_tokenizer.language}-{loaded.tgt_tokenizer.language}"
+
+
+@pytest.fixture(scope="module")
+def tokenizers(toy_tokenizers, tmp_path_factory):
+    """Real SentencePiece models: `aa` and `bb` (60 pieces each), `cc` (50) and `dd` (64)."""
+    from xattn_ray.tokenizer import TokenizerOptions, train_tokenizer
+
+    cache = tmp_path_factory.mktemp("graft-spm")
+    lines = [f"zebra{i % 23} quill{i % 7} oak{i % 3}" for i in range(400)]
+    return {"aa": toy_tokenizers[0], "bb": toy_tokenizers[1],
+            "cc": train_tokenizer("cc", lines, TokenizerOptions(vocab_size=50), cache),
+            "dd": train_tokenizer("dd", [line.title() for line in lines], TokenizerOptions(vocab_size=64), cache)}
+
+
+def loaded_model(tokenizers, src: str, tgt: str, seed: int, **overrides):
+    from xattn_ray.checkpoint import LoadedModel
+
+    torch.manual_seed(seed)
+    config = preset_config("tiny", tokenizers[src].vocab_size, tokenizers[tgt].vocab_size, dropout=0.0,
+                           attention_dropout=0.0, **overrides)
+    return LoadedModel(Transformer(config), tokenizers[src], tokenizers[tgt], extra={})
+
+
+def child_of(parent, side: str, new):
+    """The `xattn` child of `parent` whose `side` speaks `new`'s language, as `make_child` leaves it."""
+    from xattn_ray.checkpoint import LoadedModel
+
+    model = make_child(parent.model, side, new.vocab_size, POLICIES["xattn"], "xattn").model
+    if side == "source":
+        return LoadedModel(model, new, parent.tgt_tokenizer, extra={})
+    return LoadedModel(model, parent.src_tokenizer, new, extra={})
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_graft_is_the_base_except_the_donors_embedding_group(tokenizers, side):
+    from xattn_ray.transfer import graft_embeddings
+
+    base = loaded_model(tokenizers, "aa", "bb", seed=1)
+    donor = loaded_model(tokenizers, *(("cc", "bb") if side == "source" else ("aa", "cc")), seed=2)
+    base_before = {name: value.clone() for name, value in base.model.state_dict().items()}
+    grafted = graft_embeddings(base, donor, side)
+    prefix = "src_embed." if side == "source" else "tgt_embed."
+    base_state, donor_state = base.model.state_dict(), donor.model.state_dict()
+    for name, value in grafted.model.state_dict().items():
+        expected = donor_state[name] if name.startswith(prefix) else base_state[name]
+        assert torch.equal(value, expected), name
+    assert all(torch.equal(base_before[name], value) for name, value in base_state.items())  # base untouched
+    assert languages_of(grafted) == ("cc-bb" if side == "source" else "aa-cc")
+    vocab = grafted.model.config.src_vocab_size if side == "source" else grafted.model.config.tgt_vocab_size
+    assert vocab == tokenizers["cc"].vocab_size == 50
+    hidden = torch.randn(3, 32)  # the tied output layer is the donor's on the target side only
+    logits = grafted.model.output_logits(hidden)
+    owner = donor if side == "target" else base
+    assert torch.equal(logits, F.linear(hidden, owner.model.tgt_embed.tokens.weight))
+    inputs = {p.data_ptr() for loaded in (base, donor) for p in loaded.model.parameters()}
+    assert inputs.isdisjoint(p.data_ptr() for p in grafted.model.parameters())  # copies, not shared tensors
+
+
+@pytest.mark.parametrize("field, value", [("d_model", 64), ("max_positions", 64), ("heads", 4),
+                                          ("encoder_layers", 3), ("decoder_layers", 1), ("ffn_dim", 128)])
+def test_graft_onto_another_architecture_names_the_field(tokenizers, field, value):
+    from xattn_ray.errors import XattnError
+    from xattn_ray.transfer import graft_embeddings
+
+    base = loaded_model(tokenizers, "aa", "bb", seed=1)
+    donor = loaded_model(tokenizers, "cc", "bb", seed=2, **{field: value})
+    with pytest.raises(TransferError) as caught:
+        graft_embeddings(base, donor, "source")
+    message = str(caught.value)
+    assert isinstance(caught.value, XattnError) and isinstance(caught.value, ValueError)
+    assert "\n" not in message and f"{field} (base {getattr(base.model.config, field)}, donor {value})" in message
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_plugging_the_parents_embeddings_back_into_an_untrained_child_reproduces_the_parent(tokenizers, side):
+    from xattn_ray.transfer import graft_embeddings
+
+    parent = loaded_model(tokenizers, "aa", "bb", seed=1)
+    child = child_of(parent, side, tokenizers["cc"])
+    plugged = graft_embeddings(child, parent, side)  # the forgetting measurement, before any training
+    assert languages_of(plugged) == "aa-bb"
+    generator = torch.Generator().manual_seed(3)
+    src, tgt = torch.randint(4, 60, (4, 7), generator=generator), torch.randint(4, 60, (4, 5), generator=generator)
+    parent.model.eval(), plugged.model.eval()
+    with torch.no_grad():
+        assert torch.equal(plugged.model(src, tgt), parent.model(src, tgt))
+
+
+def test_stitch_command_makes_a_zero_shot_pair_and_round_trips(tokenizers, tmp_path):
+    """The paper's De-Es example in miniature: the body of an aa-cc child (new target) with the source
+    embeddings of a dd-bb child (new source) of the same aa-bb parent is a dd-cc model."""
+    import subprocess
+    import sys
+
+    from xattn_ray.checkpoint import load_model, save_model
+    from xattn_ray.transfer import graft_embeddings
+
+    parent = loaded_model(tokenizers, "aa", "bb", seed=1)
+    new_target, new_source = child_of(parent, "target", tokenizers["cc"]), child_of(parent, "source", tokenizers["dd"])
+    save_model(tmp_path / "aa-cc.pt", new_target.model, new_target.src_tokenizer, new_target.tgt_tokenizer)
+    save_model(tmp_path / "dd-bb.pt", new_source.model, new_source.src_tokenizer, new_source.tgt_tokenizer)
+    result = subprocess.run([sys.executable, "-m", "xattn_ray", "stitch", "--body", str(tmp_path / "aa-cc.pt"),
+                             "--embeddings", str(tmp_path / "dd-bb.pt"), "--side", "source",
+                             "--out", str(tmp_path / "dd-cc.pt")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1 and "dd-cc model" in result.stdout
+    stitched = load_model(tmp_path / "dd-cc.pt")
+    assert languages_of(stitched) == "dd-cc"
+    assert stitched.extra["stitched_from"] == {"body": str(tmp_path / "aa-cc.pt"),
+                                               "embeddings": str(tmp_path / "dd-bb.pt"), "side": "source"}
+    expected = graft_embeddings(new_target, new_source, "source").model.state_dict()
+    assert all(torch.equal(value, expected[name]) for name, value in stitched.model.state_dict().items())
+
+
+def test_stitch_command_mistake_is_one_line_and_exit_2(tokenizers, tmp_path, capsys):
+    from xattn_ray.checkpoint import save_model
+    from xattn_ray.cli import main
+
+    save_model(tmp_path / "body.pt", Transformer(preset_config("tiny", 60, 60)), tokenizers["aa"], tokenizers["bb"])
+    save_model(tmp_path / "wide.pt", Transformer(preset_config("tiny", 64, 60, d_model=64)), tokenizers["dd"],
+               tokenizers["bb"])
+    status = main(["stitch", "--body", str(tmp_path / "body.pt"), "--embeddings", str(tmp_path / "wide.pt"),
+                   "--side", "source", "--out", str(tmp_path / "bad.pt")])
+    assert status == 2 and not (tmp_path / "bad.pt").exists()
+    assert capsys.readouterr().err.splitlines() == [
+        "xattn-ray: error: cannot graft the donor's source embeddings onto the base model: "
+        "d_model (base 32, donor 64) differ"]

@@ -70,6 +70,15 @@ def _build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--max-tokens", type=int, default=4096, help="source tokens per batch")
     translate.set_defaults(handler=_translate)
 
+    stitch = commands.add_parser("stitch", help="join one checkpoint's body with another's source or target "
+                                                "embeddings (zero-shot pairs, forgetting)")
+    stitch.add_argument("--body", type=Path, required=True, help="checkpoint giving everything but the embeddings")
+    stitch.add_argument("--embeddings", type=Path, required=True,
+                        help="checkpoint giving the SIDE embedding group and tokenizer")
+    stitch.add_argument("--side", choices=["source", "target"], required=True)
+    stitch.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    stitch.set_defaults(handler=_stitch)
+
     policies = commands.add_parser("policies", help="parameters each freeze policy trains, for a model size")
     policies.add_argument("--preset", default="base", help="base | small | tiny (default: %(default)s)")
     policies.add_argument("--src-vocab", type=int, default=8000)
@@ -93,6 +102,15 @@ def _build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     results.add_argument("--out", type=Path, help="write to this file (atomically) instead of standard output")
     results.set_defaults(handler=_results)
+
+    report = commands.add_parser("report", help="write an experiment's paper-style report: Markdown tables and figures")
+    location = report.add_mutually_exclusive_group()
+    location.add_argument("--store", help="results store: a folder or a URI such as s3://bucket/prefix "
+                                          "(default: STORAGE/results)")
+    location.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="study folder (default: %(default)s)")
+    report.add_argument("--experiment", required=True, help="the experiment file's `name`")
+    report.add_argument("--out", type=Path, required=True, help="folder for report.md and its PNG figures")
+    report.set_defaults(handler=_report)
 
     data = commands.add_parser("data", help="generate or download data").add_subparsers(required=True,
                                                                                          metavar="ACTION")
@@ -272,6 +290,23 @@ def _translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stitch(args: argparse.Namespace) -> int:
+    from xattn_ray.checkpoint import load_model, save_model
+    from xattn_ray.transfer import graft_embeddings
+
+    body, embeddings = load_model(args.body), load_model(args.embeddings)
+    stitched = graft_embeddings(body, embeddings, args.side)
+    save_model(args.out, stitched.model, stitched.src_tokenizer, stitched.tgt_tokenizer, extra={"stitched_from": {
+        "body": str(args.body.absolute()), "embeddings": str(args.embeddings.absolute()), "side": args.side}})
+
+    def pair(loaded) -> str:
+        return f"{loaded.src_tokenizer.language}-{loaded.tgt_tokenizer.language}"
+
+    print(f"wrote {args.out}: {pair(stitched)} model = body of {pair(body)} ({args.body}) + {args.side} "
+          f"embeddings of {pair(embeddings)} ({args.embeddings})")
+    return 0
+
+
 def _policies(args: argparse.Namespace) -> int:
     import json
 
@@ -327,6 +362,15 @@ def _results(args: argparse.Namespace) -> int:
         sys.stdout.write(output)
     else:
         _write_atomically(args.out, output if isinstance(output, bytes) else output.encode())
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from xattn_ray.report import build_report
+    from xattn_ray.store import ResultsStore
+
+    path = build_report(ResultsStore(args.store or args.storage / "results"), args.experiment, args.out)
+    print(f"wrote {path}")
     return 0
 
 

@@ -139,6 +139,7 @@ class ParentConfig(_RunFields):
     size: int | None = None
     test_sets: list[str] | None = None  # names from the corpus's `test`; None: all
     seed: int = 1  # children of every grid seed start from this parent
+    train: TrainConfig | None = None  # this parent's own training options; None: the experiment's `train`
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,40 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class LexiconAnalysis:
+    """Bilingual lexicon induction: each listed child's new embeddings against the parent's replaced ones."""
+
+    children: list[str]  # child run names
+    dictionaries: list[str] = field(default_factory=list)  # folders of MUSE-format `a-b.txt` files
+    # (synthetic corpora bring their generator's gold dictionaries; these folders are searched first)
+
+
+@dataclass(frozen=True)
+class ZeroShotAnalysis:
+    """A stitched model: the body of one child with the new embeddings of another child of the same parent.
+
+    E.g. body `fr-cs` (new target) + embeddings `de-en` (new source) = a De-Cs model, never trained on
+    De-Cs, scored on the corpus's De-Cs test sets beside scratch `baselines` trained on a little De-Cs.
+    """
+
+    body: str  # child run whose body and own new side are kept
+    embeddings: str  # child run whose new side's embedding group is plugged in
+    corpus: str | None = None  # where the zero-shot pair's test sets are; None: the body child's corpus
+    test_sets: list[str] | None = None
+    baselines: list[str] = field(default_factory=list)  # parent runs (from scratch) on the zero-shot pair
+
+
+@dataclass(frozen=True)
+class AnalysesConfig:
+    """What is measured after the children train (all on the children's best checkpoints)."""
+
+    forgetting: bool = False  # the parent's test sets after plugging the parent's embeddings back
+    lexicon: LexiconAnalysis | None = None
+    zeroshot: list[ZeroShotAnalysis] = field(default_factory=list)
+    policies: list[str] | None = None  # policies analysed; None: the grid's, except scratch
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One study: corpora, tokenization, parents and the children that transfer from them."""
 
@@ -316,6 +351,7 @@ class Experiment:
     grid: GridConfig = field(default_factory=GridConfig)
     search: SearchConfig | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
     # Where the file was read from: relative data paths resolve against it.
     base_dir: Path = field(default=Path("."), init=False, compare=False)
 
@@ -333,9 +369,9 @@ class Experiment:
         return table[name]
 
     def train_config(self, run: ParentConfig | ChildConfig) -> TrainConfig:
-        if isinstance(run, ChildConfig) and self.child_train is not None:
-            return self.child_train
-        return self.train
+        if isinstance(run, ChildConfig):
+            return self.child_train or self.train
+        return run.train or self.train
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -360,6 +396,7 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
         if name not in POLICIES and name not in experiment.policies:
             known = ", ".join([*POLICIES, *experiment.policies])
             raise_at(doc, ("grid", "policies", i), f"unknown policy {name!r} (known: {known})")
+    _check_analyses(experiment, doc)
     child_train = experiment.child_train or experiment.train
     for name, values in experiment.grid.options.items():
         for i, value in enumerate(values):
@@ -391,6 +428,38 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
                     known = ", ".join(corpus.test) or "none"
                     raise_at(doc, key_path + ("test_sets",),
                              f"corpus {corpus_name!r} has no test set {test_name!r} (it has: {known})")
+
+
+def _check_analyses(experiment: Experiment, doc: YamlDocument) -> None:
+    """Analyses name children, parents and corpora that exist, and stitch children of one parent."""
+    children = {child.run_name: child for child in experiment.children}
+    parents = {parent.name: parent for parent in experiment.parents}
+    analyses = experiment.analyses
+    for i, name in enumerate(analyses.policies or []):
+        if name not in experiment.grid.policies:
+            raise_at(doc, ("analyses", "policies", i), f"policy {name!r} is not in grid.policies")
+    if analyses.lexicon is not None:
+        for i, name in enumerate(analyses.lexicon.children):
+            if name not in children:
+                raise_at(doc, ("analyses", "lexicon", "children", i),
+                         f"no child named {name!r} (children: {', '.join(children) or 'none'})")
+    for i, stitch in enumerate(analyses.zeroshot):
+        at = ("analyses", "zeroshot", i)
+        for key in ("body", "embeddings"):
+            if getattr(stitch, key) not in children:
+                raise_at(doc, at + (key,), f"no child named {getattr(stitch, key)!r} "
+                                           f"(children: {', '.join(children) or 'none'})")
+        body, donor = children[stitch.body], children[stitch.embeddings]
+        if body.parent != donor.parent:
+            raise_at(doc, at, f"{stitch.body!r} and {stitch.embeddings!r} come from different parents "
+                              f"({body.parent}, {donor.parent}); stitching needs one parent's children")
+        corpus = stitch.corpus or experiment.child_corpus(body)
+        if corpus not in experiment.corpora:
+            raise_at(doc, at + ("corpus",), f"no corpus named {corpus!r}")
+        for j, name in enumerate(stitch.baselines):
+            if name not in parents:
+                raise_at(doc, at + ("baselines", j), f"no parent run named {name!r} (a baseline is a parent "
+                                                     f"run trained from scratch on the zero-shot pair)")
 
 
 def _check_option(doc: YamlDocument, key_path: tuple, train: TrainConfig, name: str, value: float) -> None:

@@ -73,7 +73,8 @@ class RunOutcome:
         record["tests"] = {name: {"bleu": t.bleu.score, "chrf": t.chrf.score, "bleu_signature": t.bleu.signature,
                                   "chrf_signature": t.chrf.signature, "sentences": len(t.hypotheses),
                                   "sentences_per_second": t.sentences_per_second,
-                                  "hypotheses": str(self.checkpoint.parent / f"hypotheses.{name}.txt")}
+                                  "hypotheses": str(self.checkpoint.parent / f"hypotheses.{name}.txt"),
+                                  "references": str(self.checkpoint.parent / f"references.{name}.txt")}
                            for name, t in self.tests.items()}
         return record
 
@@ -155,7 +156,9 @@ def _train_and_score(experiment: Experiment, spec: RunSpec, parent_pair: str | N
                         max_tokens=evaluation.max_tokens)
         for name, text in data.tests.items():
             tests[name] = score_test_set(best, src_tok, tgt_tok, text.src, text.tgt, **decoding)
+            # Translations and references side by side: reports and significance tests never re-decode.
             (workdir / f"hypotheses.{name}.txt").write_text("".join(h + "\n" for h in tests[name].hypotheses))
+            (workdir / f"references.{name}.txt").write_text("".join(r + "\n" for r in text.tgt))
         if score_valid:
             valid_bleu = score_test_set(best, src_tok, tgt_tok, data.valid.src, data.valid.tgt, **decoding).bleu
     progress: Progress = result.progress

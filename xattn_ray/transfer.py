@@ -4,6 +4,10 @@ Gheini et al. (2021) move a Fr-En parent to De-En (new source) or Fr-De (new tar
 new embedding group for the new side, freshly initialised for the new language's vocabulary; every
 other parameter is copied from the parent, except groups the policy re-initialises (`randxattn`).
 Then the policy decides what trains.
+
+After training, `graft_embeddings` moves an embedding group the other way, from one trained model into
+another: plugging the parent's embeddings back into a child measures forgetting, and joining one
+child's body with another child's new embeddings makes a zero-shot pair (REFERENCE.md section A).
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from xattn_ray.checkpoint import LoadedModel
 from xattn_ray.config import LanguagePair
+from xattn_ray.errors import XattnError
 from xattn_ray.model import Transformer
-from xattn_ray.policies import NEW_EMBED, Policy, Side, freeze, select, trainable_names
+from xattn_ray.policies import NEW_EMBED, Policy, Side, embedding_group, freeze, select, trainable_names
 
 
-class TransferError(ValueError):
-    """A child that cannot be made from its parent (both sides changed, or neither)."""
+class TransferError(XattnError, ValueError):  # still a ValueError, as callers caught it before
+    """A model that cannot be made from the given ones: a child whose both sides changed (or neither),
+    or an embedding group grafted onto a body of another shape."""
 
 
 def changed_side(parent: LanguagePair, child: LanguagePair) -> Side:
@@ -58,3 +65,43 @@ def make_child(parent: Transformer, side: Side, vocab_size: int, policy: Policy,
     trainable = trainable_names(child, policy, side, policy_name)
     freeze(child, trainable)
     return Child(model=child, side=side, trainable=frozenset(trainable), copied=frozenset(copied))
+
+
+# What an embedding group shares with the body it joins. The vocabulary size of the grafted side
+# follows the donor; dropout rates are the base model's.
+GRAFT_FIELDS = ("d_model", "max_positions", "heads", "encoder_layers", "decoder_layers", "ffn_dim")
+
+
+def graft_embeddings(base: LoadedModel, donor: LoadedModel, side: Side) -> LoadedModel:
+    """A new model equal to `base` except for the `side` embedding group and tokenizer, which are `donor`'s.
+
+    The group is the side's token embeddings [V, D], position embeddings [max_positions, D] and
+    embedding layer norm [D]; on the target side the token embeddings are also the output projection
+    (tied), so the donor's output layer comes with them. `base` and `donor` are left untouched.
+
+    One operation serves both analyses of the paper:
+      forgetting   graft_embeddings(child, parent, child's new side), scored on the parent's test set;
+      zero-shot    graft_embeddings(Fr-Cs child, De-En child, "source") is a De-Cs model: the body of
+                   one child with the new embeddings of another.
+
+    Raises TransferError naming each field in GRAFT_FIELDS where the two architectures differ.
+    """
+    if side not in ("source", "target"):
+        raise ValueError(f"side must be 'source' or 'target', got {side!r}")
+    base_config, donor_config = base.model.config, donor.model.config
+    differences = [f"{name} (base {getattr(base_config, name)}, donor {getattr(donor_config, name)})"
+                   for name in GRAFT_FIELDS if getattr(base_config, name) != getattr(donor_config, name)]
+    if differences:
+        raise TransferError(f"cannot graft the donor's {side} embeddings onto the base model: "
+                            f"{'; '.join(differences)} differ")
+    vocab_field = "src_vocab_size" if side == "source" else "tgt_vocab_size"
+    grafted = Transformer(dataclasses.replace(base_config, **{vocab_field: getattr(donor_config, vocab_field)}))
+    names = list(grafted.state_dict())
+    group = select(names, [embedding_group(side)], None, "graft")
+    base_state, donor_state = base.model.state_dict(), donor.model.state_dict()
+    grafted.load_state_dict({name: (donor_state if name in group else base_state)[name] for name in names})
+    reference = next(base.model.parameters())  # the graft lives where the base model lives
+    grafted.to(device=reference.device, dtype=reference.dtype).train(base.model.training)
+    if side == "source":
+        return LoadedModel(grafted, donor.src_tokenizer, base.tgt_tokenizer, extra={})
+    return LoadedModel(grafted, base.src_tokenizer, donor.tgt_tokenizer, extra={})

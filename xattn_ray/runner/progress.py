@@ -22,6 +22,7 @@ class ProgressTable(Callback):
         self.states: dict[str, str] = {}
         self.started = time.monotonic()
         self.printed = 0.0
+        self.changed = False  # something to show since the last table
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.states[str(trial)] = "RUNNING"
@@ -33,20 +34,22 @@ class ProgressTable(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.states[str(trial)] = "DONE" if self.last.get(str(trial), {}).get("finished") else "STOPPED"
-        self._maybe_print(trials, force=True)
+        self._maybe_print(trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.states[str(trial)] = "ERROR"
-        self._maybe_print(trials, force=True)
+        self._maybe_print(trials)
 
     def on_experiment_end(self, trials, **info):
-        self._maybe_print(trials, force=True)
+        if self.changed:
+            self._maybe_print(trials, force=True)
 
     def _maybe_print(self, trials, force: bool = False) -> None:
         now = time.monotonic()
+        self.changed = True
         if not force and now - self.printed < self.interval:
             return
-        self.printed = now
+        self.printed, self.changed = now, False
         lines = [f"[{self.stage}] {now - self.started:6.0f} s"]
         lines.append(f"  {'run':<40} {'state':<8} {'update':>6} {'train':>6} {'valid':>6} {'BLEU':>6} {'time':>6}")
         for trial in trials:

@@ -5,7 +5,8 @@
       2. parents:  trials for parent runs that have no finished result yet;
       3. children: trials for the grid's child runs (or one Optuna search per grid cell), each starting
                    from its parent's best checkpoint;
-      4. write the rows of reused runs again (idempotent) and print BLEU by pair and policy.
+      4. analyses: forgetting, zero-shot stitching, lexicon induction on the finished children;
+      5. print BLEU by pair and policy (rows of reused runs were written again: idempotent).
 
 A run is finished when its folder holds `result.json` (written last by the pipeline). Finished runs
 are reused, never retrained: adding a policy or a seed to a finished study trains only what is new.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from xattn_ray.config import Experiment
 from xattn_ray.errors import XattnError
 from xattn_ray.pipeline import read_summary
 from xattn_ray.runner.plan import ResourcePlan, child_specs, parent_specs, plan_resources
-from xattn_ray.runner.records import outcome_rows, unfinished_rows
+from xattn_ray.records import outcome_rows, unfinished_rows
 from xattn_ray.runs import RunSpec, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 
@@ -39,7 +41,8 @@ class StudyResult:
     """What a study ended with: the summaries of every run, by run id, and those that did not finish."""
 
     summaries: dict[str, dict]
-    unfinished: dict[str, str]  # run id -> why
+    unfinished: dict[str, str]  # run id (or analysis task id) -> why
+    analyses: list[dict]  # the study's analysis rows from the results store
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -56,7 +59,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+        # "local": always a new instance, never a cluster some other command left running here.
+        ray.init(address="local", num_cpus=num_cpus, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
 
 
 def cluster_resources() -> dict[str, float]:
@@ -95,12 +99,15 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
         from xattn_ray.runner.sweep import run_search
 
         run_search(experiment, storage, store, plan, progress_interval, unfinished, failed_parents)
+    _run_analyses(experiment, storage, store, plan, progress_interval, unfinished)
     summaries = {}
     for spec in _all_specs(experiment, storage):
         summary = read_summary(run_directory(storage, experiment, spec))
         if summary is not None:
             summaries[run_id(experiment, spec)] = summary
-    return StudyResult(summaries, unfinished)
+    analyses = store.read(experiment=experiment.name)
+    analyses = analyses[(analyses["stage"] == "analysis") & (analyses["status"] == "ok")]
+    return StudyResult(summaries, unfinished, analyses.to_dict("records"))
 
 
 def _all_specs(experiment: Experiment, storage: Path) -> list[RunSpec]:
@@ -195,6 +202,48 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
     return list(results)
 
 
+def _run_analyses(experiment: Experiment, storage: Path, store: ResultsStore, plan: ResourcePlan,
+                  progress_interval: float, unfinished: dict[str, str]) -> None:
+    """The analyses stage: one Tune trial per task not done yet (a task is done once its rows are stored)."""
+    from ray import tune
+
+    from xattn_ray.analyses import AnalysisTask, analysis_tasks, task_fields
+    from xattn_ray.runner.progress import ProgressTable
+    from xattn_ray.runner.trainable import TrialContext, analysis_marker, run_analysis_trial
+    from xattn_ray.store import make_row
+
+    finished = [spec for spec in _all_specs(experiment, storage) if spec.stage == "child"
+                and (read_summary(run_directory(storage, experiment, spec)) or {}).get("status") == "ok"]
+    tasks = analysis_tasks(experiment, finished)
+    if not tasks:
+        return
+    pending = [task for task in tasks if not analysis_marker(storage, experiment, task.task_id).is_file()]
+    print(f"[analyses] {len(pending)} to run, {len(tasks) - len(pending)} done earlier", flush=True)
+    if not pending:
+        return
+    cpus = {"CPU": 1.0}  # decoding a test set: one CPU each, as many at once as the cluster has
+    context = TrialContext(experiment=experiment, storage=storage, store_uri=store.uri, workers=1,
+                           worker_resources=cpus, score_valid=False)
+
+    def trial_name(trial) -> str:
+        return AnalysisTask.from_dict(trial.config["task"]).task_id
+
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_analysis_trial, context=context), cpus),
+        param_space={"task": tune.grid_search([task.to_dict() for task in pending])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(cluster_resources().get("CPU", 1))),
+                                    trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+        run_config=tune.RunConfig(name="analyses", storage_path=str(storage / experiment.name / "tune"), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=1),
+                                  callbacks=[ProgressTable("analyses", progress_interval)]))
+    for result in tuner.fit():
+        task = AnalysisTask.from_dict(result.config["task"])
+        if result.error is not None:
+            why = _one_line(result.error)
+            unfinished[task.task_id] = why
+            store.write([make_row(**task_fields(experiment, task), eval=task.kind, status="failed", error=why)])
+
+
 def _trial_id(result) -> str | None:
     metrics = result.metrics or {}
     return metrics.get("trial_id")
@@ -206,7 +255,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def format_summary(result: StudyResult) -> str:
-    """BLEU on each run's first test set, mean over seeds: a row per policy, a column per pair."""
+    """BLEU on each run's first test set: a row per policy, a column per pair, mean ± std over seeds."""
     cells: dict[tuple[str, str], list[float]] = {}
     pairs: list[str] = []
     for summary in result.summaries.values():
@@ -221,15 +270,41 @@ def format_summary(result: StudyResult) -> str:
         first = next(iter(summary["tests"].values()))
         cells.setdefault((policy, label), []).append(first["bleu"])
     policies = sorted({policy for policy, _ in cells}, key=lambda p: (p != "(parent)", p))
-    width = max([len(p) for p in pairs] + [8])
-    lines = ["BLEU (first test set; mean over seeds, n = seeds)",
+    width = max([len(p) for p in pairs] + [12])
+    lines = ["BLEU on each run's first test set (mean ± std over seeds)",
              f"{'policy':<10} " + " ".join(f"{pair:>{width}}" for pair in pairs)]
     for policy in policies:
         row = []
         for pair in pairs:
-            scores = cells.get((policy, pair))
-            row.append(f"{sum(scores) / len(scores):>{width - 4}.2f} n={len(scores)}" if scores else f"{'':>{width}}")
+            scores = cells.get((policy, pair), [])
+            text = f"{statistics.mean(scores):.2f}" if scores else ""
+            if len(scores) > 1:
+                text += f" ± {statistics.stdev(scores):.2f}"
+            row.append(f"{text:>{width}}")
         lines.append(f"{policy:<10} " + " ".join(row))
+    lines += _analysis_summary(result.analyses)
     for identifier, why in sorted(result.unfinished.items()):
         lines.append(f"not finished: {identifier}: {why}")
     return "\n".join(lines)
+
+
+def _analysis_summary(rows: list[dict]) -> list[str]:
+    """One line per analysed pair and policy, means over seeds (first test set for BLEU)."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        if row["eval"] == "bli":
+            key = ("lexicon induction P@1", f"{row['pair']} ({row['dictionary']}, {int(row['n_evaluated'])} words)",
+                   f"{row['policy']} {row['bli_method']}")
+            groups.setdefault(key, []).append(100 * row["bli_p1"])
+        else:
+            title = {"forgetting": "forgetting: parent's test BLEU with its embeddings plugged back",
+                     "zeroshot": "zero-shot BLEU of stitched models"}[row["eval"]]
+            reference = f", parent {row['reference_bleu']:.2f}" if row["eval"] == "forgetting" else ""
+            key = (title, f"{row['pair']} on {row['test_set']}{reference}", row["policy"])
+            groups.setdefault(key, []).append(row["bleu"])
+    lines = []
+    for title in sorted({key[0] for key in groups}):
+        lines.append(title)
+        for (_, subject, label), values in sorted((k, v) for k, v in groups.items() if k[0] == title):
+            lines.append(f"  {subject:<44} {label:<18} {sum(values) / len(values):6.2f}")
+    return lines

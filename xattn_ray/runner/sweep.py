@@ -14,7 +14,7 @@ from pathlib import Path
 from xattn_ray.config import Experiment
 from xattn_ray.pipeline import read_summary
 from xattn_ray.runner.plan import ResourcePlan, child_specs
-from xattn_ray.runner.records import unfinished_rows
+from xattn_ray.records import unfinished_rows
 from xattn_ray.runs import RunSpec, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 

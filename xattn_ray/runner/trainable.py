@@ -16,6 +16,7 @@ When the run ends, the trial writes its rows to the results store and makes one 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import torch
 
 from xattn_ray.config import Experiment
 from xattn_ray.pipeline import read_summary, run_child, run_parent
-from xattn_ray.runner.records import outcome_rows
+from xattn_ray.records import outcome_rows
 from xattn_ray.runs import RunSpec, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 
@@ -114,3 +115,22 @@ def _worker_loop(config: dict) -> None:
     context: TrialContext = config["context"]
     torch.set_num_threads(int(context.worker_resources.get("CPU", 1)))
     _run(context, RunSpec.from_dict(config["spec"]), TrainReporter(), wrap_model=prepare_model)
+
+
+def run_analysis_trial(config: dict, context: TrialContext) -> None:
+    """The Tune function of the analyses stage: one task, its rows to the store, a marker when done."""
+    from xattn_ray.analyses import AnalysisTask, run_task
+
+    torch.set_num_threads(int(context.worker_resources.get("CPU", 1)))
+    task = AnalysisTask.from_dict(config["task"])
+    rows = run_task(context.experiment, task, context.storage)
+    ResultsStore(context.store_uri).write(rows)
+    marker = analysis_marker(context.storage, context.experiment, task.task_id)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"rows": len(rows)}) + "\n")
+    ray.tune.report({"finished": True, "rows": len(rows)})
+
+
+def analysis_marker(storage: Path, experiment: Experiment, task_id: str) -> Path:
+    """Written when an analysis task's rows are in the store: the task is then done."""
+    return Path(storage) / experiment.name / "analyses" / f"{task_id}.json"

@@ -45,7 +45,8 @@ def outcome_rows(experiment: Experiment, spec: RunSpec, summary: dict, trial_id:
     for name, test in summary["tests"].items():
         rows.append(make_row(**shared, eval="test", test_set=name, bleu=test["bleu"], chrf=test["chrf"],
                              bleu_signature=test["bleu_signature"], chrf_signature=test["chrf_signature"],
-                             n_evaluated=test["sentences"], hypotheses_uri=test["hypotheses"]))
+                             n_evaluated=test["sentences"], hypotheses_uri=test["hypotheses"],
+                             references_uri=test.get("references")))
     return rows
 
 

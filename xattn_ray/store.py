@@ -1,0 +1,334 @@
+"""The results store: every number a study produces, as Parquet files under one directory.
+
+A row is one figure of one run's evaluation: a test set's BLEU and chrF, a parent test set re-scored
+after transfer (forgetting), a zero-shot pair, a lexicon-induction score, or the training record.
+The directory is a local folder or anything pyarrow opens (`s3://bucket/prefix`, `file:///...`), laid
+out as Hive partitions with one file per run and evaluation:
+
+    <root>/experiment=<name>/stage=<parent|child|analysis>/<run_id>.<eval>.parquet
+
+Writers need no locks. A file is written under a hidden name (a leading `.`, which readers skip)
+beside its final name and renamed into place, so a reader sees a whole file or none, a crash leaves
+what was there, and writing a run's evaluation again (a retried or resumed trial) replaces its rows
+instead of adding to them. Nothing deletes rows. Readers list the files, then read them through the
+one `SCHEMA`; `ResultsStore.sql` puts DuckDB over the rows as a table named `results`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import functools
+import importlib.metadata
+import json
+import numbers
+import os
+import re
+import subprocess
+import urllib.parse
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from xattn_ray.errors import XattnError
+
+if TYPE_CHECKING:
+    import pandas
+
+SCHEMA_VERSION = 1  # bump when a column changes meaning or type; adding a column needs no bump
+
+STAGES = ("parent", "child", "analysis")
+EVALS = ("train", "test", "forgetting", "zeroshot", "bli")
+STATUSES = ("ok", "failed", "stopped")
+
+# Every column of every row. A metric that does not apply to a row is null, never zero.
+SCHEMA = pa.schema([
+    pa.field("schema_version", pa.int32()),  # SCHEMA_VERSION of the code that wrote the row
+    pa.field("experiment", pa.string(), nullable=False),  # the experiment file's `name` (a partition)
+    pa.field("run_id", pa.string(), nullable=False),  # stable id from config hash + seed: names the file
+    pa.field("stage", pa.string()),  # parent / child / analysis (a partition)
+    pa.field("parent_pair", pa.string()),  # a child's parent's pair, e.g. fr-en
+    pa.field("pair", pa.string()),  # the run's pair, e.g. de-en
+    pa.field("src_lang", pa.string()),
+    pa.field("tgt_lang", pa.string()),
+    pa.field("side", pa.string()),  # which side a child replaced: source / target; null for a parent
+    pa.field("policy", pa.string()),  # freeze policy of a child, e.g. xattn
+    pa.field("seed", pa.int64()),
+    pa.field("eval", pa.string(), nullable=False),  # train / test / forgetting / zeroshot / bli
+    pa.field("test_set", pa.string()),  # the test set a BLEU row scores, e.g. flickr2016
+    pa.field("bleu", pa.float64()),  # sacreBLEU corpus BLEU
+    pa.field("chrf", pa.float64()),  # sacreBLEU chrF
+    pa.field("bleu_signature", pa.string()),  # sacreBLEU's signature: how `bleu` was computed
+    pa.field("chrf_signature", pa.string()),
+    pa.field("reference_bleu", pa.float64()),  # for `forgetting`: the parent's own BLEU on the same set
+    pa.field("bli_p1", pa.float64()),  # bilingual lexicon induction precision@1
+    pa.field("bli_method", pa.string()),  # cosine / dot / csls
+    pa.field("dictionary", pa.string()),  # the gold dictionary BLI is scored against
+    pa.field("n_evaluated", pa.int64()),  # sentences or dictionary entries scored
+    pa.field("hypotheses_uri", pa.string()),  # where the translations behind `bleu` are kept
+    pa.field("references_uri", pa.string()),  # the references they were scored against (same order)
+    pa.field("trainable_params", pa.int64()),
+    pa.field("total_params", pa.int64()),
+    pa.field("updates", pa.int64()),  # optimizer steps taken
+    pa.field("train_seconds", pa.float64()),
+    pa.field("target_tokens_per_second", pa.float64()),  # training throughput
+    pa.field("best_valid_loss", pa.float64()),
+    pa.field("valid_curve", pa.string()),  # JSON list of [update, valid_loss]
+    pa.field("stop_reason", pa.string()),  # why training ended, e.g. patience, max_updates
+    pa.field("train_size", pa.int64()),  # training sentence pairs after cleaning
+    pa.field("attention", pa.string()),  # attention variant of the model, e.g. standard, structured
+    pa.field("mono_alpha", pa.float64()),  # structured attention dropout of the monolingual query
+    pa.field("cross_alpha", pa.float64()),  # structured attention dropout of the cross-lingual query
+    pa.field("stitched_from", pa.string()),  # JSON: the models a stitched model was assembled from
+    pa.field("hparams", pa.string()),  # JSON of the run's full resolved config
+    pa.field("config_hash", pa.string()),  # hash of `hparams`, the first half of `run_id`
+    pa.field("checkpoint_uri", pa.string()),  # the model the row's numbers come from
+    pa.field("status", pa.string(), nullable=False),  # ok / failed / stopped
+    pa.field("error", pa.string()),  # what went wrong, for a failed run
+    pa.field("ray_trial_id", pa.string()),
+    pa.field("code_version", pa.string()),  # code_version() of the writer
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+])
+
+# Columns holding JSON text: `make_row` encodes other values given for them.
+JSON_COLUMNS = ("valid_curve", "stitched_from", "hparams")
+
+# A run id becomes a file name, so it may not hold a path separator or start hidden (`.`, `_`).
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_UNKNOWN_COLUMN = re.compile(r"No match for FieldRef\.Name\((.*?)\)")
+
+
+class StoreError(XattnError):
+    """A row that does not fit the schema, a store that cannot be opened, or a query that fails."""
+
+
+def make_row(**fields: Any) -> dict[str, Any]:
+    """A complete row: every column of `SCHEMA`, None where `fields` gives nothing.
+
+    Fills `schema_version`, `code_version` and `created_at` (now, UTC) unless given, encodes
+    non-string values of `JSON_COLUMNS` as JSON, and checks `stage`, `eval` and `status`.
+    """
+    for name in fields:
+        if name not in SCHEMA.names:
+            close = difflib.get_close_matches(name, SCHEMA.names, n=1)
+            raise StoreError(f"unknown results column {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    row = dict.fromkeys(SCHEMA.names) | fields
+    for name in JSON_COLUMNS:
+        if row[name] is not None and not isinstance(row[name], str):
+            try:
+                row[name] = json.dumps(row[name], sort_keys=True)
+            except (TypeError, ValueError) as err:
+                raise StoreError(f"results column {name!r} takes JSON: {err}") from None
+    for name, choices in (("stage", STAGES), ("eval", EVALS), ("status", STATUSES)):
+        if row[name] not in choices:
+            raise StoreError(f"results column {name!r} is {row[name]!r}: one of {', '.join(choices)}")
+    for name, default in (("schema_version", SCHEMA_VERSION), ("code_version", code_version()),
+                          ("created_at", datetime.now(timezone.utc))):
+        if row[name] is None:
+            row[name] = default
+    return row
+
+
+@functools.cache
+def code_version() -> str:
+    """The package version, plus `+g<commit>` when the package runs from a git checkout."""
+    try:
+        version = importlib.metadata.version("xattn-ray")
+    except importlib.metadata.PackageNotFoundError:
+        import xattn_ray
+
+        version = getattr(xattn_ray, "__version__", "unknown")
+    package = Path(__file__).resolve().parent
+    # The package's own files must be tracked: an installed copy inside some other repository (a
+    # virtual environment in a project folder) would otherwise report that repository's commit.
+    if _git(package, "ls-files", "--error-unmatch", "--", "__init__.py") is None:
+        return version
+    commit = _git(package, "rev-parse", "--short", "HEAD")
+    return f"{version}+g{commit}" if commit else version
+
+
+def _git(directory: Path, *args: str) -> str | None:
+    """Standard output of a git command in `directory`, or None when git is absent or fails."""
+    try:
+        done = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+class ResultsStore:
+    """A directory of result rows: write groups of rows, read them back as a table, query them with SQL."""
+
+    def __init__(self, uri: str | os.PathLike) -> None:
+        self.uri = os.fspath(uri)
+        if "://" in self.uri:
+            try:
+                self._fs, root = pafs.FileSystem.from_uri(self.uri)
+            except (pa.ArrowException, OSError) as err:
+                raise StoreError(f"cannot open results store {self.uri}: {_one_line(err)}") from None
+        else:
+            self._fs, root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
+        self._root = root.rstrip("/")
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Store `rows`, replacing any rows already stored for the same run and evaluation.
+
+        Rows are completed by `make_row` and grouped by (experiment, stage, run_id, eval); each group
+        becomes one file, so all of one evaluation's rows (every test set) go in one call. Every
+        group is checked before the first file is written: a bad row leaves the store as it was.
+        """
+        groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+        for row in rows:
+            row = make_row(**row)
+            groups.setdefault((row["experiment"], row["stage"], row["run_id"], row["eval"]), []).append(row)
+        files = []
+        for key, group in groups.items():
+            table = _to_table(group)  # first: it checks that the values naming the file are strings
+            files.append((self._path(*key), table))
+        for path, table in files:
+            self._replace(path, table)
+
+    def table(self, experiment: str | None = None, filters: ds.Expression | list | None = None) -> pa.Table:
+        """The stored rows (of one experiment, if given) matching `filters`, as a table of `SCHEMA`.
+
+        `filters` is a `pyarrow.compute.Expression` or pyarrow's DNF list form, e.g.
+        `[("policy", "=", "xattn"), ("seed", "in", [1, 2])]`. An empty store gives an empty table.
+        """
+        expression = _filter_expression(filters)
+        directory = self._root if experiment is None else f"{self._root}/{_partition('experiment', experiment)}"
+        try:
+            listed = self._fs.get_file_info(pafs.FileSelector(directory, recursive=True, allow_not_found=True))
+            # List, then read: a stored file is only ever replaced whole, never removed, and a
+            # writer's file in progress is hidden, so every listed file stays readable.
+            paths = sorted(info.path for info in listed
+                           if info.type == pafs.FileType.File and _is_results_file(info.base_name))
+            dataset = ds.FileSystemDataset.from_paths(paths, schema=SCHEMA, format=ds.ParquetFileFormat(),
+                                                      filesystem=self._fs)
+            # Reading through SCHEMA orders and types the columns, and fills any column a file lacks with nulls.
+            return dataset.to_table(filter=expression)
+        except (pa.ArrowException, OSError) as err:
+            unknown = _UNKNOWN_COLUMN.search(str(err))  # pyarrow's own message goes on to list the whole schema
+            if unknown:
+                raise StoreError(f"results filters name an unknown column: {unknown.group(1)!r}") from None
+            raise StoreError(f"cannot read results store {self.uri}: {_one_line(err)}") from None
+
+    def read(self, experiment: str | None = None, filters: ds.Expression | list | None = None) -> pandas.DataFrame:
+        """`table(experiment, filters)` as a pandas DataFrame."""
+        return self.table(experiment, filters).to_pandas()
+
+    def sql_table(self, query: str) -> pa.Table:
+        """The answer to a DuckDB `query` over the stored rows, which it sees as the table `results`."""
+        results = self.table()
+        with duckdb.connect(":memory:") as connection:  # in memory: nothing a query does outlives the call
+            connection.execute("SET TimeZone = 'UTC'")  # times come back in UTC, as they were written
+            connection.register("results", results)
+            try:
+                answer = connection.sql(query)
+                if answer is None:
+                    raise StoreError(f"results query {query!r} gives no table: ask with SELECT")
+                return answer.to_arrow_table()
+            except duckdb.Error as err:
+                raise StoreError(f"results query: {_one_line(err)}") from None
+
+    def sql(self, query: str) -> pandas.DataFrame:
+        """`sql_table(query)` as a pandas DataFrame."""
+        return self.sql_table(query).to_pandas()
+
+    def _path(self, experiment: str, stage: str, run_id: str, evaluation: str) -> str:
+        if not _RUN_ID.fullmatch(run_id):
+            raise StoreError(f"run_id {run_id!r} cannot name a file: use letters, digits, '.', '_' and '-', "
+                             f"starting with a letter or digit")
+        return (f"{self._root}/{_partition('experiment', experiment)}/{_partition('stage', stage)}/"
+                f"{run_id}.{evaluation}.parquet")
+
+    def _replace(self, path: str, table: pa.Table) -> None:
+        """Write `table` to a hidden file beside `path`, then rename it over `path`."""
+        directory, name = path.rsplit("/", 1)
+        temporary = f"{directory}/.{name}.{uuid.uuid4().hex}"  # unique: concurrent writers never share one
+        try:
+            self._fs.create_dir(directory, recursive=True)
+            pq.write_table(table, temporary, filesystem=self._fs)
+            if isinstance(self._fs, pafs.LocalFileSystem):
+                _flush_to_disk(temporary)  # else a power cut after the rename could leave an empty file
+            self._fs.move(temporary, path)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                self._fs.delete_file(temporary)
+            if isinstance(err, OSError):
+                raise StoreError(f"cannot write {path}: {_one_line(err)}") from None
+            raise
+
+
+def _to_table(rows: list[dict[str, Any]]) -> pa.Table:
+    """`rows` as a table of `SCHEMA`; a value of the wrong type or a missing required one is an error."""
+    where = f"(run {rows[0]['run_id']!r}, eval {rows[0]['eval']!r})"
+    columns = []
+    for field in SCHEMA:
+        values = [row[field.name] for row in rows]
+        for value in values:
+            if value is None and not field.nullable:
+                raise StoreError(f"results column {field.name!r} is required {where}")
+            if value is not None and not _fits(field.type, value):
+                raise StoreError(f"results column {field.name!r} takes {_kind(field.type)}, "
+                                 f"not {type(value).__name__} {value!r} {where}")
+        try:
+            columns.append(pa.array(values, type=field.type))
+        except (pa.ArrowException, OverflowError) as err:  # e.g. an integer beyond 64 bits
+            raise StoreError(f"results column {field.name!r}: {_one_line(err)} {where}") from None
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
+
+
+def _fits(type_: pa.DataType, value: Any) -> bool:
+    # Checked here rather than by pyarrow, which would silently truncate 1.5 to an integer 1.
+    if isinstance(value, bool):
+        return False  # a flag is not a number, though Python counts it as one
+    if pa.types.is_integer(type_):
+        return isinstance(value, numbers.Integral)
+    if pa.types.is_floating(type_):
+        return isinstance(value, numbers.Real)
+    if pa.types.is_timestamp(type_):
+        return isinstance(value, datetime)
+    return isinstance(value, str)
+
+
+def _kind(type_: pa.DataType) -> str:
+    if pa.types.is_integer(type_):
+        return "an integer"
+    if pa.types.is_floating(type_):
+        return "a number"
+    return "a datetime" if pa.types.is_timestamp(type_) else "a string"
+
+
+def _partition(column: str, value: str) -> str:
+    """A Hive partition directory name; the value is URI-escaped, as Hive readers expect."""
+    return f"{column}={urllib.parse.quote(value, safe='')}"
+
+
+def _is_results_file(name: str) -> bool:
+    return name.endswith(".parquet") and not name.startswith((".", "_"))
+
+
+def _filter_expression(filters: ds.Expression | list | None) -> ds.Expression | None:
+    if filters is None or isinstance(filters, ds.Expression):
+        return filters
+    try:
+        return pq.filters_to_expression(filters)
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"results filters {filters!r}: {_one_line(err)}") from None
+
+
+def _flush_to_disk(path: str) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
