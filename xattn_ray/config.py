@@ -493,7 +493,7 @@ def corpus_languages(corpus: CorpusConfig) -> set[str]:
 
 
 def _with_environment_expanded(experiment: Experiment, doc: YamlDocument) -> Experiment:
-    """Expand `${NAME}` in every corpus path, naming the key when a variable is missing."""
+    """Expand `${NAME}` in every data path (corpora, dictionaries), naming the key when one is missing."""
 
     def expand(files: SplitFiles | None, key_path: tuple) -> SplitFiles | None:
         if files is None:
@@ -511,7 +511,13 @@ def _with_environment_expanded(experiment: Experiment, doc: YamlDocument) -> Exp
             valid=expand(corpus.valid, at + ("valid",)),
             test={t: expand(f, at + ("test", t)) for t, f in corpus.test.items()},
         )
-    return dataclasses.replace(experiment, corpora=corpora)
+    analyses = experiment.analyses
+    if analyses.lexicon is not None:
+        at = ("analyses", "lexicon", "dictionaries")
+        folders = [expand_environment(folder, doc.where(at + (i,)))
+                   for i, folder in enumerate(analyses.lexicon.dictionaries)]
+        analyses = dataclasses.replace(analyses, lexicon=dataclasses.replace(analyses.lexicon, dictionaries=folders))
+    return dataclasses.replace(experiment, corpora=corpora, analyses=analyses)
 
 
 def raise_at(doc: YamlDocument, key_path: tuple, why: str) -> None:
