@@ -1,0 +1,119 @@
+"""The analyses on real tiny runs (no Ray): forgetting, zero-shot stitching, lexicon induction tasks."""
+
+import json
+
+import pytest
+import torch
+
+from xattn_ray.analyses import AnalysisTask, analysis_tasks, run_task
+from xattn_ray.checkpoint import load_model
+from xattn_ray.config import load_experiment
+from xattn_ray.lexicon import induce_lexicon
+from xattn_ray.pipeline import run_child, run_parent
+from xattn_ray.runner.plan import child_specs
+from xattn_ray.runs import RunSpec, run_directory
+from xattn_ray.store import ResultsStore
+from xattn_ray.transfer import graft_embeddings
+
+STUDY = """\
+name: ana
+corpora:
+  synth:
+    synthetic: {languages: 3, sentences: 400, seed: 3, valid: 30, test: 20}
+tokenizer: {vocab_size: 120}
+model: {preset: tiny}
+train: {lr: 0.003, warmup_updates: 5, max_tokens: 600, max_updates: 12, validate_every: 6, patience: 0}
+evaluation: {beam: 2, max_tokens: 2000}
+parents:
+  - {name: la-pv, pair: la-pv, corpus: synth, lines: [0, 250]}
+children:
+  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}
+  - {pair: la-lc, parent: la-pv, lines: [250, 400]}
+grid: {policies: [scratch, embed, xattn], seeds: [1]}
+analyses:
+  forgetting: true
+  lexicon: {children: [lb-pv]}
+  zeroshot:
+    - {body: la-lc, embeddings: lb-pv}
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("analyses")
+    (root / "ana.yaml").write_text(STUDY)
+    experiment = load_experiment(root / "ana.yaml")
+    storage = root / "runs"
+    parent = run_parent(experiment, RunSpec("parent", "la-pv", 1), storage)
+    for spec in child_specs(experiment):
+        run_child(experiment, spec, storage, parent.checkpoint)
+    return experiment, storage, parent
+
+
+def test_tasks_cover_every_analysed_policy_but_scratch(study):
+    experiment, storage, _ = study
+    tasks = analysis_tasks(experiment, child_specs(experiment))
+    kinds = sorted((t.kind, t.spec.run, t.spec.policy) for t in tasks)
+    assert kinds == [("bli", "lb-pv", "embed"), ("bli", "lb-pv", "xattn"),
+                     ("forgetting", "la-lc", "embed"), ("forgetting", "la-lc", "xattn"),
+                     ("forgetting", "lb-pv", "embed"), ("forgetting", "lb-pv", "xattn"),
+                     ("zeroshot", "la-lc", "embed"), ("zeroshot", "la-lc", "xattn")]
+    assert all(AnalysisTask.from_dict(t.to_dict()) == t for t in tasks)
+    assert len({t.task_id for t in tasks}) == len(tasks)
+
+
+def test_forgetting_of_an_embed_child_is_exactly_the_parent(study):
+    """`embed` trains only the new embeddings: with the parent's plugged back, the model IS the parent."""
+    experiment, storage, parent = study
+    spec = RunSpec("child", "lb-pv", 1, "embed")
+    child = load_model(run_directory(storage, experiment, spec) / "best.pt")
+    parent_model = load_model(parent.checkpoint)
+    plugged = graft_embeddings(child, parent_model, "source")
+    for name, tensor in parent_model.model.state_dict().items():
+        assert torch.equal(plugged.model.state_dict()[name], tensor), name
+    (row,) = run_task(experiment, AnalysisTask("forgetting", spec), storage)
+    assert row["eval"] == "forgetting" and row["stage"] == "analysis" and row["status"] == "ok"
+    assert row["bleu"] == pytest.approx(parent.tests["test"].bleu.score)  # same model, same hypotheses
+    assert row["reference_bleu"] == pytest.approx(parent.tests["test"].bleu.score)
+    hypotheses = open(row["hypotheses_uri"]).read().splitlines()
+    assert hypotheses == parent.tests["test"].hypotheses
+    assert len(open(row["references_uri"]).read().splitlines()) == row["n_evaluated"] == 20
+
+
+def test_zeroshot_stitches_the_donors_source_onto_the_bodys_model(study):
+    experiment, storage, _ = study
+    body, donor = RunSpec("child", "la-lc", 1, "xattn"), RunSpec("child", "lb-pv", 1, "xattn")
+    (row,) = run_task(experiment, AnalysisTask("zeroshot", body, donor, 0), storage)
+    assert (row["pair"], row["src_lang"], row["tgt_lang"], row["eval"]) == ("lb-lc", "lb", "lc", "zeroshot")
+    provenance = json.loads(row["stitched_from"])
+    assert provenance["side"] == "source" and provenance["body"].startswith("la-lc-xattn-s1-")
+    assert provenance["embeddings"].startswith("lb-pv-xattn-s1-")
+    assert 0.0 <= row["bleu"] <= 100.0 and row["n_evaluated"] == 20
+
+
+def test_lexicon_rows_one_per_method_with_the_generators_dictionary(study):
+    experiment, storage, _ = study
+    rows = run_task(experiment, AnalysisTask("bli", RunSpec("child", "lb-pv", 1, "xattn")), storage)
+    assert sorted(r["bli_method"] for r in rows) == ["cosine", "csls", "dot"]
+    assert all(0.0 <= r["bli_p1"] <= 1.0 and r["n_evaluated"] > 0 for r in rows)
+    assert all("lb-la" in r["dictionary"] and r["test_set"] == "lb-la" for r in rows)
+    ResultsStore(storage / "results").write(rows)  # the rows fit the store's schema
+    assert len(ResultsStore(storage / "results").read(experiment="ana")) == 3
+
+
+def test_lexicon_induction_recovers_a_noisy_copy_of_the_parent_embeddings():
+    """Each new word's row is its translation's parent row plus small noise: P@1 = 1 for every method.
+
+    Parent rows have unit norm: with rows of different lengths the dot product may prefer a long wrong
+    row (that is the difference between the paper's cosine and the authors' dot product).
+    """
+    generator = torch.Generator().manual_seed(0)
+    old = torch.nn.functional.normalize(torch.randn(50, 32, generator=generator), dim=1)
+    old_words = {f"w{i}": i for i in range(50)}
+    permutation = torch.randperm(50, generator=generator)
+    new = old[permutation] + 0.01 * torch.randn(50, 32, generator=generator)
+    new_words = {f"n{i}": i for i in range(50)}
+    dictionary = {f"n{i}": {f"w{int(permutation[i])}"} for i in range(50)}
+    for method in ("cosine", "dot", "csls"):
+        result = induce_lexicon(new, new_words, old, old_words, dictionary, method)
+        assert result.p_at_1 == 1.0 and result.evaluated == 50, method
