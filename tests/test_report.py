@@ -18,7 +18,7 @@ from xattn_ray.config import load_experiment
 from xattn_ray.data.run_data import load_run_data
 from xattn_ray.report import (bli_table, build_report, child_bleu, cost_table, forgetting_table, significance,
                               table2, zeroshot_table)
-from xattn_ray.store import SCHEMA, ResultsStore, make_row
+from xattn_ray.store import ResultsStore, make_row
 
 STUDY = """\
 name: tiny
@@ -62,7 +62,7 @@ def rows(study):
 
 @pytest.fixture(scope="module")
 def references(study):
-    """`references_for` from the experiment's own test set (while rows carry no `references_uri`)."""
+    """`references_for` from the experiment's own test set: independent of the rows' `references_uri`."""
     experiment = load_experiment(study / "tiny.yaml")
     children = {child.run_name: child for child in experiment.children}
 
@@ -150,12 +150,10 @@ def test_significance_tests_the_stored_translations_seed_by_seed(rows, reference
     assert tested.at[("lb-pv", "xattn", 1), "p_value"] < 0.05
 
 
-@pytest.mark.skipif("references_uri" not in SCHEMA.names,
-                    reason="the store has no `references_uri` column yet: significance from a study's own rows "
-                           "waits for it (the other tests pass references from the experiment's test set)")
-def test_significance_finds_references_through_the_rows(rows):
-    tests = significance(rows)
-    assert tests["note"].isna().all() and tests["p_value"].between(0, 1).all()
+def test_significance_reads_the_references_the_rows_name(rows, references):
+    by_rows = significance(rows)  # references from each row's `references_uri`
+    assert by_rows["note"].isna().all()
+    assert by_rows.drop(columns="note").equals(significance(rows, references).drop(columns="note"))
 
 
 def test_report_never_decodes_and_writes_sections_and_png_figures(study, tmp_path):
@@ -224,9 +222,7 @@ def test_report_command_end_to_end(study):
     assert done.returncode == 0, done.stderr
     report = (study / "rep" / "report.md").read_text()
     assert "| policy | lb-pv | la-lb |" in report
-    # Without `references_uri` in the rows the command cannot test significance, and says why.
-    if "references_uri" not in SCHEMA.names:
-        assert "no reference file recorded" in report
+    assert "| pair | scratch | xattn |" in report  # the significance table: the rows name their references
     assert all((study / "rep" / name).is_file() for name in FIGURES)
     assert report.splitlines()[0] == "# Report: tiny"
 

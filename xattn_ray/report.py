@@ -17,6 +17,7 @@ return a DataFrame, so every number can be checked without reading the Markdown.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from collections.abc import Callable
@@ -168,6 +169,7 @@ def significance(frame: pandas.DataFrame, references_for: ReferencesFor = refere
     seed, bleu (as the test recomputes it from the files), body_bleu (stored), p_value, signature, note
     (why a run could not be tested; its p_value is then NaN).
     """
+    logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # it logs every step of every test at INFO
     tests = primary_child_tests(frame)
     results = []
     for (pair, test_set, seed), runs in tests.groupby(["pair", "test_set", "seed"]):
