@@ -221,6 +221,22 @@ def test_optuna_search_per_grid_cell_records_the_best_of_each(tmp_path):
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
 
 
+def test_asha_stops_weak_trials_of_a_search_and_records_them(tmp_path):
+    search = ("grid: {policies: [xattn], seeds: [1]}\n"
+              "search:\n  space: {lr: {loguniform: [0.00001, 0.01]}}\n  samples: 4\n  scheduler: asha\n"
+              "  grace_validations: 1\n")
+    study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search,
+                        updates=24, every=6)
+    result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = ResultsStore(tmp_path / "st" / "results").read(experiment="tiny")
+    children = rows[(rows["stage"] == "child") & (rows["eval"] == "train")]
+    assert len(children) == 4 and set(children["status"]) <= {"ok", "stopped"}
+    assert (children["status"] == "stopped").any()  # ASHA halves the field at each rung
+    assert json.loads((tmp_path / "st" / "tiny" / "search-best.json").read_text())[0]["run_id"] in set(
+        children[children["status"] == "ok"]["run_id"])
+
+
 def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path):
     study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
                         extra="grid: {policies: [xattn], seeds: [1]}")

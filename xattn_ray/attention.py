@@ -4,6 +4,10 @@ Projecting keys/values (`project_keys_values`) is separate from attending (`forw
 computes the cross-attention keys and values of a source once and reuses them at every step, and
 appends one step's self-attention keys and values to a cache instead of recomputing the prefix.
 
+`CrossLingualSelfAttention` is the encoder self-attention of Foroutan et al. (2023): a second query
+projection for attention across the languages of a code-switched source, and one softmax over the
+scores of both queries, each masked by its own structured mask (`structured_dropout.py`).
+
 Shapes: B batch, T query length, S key length, H heads, D = d_model, Dh = D / H.
 """
 
@@ -33,6 +37,11 @@ class MultiHeadAttention(nn.Module):
         batch, length, d_model = x.shape
         return x.view(batch, length, self.heads, d_model // self.heads).transpose(1, 2)
 
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """[B, H, T, Dh] -> [B, T, D]."""
+        batch, _, length, _ = x.shape
+        return x.transpose(1, 2).reshape(batch, length, -1)
+
     def project_keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of `x` [B, S, D], each [B, H, S, Dh]."""
         return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
@@ -48,5 +57,55 @@ class MultiHeadAttention(nn.Module):
         attended = F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0)
-        batch, _, length, _ = attended.shape
-        return self.out_proj(attended.transpose(1, 2).reshape(batch, length, -1))
+        return self.out_proj(self.merge_heads(attended))
+
+
+class CrossLingualSelfAttention(MultiHeadAttention):
+    """Self-attention with a cross-lingual query `q_cross_proj` beside `q_proj`, sharing keys and values.
+
+    With masks M1 and M2 (`structured_dropout.sample_masks`), the scores of the two queries
+
+        S   = Q K^T / sqrt(Dh),        counted where M1 holds
+        S_x = Q_cross K^T / sqrt(Dh),  counted where M2 holds
+
+    share ONE softmax over keys: P = (exp(S - m) + exp(S_x - m)) / sum over keys of the same, with m
+    the row's maximum over both and uncounted entries contributing 0; then attention dropout and P V.
+    So a key reached by both queries gets both terms, and Q_cross = Q with all-ones masks is plain
+    attention (each term doubled). Without masks (monolingual input) it is plain attention through
+    the inherited SDPA path, Q_cross unused.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float):
+        super().__init__(d_model, heads, dropout)
+        self.q_cross_proj = nn.Linear(d_model, d_model)
+        self.init_cross_from_query()
+
+    def init_cross_from_query(self) -> None:
+        """Q_cross := Q (weight and bias), the authors' initialisation: the model starts as it was."""
+        with torch.no_grad():
+            self.q_cross_proj.weight.copy_(self.q_proj.weight)
+            self.q_cross_proj.bias.copy_(self.q_proj.bias)
+
+    def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
+                causal: bool = False, structured_masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Attend from `x` [B, T, D] to `keys`/`values` [B, H, S, Dh]; returns [B, T, D].
+
+        `structured_masks` (M1, M2), each [B, 1, T, S] bool, select the joint softmax; they already
+        hide padding keys, so `mask` is not needed with them. None: plain attention with `mask`.
+        """
+        if structured_masks is None:
+            return super().forward(x, keys, values, mask, causal)
+        if causal:
+            raise ValueError("structured masks are for bidirectional (encoder) self-attention")
+        m1, m2 = structured_masks
+        queries, cross_queries = self.split_heads(self.q_proj(x)), self.split_heads(self.q_cross_proj(x))
+        scale = keys.shape[-1] ** -0.5
+        scores = (queries @ keys.transpose(-2, -1) * scale).masked_fill(~m1, -torch.inf)  # [B, H, T, S]
+        cross_scores = (cross_queries @ keys.transpose(-2, -1) * scale).masked_fill(~m2, -torch.inf)
+        # The shift only guards exp() against overflow; softmax does not depend on it, so no gradient.
+        shift = torch.maximum(scores.amax(dim=-1, keepdim=True), cross_scores.amax(dim=-1, keepdim=True)).detach()
+        shift = shift.masked_fill(shift.isinf(), 0.0)  # a row with nothing counted stays all zeros
+        weights = torch.exp(scores - shift) + torch.exp(cross_scores - shift)  # exp(-inf) = 0
+        probabilities = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+        probabilities = F.dropout(probabilities, self.dropout, self.training)
+        return self.out_proj(self.merge_heads(probabilities @ values))

@@ -4,6 +4,8 @@ Sentences are encoded once; each epoch sorts them by length (ties broken at rand
 into batches whose padded size stays under `max_tokens`, and shuffles the batches. Sorting keeps
 padding small, so nearly every computed position is a real token; deriving the order from
 (seed, epoch) alone means a resumed run sees exactly the batches it would have seen.
+
+Code-switched sources (`data/codeswitch.py`) carry a segment id per token, padded with -1 beside them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from xattn_ray.structured_dropout import PADDING
 from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 if TYPE_CHECKING:  # the config (which imports this module's users) also defines corpora
@@ -29,6 +32,7 @@ class EncodedPairs:
     src: list[list[int]]
     tgt: list[list[int]]
     dropped_too_long: int = 0  # pairs longer than the model's position table
+    segments: list[list[int]] | None = None  # code-switched sources: a segment id per source token
 
     def __len__(self) -> int:
         return len(self.src)
@@ -53,11 +57,13 @@ class Batch:
 
     src [B, S]: source ids + EOS.  tgt_in [B, T]: BOS + target ids (what the decoder reads).
     tgt_out [B, T]: target ids + EOS (what it must predict); PAD where there is nothing to predict.
+    src_segments [B, S]: segment ids of code-switched sources, -1 at padding (None for plain sources).
     """
 
     src: Tensor
     tgt_in: Tensor
     tgt_out: Tensor
+    src_segments: Tensor | None = None
 
     @property
     def target_tokens(self) -> int:
@@ -95,11 +101,12 @@ def collate(pairs: EncodedPairs, indices: Sequence[int]) -> Batch:
     src = _pad([pairs.src[i] for i in indices])
     tgt_out = _pad([pairs.tgt[i] for i in indices])
     tgt_in = _pad([[BOS_ID] + pairs.tgt[i][:-1] for i in indices])
-    return Batch(src=src, tgt_in=tgt_in, tgt_out=tgt_out)
+    segments = None if pairs.segments is None else _pad([pairs.segments[i] for i in indices], PADDING)
+    return Batch(src=src, tgt_in=tgt_in, tgt_out=tgt_out, src_segments=segments)
 
 
-def _pad(sequences: list[list[int]]) -> Tensor:
-    """Right-pad with PAD into a [len(sequences), longest] LongTensor."""
+def _pad(sequences: list[list[int]], fill: int = PAD_ID) -> Tensor:
+    """Right-pad with `fill` into a [len(sequences), longest] LongTensor."""
     longest = max(len(sequence) for sequence in sequences)
-    return torch.tensor([sequence + [PAD_ID] * (longest - len(sequence)) for sequence in sequences],
+    return torch.tensor([sequence + [fill] * (longest - len(sequence)) for sequence in sequences],
                         dtype=torch.long)

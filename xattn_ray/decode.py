@@ -8,6 +8,9 @@ translations, and a penalty above 1 rewards length a little more than averaging 
 which Gheini et al. (2021) used with beam 5 and length penalty 1.2, a sentence stops as soon as it has
 `beam` finished hypotheses, or at its maximum length, where every live hypothesis must emit EOS.
 
+A code-switched source (`data/codeswitch.py`) comes with its segment ids, which the search passes to
+the encoder once; decoding is the same for it, since the cross-lingual query lives in the encoder.
+
 Shapes: B sentences, S source length, K beam size, V target vocabulary size.
 """
 
@@ -21,19 +24,21 @@ import torch
 from torch import Tensor
 
 from xattn_ray.model import DecoderState, Transformer
+from xattn_ray.structured_dropout import PADDING
 from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
-def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2,
-                  max_len_b: int = 10) -> list[list[int]]:
+def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2, max_len_b: int = 10,
+                  src_segments: Tensor | None = None) -> list[list[int]]:
     """The most probable next token at every step, for each sentence of src [B, S].
 
-    src holds source ids followed by EOS, right-padded with PAD. Returns, per sentence, the output ids
-    without BOS and EOS; a sentence leaves the batch as soon as it emits EOS.
+    src holds source ids followed by EOS, right-padded with PAD; `src_segments` [B, S] are the segment
+    ids of code-switched sources. Returns, per sentence, the output ids without BOS and EOS; a sentence
+    leaves the batch as soon as it emits EOS.
     """
     with _inference(model):
         max_lens = max_output_lengths(model, src, max_len_a, max_len_b)  # [B]
-        state = model.start_decoding(src)
+        state = _start_decoding(model, src, src_segments)
         sentences = torch.arange(src.shape[0], device=src.device)  # original index of each batch row
         tokens = torch.full_like(sentences, BOS_ID)  # [B'] the newest token of each row
         outputs: list[list[int]] = [[] for _ in range(src.shape[0])]
@@ -53,12 +58,14 @@ def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2,
 
 
 def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: float = 1.2,
-                max_len_a: float = 1.2, max_len_b: int = 10) -> list[list[int]]:
+                max_len_a: float = 1.2, max_len_b: int = 10,
+                src_segments: Tensor | None = None) -> list[list[int]]:
     """The best finished hypothesis of a beam search (module docstring) for each sentence of src [B, S].
 
-    src holds source ids followed by EOS, right-padded with PAD. Returns, per sentence, the output ids
-    without BOS and EOS. All sentences' hypotheses form one batch of B*K rows (sentence-major), from
-    which finished sentences are dropped so the work shrinks as sentences finish.
+    src holds source ids followed by EOS, right-padded with PAD; `src_segments` [B, S] are the segment
+    ids of code-switched sources. Returns, per sentence, the output ids without BOS and EOS. All
+    sentences' hypotheses form one batch of B*K rows (sentence-major), from which finished sentences
+    are dropped so the work shrinks as sentences finish.
 
     UNK may be emitted, as in fairseq; PAD and BOS never are. An empty output is allowed (fairseq's
     `--min-len 1` forbids it). Stopping at K finished hypotheses is fast but not exhaustive: on some
@@ -71,7 +78,7 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
         batch_size = src.shape[0]
         max_lens = max_output_lengths(model, src, max_len_a, max_len_b)  # [B'] of the active sentences
         # The K hypotheses of a sentence share its cross-attention keys/values (DecoderLayer.cross_attend).
-        state = model.start_decoding(src)
+        state = _start_decoding(model, src, src_segments)
         sentences = torch.arange(batch_size, device=src.device)  # [B'] original index of active sentences
         # All beams of a sentence start identical, so only the first is live; the others start at -inf
         # and so cannot be chosen until real candidates run out.
@@ -125,25 +132,44 @@ def translate(model: Transformer, src_tokenizer: Tokenizer, tgt_tokenizer: Token
               max_len_b: int = 10) -> list[str]:
     """Translate `lines` (raw text) into detokenised target text, in the order given.
 
-    Sources longer than the model's positions are truncated. Sentences are sorted by length and
-    batched so that a batch holds at most `max_tokens` source tokens with padding (a longer sentence
-    goes alone), which keeps padding and wasted steps small. `beam` 1 is greedy search; outputs are
-    at most `max_len_a * source length + max_len_b` tokens long (`max_output_lengths`).
+    Sources longer than the model's positions are truncated; then as `translate_ids`.
     """
     sources = [ids[:model.config.max_positions - 1] + [EOS_ID] for ids in src_tokenizer.encode(lines)]
+    return translate_ids(model, tgt_tokenizer, sources, None, beam, length_penalty, max_tokens, max_len_a,
+                         max_len_b)
+
+
+def translate_ids(model: Transformer, tgt_tokenizer: Tokenizer, sources: Sequence[list[int]],
+                  segments: Sequence[list[int]] | None = None, beam: int = 5, length_penalty: float = 1.2,
+                  max_tokens: int = 4096, max_len_a: float = 1.2, max_len_b: int = 10) -> list[str]:
+    """Translate encoded `sources` (ids ending with EOS, e.g. `encode_codeswitched`'s, with their
+    `segments` ids when code-switched) into detokenised target text, in the order given.
+
+    Sentences are sorted by length and batched so that a batch holds at most `max_tokens` source
+    tokens with padding (a longer sentence goes alone), which keeps padding and wasted steps small.
+    `beam` 1 is greedy search; outputs are at most `max_len_a * source length + max_len_b` tokens
+    long (`max_output_lengths`).
+    """
     device = next(model.parameters()).device
     outputs: list[list[int]] = [[] for _ in sources]
     for batch in _length_sorted_batches([len(source) for source in sources], max_tokens):
-        src = torch.full((len(batch), len(sources[batch[-1]])), PAD_ID, device=device)
-        for row, index in enumerate(batch):
-            src[row, :len(sources[index])] = torch.tensor(sources[index])
+        src = _padded([sources[index] for index in batch], PAD_ID, device)
+        src_segments = None if segments is None else _padded([segments[index] for index in batch], PADDING, device)
         if beam == 1:
-            translations = greedy_search(model, src, max_len_a, max_len_b)
+            translations = greedy_search(model, src, max_len_a, max_len_b, src_segments)
         else:
-            translations = beam_search(model, src, beam, length_penalty, max_len_a, max_len_b)
+            translations = beam_search(model, src, beam, length_penalty, max_len_a, max_len_b, src_segments)
         for index, output in zip(batch, translations):
             outputs[index] = output
     return tgt_tokenizer.decode(outputs)
+
+
+def _padded(rows: Sequence[list[int]], fill: int, device: torch.device) -> Tensor:
+    """Right-pad `rows` with `fill` into a [len(rows), longest] tensor on `device`."""
+    padded = torch.full((len(rows), max(len(row) for row in rows)), fill, device=device)
+    for index, row in enumerate(rows):
+        padded[index, :len(row)] = torch.tensor(row)
+    return padded
 
 
 def _length_sorted_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -162,6 +188,12 @@ def _length_sorted_batches(lengths: Sequence[int], max_tokens: int) -> list[list
     return batches + [batch] if batch else batches
 
 
+def _start_decoding(model: Transformer, src: Tensor, src_segments: Tensor | None) -> DecoderState:
+    """model.start_decoding, passing segment ids only when there are some (so any model with the
+    one-argument `start_decoding` can be searched over plain sources)."""
+    return model.start_decoding(src) if src_segments is None else model.start_decoding(src, src_segments)
+
+
 def _next_token_log_probs(model: Transformer, tokens: Tensor, state: DecoderState,
                           at_limit: Tensor) -> Tensor:
     """Feed tokens [N] and return next-token log-probs [N, V] that the search may choose from.
@@ -178,11 +210,11 @@ def _next_token_log_probs(model: Transformer, tokens: Tensor, state: DecoderStat
 def max_output_lengths(model: Transformer, src: Tensor, max_len_a: float, max_len_b: int) -> Tensor:
     """The most tokens (EOS not counted) each sentence of src [B, S] may output: [B] int64.
 
-    `int(max_len_a * source length + max_len_b)`, the source length counting neither EOS nor PAD, and at
-    most max_positions - 1: BOS and that many tokens fill the decoder's positions, since the final
-    EOS is predicted but never fed back.
+    `int(max_len_a * source length + max_len_b)`, the source length counting neither EOS nor PAD (nor
+    the BOS that starts a code-switched source), and at most max_positions - 1: BOS and that many
+    tokens fill the decoder's positions, since the final EOS is predicted but never fed back.
     """
-    source_lengths = ((src != PAD_ID) & (src != EOS_ID)).sum(dim=1).tolist()
+    source_lengths = ((src != PAD_ID) & (src != EOS_ID) & (src != BOS_ID)).sum(dim=1).tolist()
     lengths = [int(max_len_a * length + max_len_b) for length in source_lengths]  # in Python's float64
     return torch.tensor(lengths, device=src.device).clamp(0, model.config.max_positions - 1)
 

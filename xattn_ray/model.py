@@ -18,6 +18,11 @@ Parameter names are the vocabulary of freeze policies (`policies.py`), so they a
 
 `decoder.layers.N.cross_attn*` is the `xattn` group: the cross-attention and the layer norm before it.
 
+With `attention: xlquery` (Foroutan et al. 2023) each encoder self-attention also has a cross-lingual
+query, `encoder.layers.N.self_attn.q_cross_proj.{weight,bias}` (the `xlquery` group), used on
+code-switched sources given with their segment ids (`structured_dropout.py`); every other name and
+shape is the standard model's, so a trained standard model converts by copying (`transfer.to_xlquery`).
+
 Shapes: B batch, S source length, T target length, D d_model, V vocabulary size.
 """
 
@@ -25,12 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xattn_ray.attention import MultiHeadAttention
+from xattn_ray.attention import CrossLingualSelfAttention, MultiHeadAttention
+from xattn_ray.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
+                                          StructuredDropout, is_code_switched)
 from xattn_ray.tokenizer import PAD_ID
 
 
@@ -49,6 +57,27 @@ class ModelConfig:
     dropout: float = 0.1  # on embeddings, sub-layer outputs
     attention_dropout: float = 0.1  # on attention probabilities
     activation_dropout: float = 0.0  # inside the feed-forward block, after the ReLU
+    # Encoder self-attention: `standard`, or `xlquery` (a cross-lingual query with structured masks).
+    attention: Literal["standard", "xlquery"] = "standard"
+    # xlquery's keeping probabilities (structured_dropout.py): M1's cross-segment entries (mono) and
+    # M2's within-segment entries (cross), in training and in evaluation (0 / 0: the block pattern).
+    mono_alpha: float = TRAINING_ALPHAS.mono
+    cross_alpha: float = TRAINING_ALPHAS.cross
+    eval_mono_alpha: float = EVALUATION_ALPHAS.mono
+    eval_cross_alpha: float = EVALUATION_ALPHAS.cross
+
+    def __post_init__(self) -> None:
+        # The alphas are checked (MaskAlphas) where they are used: when an xlquery encoder is built.
+        if self.attention not in ("standard", "xlquery"):
+            raise ValueError(f"attention must be 'standard' or 'xlquery', got {self.attention!r}")
+
+    @property
+    def training_alphas(self) -> MaskAlphas:
+        return MaskAlphas(self.mono_alpha, self.cross_alpha)
+
+    @property
+    def evaluation_alphas(self) -> MaskAlphas:
+        return MaskAlphas(self.eval_mono_alpha, self.eval_cross_alpha)
 
 
 # The presets named by experiments; any field can still be overridden.
@@ -106,15 +135,25 @@ class EncoderLayer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.self_attn_norm = nn.LayerNorm(config.d_model)
-        self.self_attn = MultiHeadAttention(config.d_model, config.heads, config.attention_dropout)
+        attention = CrossLingualSelfAttention if config.attention == "xlquery" else MultiHeadAttention
+        self.self_attn = attention(config.d_model, config.heads, config.attention_dropout)
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
-        """x [B, S, D], src_mask [B, 1, 1, S] -> [B, S, D]."""
+    def forward(self, x: Tensor, src_mask: Tensor,
+                structured_masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x [B, S, D], src_mask [B, 1, 1, S] -> [B, S, D].
+
+        `structured_masks` (M1, M2) [B, 1, S, S] (xlquery on code-switched input) replace `src_mask`.
+        """
         normed = self.self_attn_norm(x)
-        x = x + self.dropout(self.self_attn(normed, *self.self_attn.project_keys_values(normed), mask=src_mask))
+        keys, values = self.self_attn.project_keys_values(normed)
+        if structured_masks is None:
+            attended = self.self_attn(normed, keys, values, mask=src_mask)
+        else:
+            attended = self.self_attn(normed, keys, values, structured_masks=structured_masks)
+        x = x + self.dropout(attended)
         return x + self.dropout(self.ffn(self.ffn_norm(x)))
 
 
@@ -165,10 +204,21 @@ class Encoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
         self.final_norm = nn.LayerNorm(config.d_model)
+        # Parameter-free, so the standard model's names are unchanged; None when there is no Q_cross.
+        self.structured_dropout = (StructuredDropout(config.training_alphas, config.evaluation_alphas)
+                                   if config.attention == "xlquery" else None)
 
-    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, src_mask: Tensor, segments: Tensor | None = None) -> Tensor:
+        """x [B, S, D], src_mask [B, 1, 1, S], segment ids [B, S] or None -> [B, S, D].
+
+        An xlquery encoder given a code-switched batch draws its masks once for all layers (training
+        alphas in training mode, evaluation alphas in eval mode); otherwise attention is plain.
+        """
+        masks = None
+        if self.structured_dropout is not None and segments is not None and is_code_switched(segments):
+            masks = self.structured_dropout(segments)
         for layer in self.layers:
-            x = layer(x, src_mask)
+            x = layer(x, src_mask, masks)
         return self.final_norm(x)
 
 
@@ -223,6 +273,8 @@ class Transformer(nn.Module):
                 initialise_embedding_group(module)
             elif isinstance(module, MultiHeadAttention | FeedForward):
                 initialise_linears(module)
+                if isinstance(module, CrossLingualSelfAttention):
+                    module.init_cross_from_query()
 
     def set_dropout(self, **rates: float) -> None:
         """Change `dropout`, `attention_dropout` or `activation_dropout` in place (shapes untouched): a
@@ -238,17 +290,25 @@ class Transformer(nn.Module):
                 module.activation_dropout.p = self.config.activation_dropout
 
     # -- training: whole sequences -------------------------------------------------------------
-    def encode(self, src: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, src: Tensor, src_segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """src [B, S] -> (memory [B, S, D], src_mask [B, 1, 1, S]).
 
+        `src_segments` [B, S] are the segment ids of code-switched sources (structured_dropout.py),
+        -1 exactly at padding; an xlquery encoder uses them, a standard one ignores them.
         When nothing on the source side trains (e.g. `xattn` on a new-target child), the encoder runs
         without building an autograd graph: its activations need no gradient.
         """
         src_mask = (src != PAD_ID)[:, None, None, :]
+        if src_segments is not None:
+            if src_segments.shape != src.shape:
+                raise ValueError(f"src_segments {tuple(src_segments.shape)} must have the shape of src "
+                                 f"{tuple(src.shape)}")
+            if bool(((src_segments == PADDING) != (src == PAD_ID)).any()):
+                raise ValueError(f"src_segments must be {PADDING} exactly where src is padding")
         needs_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in (*self.src_embed.parameters(), *self.encoder.parameters()))
         with torch.set_grad_enabled(needs_grad):
-            memory = self.encoder(self.src_embed(src), src_mask)
+            memory = self.encoder(self.src_embed(src), src_mask, src_segments)
         return memory, src_mask
 
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
@@ -262,20 +322,23 @@ class Transformer(nn.Module):
         """[..., D] -> [..., V]: the tied output projection (no bias, as in fairseq)."""
         return F.linear(hidden, self.tgt_embed.tokens.weight)
 
-    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None) -> Tensor:
+    def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None,
+                src_segments: Tensor | None = None) -> Tensor:
         """src [B, S], tgt_in [B, T] -> logits [B, T, V].
 
         With `keep` [B, T] (True at positions to predict), only those rows are projected onto the
         vocabulary: logits [N, V] for the N kept positions, so padding costs no output-layer work.
+        `src_segments` [B, S]: segment ids of code-switched sources (`encode`).
         """
-        memory, src_mask = self.encode(src)
+        memory, src_mask = self.encode(src, src_segments)
         hidden = self.decode(tgt_in, memory, src_mask)
         return self.output_logits(hidden if keep is None else hidden[keep])
 
     # -- inference: one target position at a time ---------------------------------------------
-    def start_decoding(self, src: Tensor) -> DecoderState:
-        """Encode src [B, S] and compute every layer's cross-attention keys/values once."""
-        memory, src_mask = self.encode(src)
+    def start_decoding(self, src: Tensor, src_segments: Tensor | None = None) -> DecoderState:
+        """Encode src [B, S] (with its segment ids [B, S], if code-switched) and compute every layer's
+        cross-attention keys/values once."""
+        memory, src_mask = self.encode(src, src_segments)
         cross_kv = [layer.cross_attn.project_keys_values(memory) for layer in self.decoder.layers]
         return DecoderState(src_mask, cross_kv, [None] * len(self.decoder.layers))
 

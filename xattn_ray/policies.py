@@ -29,6 +29,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "src": ("src_embed.*",),  # source tokens, positions, embedding layer norm
     "tgt": ("tgt_embed.*",),  # target tokens (= the tied output projection), positions, layer norm
     "xattn": ("decoder.layers.*.cross_attn.*", "decoder.layers.*.cross_attn_norm.*"),
+    "xlquery": ("encoder.layers.*.self_attn.q_cross_proj.*",),  # the cross-lingual queries (xlquery models)
     "body": ("encoder.*", "decoder.*"),  # everything but `src` and `tgt`
     "bias": ("*.bias",),
 }
@@ -124,7 +125,9 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
 
 def group_sizes(model: nn.Module) -> dict[str, int]:
-    """Parameters in each named group (`body` overlaps `xattn` and `bias`)."""
+    """Parameters in each named group (`body` overlaps `xattn`, `xlquery` and `bias`); 0 for a group the
+    model lacks (`xlquery` in a standard model)."""
     named = dict(model.named_parameters())
-    return {group: sum(named[name].numel() for name in select(list(named), [group], None, group))
+    return {group: sum(parameter.numel() for name, parameter in named.items()
+                       if any(fnmatch.fnmatch(name, pattern) for pattern in GROUPS[group]))
             for group in GROUPS}

@@ -8,6 +8,9 @@ Then the policy decides what trains.
 After training, `graft_embeddings` moves an embedding group the other way, from one trained model into
 another: plugging the parent's embeddings back into a child measures forgetting, and joining one
 child's body with another child's new embeddings makes a zero-shot pair (REFERENCE.md section A).
+
+`to_xlquery` gives a trained standard model the cross-lingual query of Foroutan et al. (2023): the same
+weights plus Q_cross := Q in every encoder layer, so the variant starts exactly where the model was.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from xattn_ray.checkpoint import LoadedModel
 from xattn_ray.config import LanguagePair
 from xattn_ray.errors import XattnError
 from xattn_ray.model import Transformer
+from xattn_ray.structured_dropout import MaskAlphas
 from xattn_ray.policies import NEW_EMBED, Policy, Side, embedding_group, freeze, select, trainable_names
 
 
@@ -105,3 +109,27 @@ def graft_embeddings(base: LoadedModel, donor: LoadedModel, side: Side) -> Loade
     if side == "source":
         return LoadedModel(grafted, donor.src_tokenizer, base.tgt_tokenizer, extra={})
     return LoadedModel(grafted, base.src_tokenizer, donor.tgt_tokenizer, extra={})
+
+
+def to_xlquery(model: Transformer, training: MaskAlphas | None = None,
+               evaluation: MaskAlphas | None = None) -> Transformer:
+    """A new xlquery model holding `model`'s weights, with every encoder layer's Q_cross a copy of its Q.
+
+    `training` / `evaluation` set the structured masks' alphas (default: those of `model`'s config,
+    the authors' values unless changed). `model` (standard attention) is left untouched; the new model
+    lives on its device and dtype, in its training mode, with every parameter trainable (a policy
+    freezes afterwards). On input without a second segment it computes exactly what `model` does.
+    """
+    if model.config.attention != "standard":
+        raise TransferError(f"to_xlquery converts a standard model; this one has {model.config.attention!r} "
+                            f"attention")
+    training, evaluation = training or model.config.training_alphas, evaluation or model.config.evaluation_alphas
+    converted = Transformer(dataclasses.replace(
+        model.config, attention="xlquery", mono_alpha=training.mono, cross_alpha=training.cross,
+        eval_mono_alpha=evaluation.mono, eval_cross_alpha=evaluation.cross))
+    missing, unexpected = converted.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(".q_cross_proj." in name for name in missing), (missing, unexpected)
+    for layer in converted.encoder.layers:
+        layer.self_attn.init_cross_from_query()
+    reference = next(model.parameters())
+    return converted.to(device=reference.device, dtype=reference.dtype).train(model.training)

@@ -194,10 +194,10 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
         if result.error is not None:
             why = _one_line(result.error)
             status = "failed"
-        else:
+            unfinished[identifier] = why
+        else:  # a scheduler (ASHA) ended it: expected, recorded, not a failure of the study
             why = "stopped early by the scheduler"
             status = "stopped"
-        unfinished[identifier] = why
         store.write(unfinished_rows(experiment, spec, status, why, _trial_id(result)))
     return list(results)
 
