@@ -361,7 +361,9 @@ def _results(args: argparse.Namespace) -> int:
     if args.out is None:
         sys.stdout.write(output)
     else:
-        _write_atomically(args.out, output if isinstance(output, bytes) else output.encode())
+        from xattn_ray.files import write_atomically
+
+        write_atomically(args.out, output if isinstance(output, bytes) else output.encode())
     return 0
 
 
@@ -454,17 +456,3 @@ def _parquet_bytes(table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden file beside `path`, then rename it over `path`: never half a file."""
-    import os
-    import uuid
-
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        raise XattnError(f"cannot write {path}: {err.strerror or err}") from None

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas
 
 from xattn_ray.errors import XattnError
+from xattn_ray.files import write_atomically
 from xattn_ray.store import ResultsStore
 
 # The paper's order: the baseline, the full fine-tuning reference, then the cheap policies.
@@ -71,7 +71,7 @@ def build_report(store: ResultsStore, experiment: str, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(frame, out_dir)  # first: report.md, written last, links to them
     path = out_dir / "report.md"
-    _write_atomically(path, report_markdown(frame, figures, references_for).encode())
+    write_atomically(path, report_markdown(frame, figures, references_for).encode())
     return path
 
 
@@ -596,26 +596,14 @@ def _bleu_vs_params(frame: pandas.DataFrame):
 
 
 def _save_figure(figure, path: Path) -> None:
-    """Save a PNG to a hidden file beside `path` and rename it into place; then free the figure."""
+    """Render a PNG in memory and write it atomically; then free the figure."""
+    import io
+
     import matplotlib.pyplot as plt
 
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    buffer = io.BytesIO()
     try:
-        figure.savefig(temporary, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
-        os.replace(temporary, path)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        raise XattnError(f"cannot write {path}: {err.strerror or err}") from None
+        figure.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     finally:
         plt.close(figure)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to a hidden file beside `path`, then rename it over `path`: never half a file."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except OSError as err:
-        temporary.unlink(missing_ok=True)
-        raise XattnError(f"cannot write {path}: {err.strerror or err}") from None
+    write_atomically(path, buffer.getvalue())
