@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from xattn_ray.analyses import AnalysisTask, analysis_tasks, run_task
+from xattn_ray.analyses import AnalysisTask, analysis_tasks, run_task, task_id
 from xattn_ray.checkpoint import load_model
 from xattn_ray.config import load_experiment
 from xattn_ray.lexicon import induce_lexicon
@@ -59,7 +59,7 @@ def test_tasks_cover_every_analysed_policy_but_scratch(study):
                      ("forgetting", "lb-pv", "embed"), ("forgetting", "lb-pv", "xattn"),
                      ("zeroshot", "la-lc", "embed"), ("zeroshot", "la-lc", "xattn")]
     assert all(AnalysisTask.from_dict(t.to_dict()) == t for t in tasks)
-    assert len({t.task_id for t in tasks}) == len(tasks)
+    assert len({task_id(experiment, t) for t in tasks}) == len(tasks)
 
 
 def test_forgetting_of_an_embed_child_is_exactly_the_parent(study):

@@ -100,6 +100,26 @@ def test_grid_runs_reuses_finished_runs_and_writes_rows_once(tmp_path):
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 9)
 
 
+def test_analyses_stage_writes_its_rows_once_and_is_reused(tmp_path):
+    three = STUDY.replace("languages: 2", "languages: 3")
+    (tmp_path / "ana.yaml").write_text(three.format(
+        name="ana", updates=12, every=6, max_tokens=600, model="",
+        children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}\n  - {pair: la-lc, parent: la-pv, lines: [250, 400]}",
+        extra="grid: {policies: [scratch, xattn], seeds: [1]}\n"
+              "analyses:\n  forgetting: true\n  lexicon: {children: [lb-pv]}\n"
+              "  zeroshot:\n    - {body: la-lc, embeddings: lb-pv}\n"))
+    first = xattn_ray("run", "ana.yaml", "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "[analyses] 4 to run, 0 done earlier" in first.stdout  # forgetting x2, bli, zeroshot (xattn)
+    assert "zero-shot BLEU of stitched models" in first.stdout and "lexicon induction P@1" in first.stdout
+    rows = ResultsStore(tmp_path / "st" / "results").read(experiment="ana")
+    analyses = rows[rows["stage"] == "analysis"]
+    assert sorted(analyses["eval"]) == ["bli"] * 3 + ["forgetting"] * 2 + ["zeroshot"]
+    again = xattn_ray("run", "ana.yaml", "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert again.returncode == 0 and "[analyses] 0 to run, 4 done earlier" in again.stdout
+    assert len(ResultsStore(tmp_path / "st" / "results").read(experiment="ana")) == len(rows)
+
+
 def test_two_ddp_workers_follow_the_same_loss_curve_as_one(tmp_path):
     """Same global batch (1 x 1200 tokens vs 2 x 600), no dropout: the validation losses agree."""
     one = write_study(tmp_path, name="one", children="  []", max_tokens=1200, model=", dropout: 0.0, attention_dropout: 0.0",

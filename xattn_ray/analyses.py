@@ -15,7 +15,6 @@ Plain Python: the runner schedules the tasks as a Ray Tune stage; tests call `ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,12 +40,6 @@ class AnalysisTask:
     donor: RunSpec | None = None  # zeroshot: the child whose embeddings are plugged in
     zeroshot: int | None = None  # zeroshot: index into analyses.zeroshot
 
-    @property
-    def task_id(self) -> str:
-        text = json.dumps([self.kind, self.spec.to_dict(), self.donor and self.donor.to_dict(), self.zeroshot],
-                          sort_keys=True)
-        return f"{self.kind}-{self.spec.run}-{self.spec.policy}-s{self.spec.seed}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
     def to_dict(self) -> dict:
         return {"kind": self.kind, "spec": self.spec.to_dict(), "donor": self.donor and self.donor.to_dict(),
                 "zeroshot": self.zeroshot}
@@ -55,6 +48,18 @@ class AnalysisTask:
     def from_dict(cls, data: dict) -> AnalysisTask:
         return cls(data["kind"], RunSpec.from_dict(data["spec"]),
                    data["donor"] and RunSpec.from_dict(data["donor"]), data["zeroshot"])
+
+
+def task_id(experiment: Experiment, task: AnalysisTask) -> str:
+    """Names the task by the run ids it reads (so a changed run config is a new task)."""
+    donor = f"-{run_id(experiment, task.donor)}" if task.donor is not None else ""
+    return f"{task.kind}-{run_id(experiment, task.spec)}{donor}"
+
+
+def task_marker(storage: Path, experiment: Experiment, task: AnalysisTask) -> Path:
+    """Written once the task's rows are stored. It lives in the analysed run's folder, so retraining
+    that run (its folder deleted) also forgets its analyses."""
+    return run_directory(storage, experiment, task.spec) / "analyses" / f"{task_id(experiment, task)}.done"
 
 
 def analysis_tasks(experiment: Experiment, child_runs: list[RunSpec]) -> list[AnalysisTask]:

@@ -207,9 +207,9 @@ def _run_analyses(experiment: Experiment, storage: Path, store: ResultsStore, pl
     """The analyses stage: one Tune trial per task not done yet (a task is done once its rows are stored)."""
     from ray import tune
 
-    from xattn_ray.analyses import AnalysisTask, analysis_tasks, task_fields
+    from xattn_ray.analyses import AnalysisTask, analysis_tasks, task_fields, task_id, task_marker
     from xattn_ray.runner.progress import ProgressTable
-    from xattn_ray.runner.trainable import TrialContext, analysis_marker, run_analysis_trial
+    from xattn_ray.runner.trainable import TrialContext, run_analysis_trial
     from xattn_ray.store import make_row
 
     finished = [spec for spec in _all_specs(experiment, storage) if spec.stage == "child"
@@ -217,7 +217,7 @@ def _run_analyses(experiment: Experiment, storage: Path, store: ResultsStore, pl
     tasks = analysis_tasks(experiment, finished)
     if not tasks:
         return
-    pending = [task for task in tasks if not analysis_marker(storage, experiment, task.task_id).is_file()]
+    pending = [task for task in tasks if not task_marker(storage, experiment, task).is_file()]
     print(f"[analyses] {len(pending)} to run, {len(tasks) - len(pending)} done earlier", flush=True)
     if not pending:
         return
@@ -226,7 +226,7 @@ def _run_analyses(experiment: Experiment, storage: Path, store: ResultsStore, pl
                            worker_resources=cpus, score_valid=False)
 
     def trial_name(trial) -> str:
-        return AnalysisTask.from_dict(trial.config["task"]).task_id
+        return task_id(experiment, AnalysisTask.from_dict(trial.config["task"]))
 
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_analysis_trial, context=context), cpus),
@@ -240,7 +240,7 @@ def _run_analyses(experiment: Experiment, storage: Path, store: ResultsStore, pl
         task = AnalysisTask.from_dict(result.config["task"])
         if result.error is not None:
             why = _one_line(result.error)
-            unfinished[task.task_id] = why
+            unfinished[task_id(experiment, task)] = why
             store.write([make_row(**task_fields(experiment, task), eval=task.kind, status="failed", error=why)])
 
 

@@ -119,18 +119,14 @@ def _worker_loop(config: dict) -> None:
 
 def run_analysis_trial(config: dict, context: TrialContext) -> None:
     """The Tune function of the analyses stage: one task, its rows to the store, a marker when done."""
-    from xattn_ray.analyses import AnalysisTask, run_task
+    from xattn_ray.analyses import AnalysisTask, run_task, task_marker
 
     torch.set_num_threads(int(context.worker_resources.get("CPU", 1)))
     task = AnalysisTask.from_dict(config["task"])
     rows = run_task(context.experiment, task, context.storage)
     ResultsStore(context.store_uri).write(rows)
-    marker = analysis_marker(context.storage, context.experiment, task.task_id)
+    marker = task_marker(context.storage, context.experiment, task)
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"rows": len(rows)}) + "\n")
     ray.tune.report({"finished": True, "rows": len(rows)})
 
-
-def analysis_marker(storage: Path, experiment: Experiment, task_id: str) -> Path:
-    """Written when an analysis task's rows are in the store: the task is then done."""
-    return Path(storage) / experiment.name / "analyses" / f"{task_id}.json"
