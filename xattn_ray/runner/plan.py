@@ -26,26 +26,18 @@ def parent_specs(experiment: Experiment) -> list[RunSpec]:
     return [RunSpec("parent", parent.name, parent.seed) for parent in experiment.parents]
 
 
-def child_cells(experiment: Experiment) -> list[RunSpec]:
-    """Grid cells without seeds: child x policy x size x grid options (seed 0 as a placeholder)."""
+def child_specs(experiment: Experiment) -> list[RunSpec]:
+    """Every child run of the grid: child x policy x size x grid options x seed (seeds innermost)."""
     grid = experiment.grid
     names = sorted(grid.options)
-    cells = []
+    specs = []
     for child in experiment.children:
         for policy in grid.policies:
             for size in grid.sizes or [None]:
                 for values in itertools.product(*(grid.options[name] for name in names)):
-                    cells.append(RunSpec("child", child.run_name, 0, policy, size, dict(zip(names, values))))
-    return cells
-
-
-def with_seed(spec: RunSpec, seed: int) -> RunSpec:
-    return RunSpec(spec.stage, spec.run, seed, spec.policy, spec.size, dict(spec.options))
-
-
-def child_specs(experiment: Experiment) -> list[RunSpec]:
-    """Every child run of the grid (without a search), cell by cell, seeds innermost."""
-    return [with_seed(cell, seed) for cell in child_cells(experiment) for seed in experiment.grid.seeds]
+                    specs += [RunSpec("child", child.run_name, seed, policy, size, dict(zip(names, values)))
+                              for seed in grid.seeds]
+    return specs
 
 
 @dataclass(frozen=True)
