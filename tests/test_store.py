@@ -66,7 +66,7 @@ def test_make_row_completes_a_row_and_encodes_json_columns():
     ({"blue": 30.0}, "unknown results column 'blue' (did you mean 'bleu'?)"),
     ({"eval": "valid"}, "results column 'eval' is 'valid': one of train, test, forgetting, zeroshot, bli"),
     ({"status": "done"}, "results column 'status' is 'done': one of ok, failed, stopped"),
-    ({"stage": None}, "results column 'stage' is None: one of parent, child, analysis"),
+    ({"stage": None}, "results column 'stage' is None: one of parent, child, analysis, base, pretrain, codeswitch"),
 ])
 def test_make_row_rejects_unknown_columns_and_bad_values(fields, message):
     with pytest.raises(StoreError) as caught:

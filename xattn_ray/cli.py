@@ -137,6 +137,8 @@ def _validate(args: argparse.Namespace) -> int:
     from xattn_ray.data.run_data import experiment_runs, load_run_data, run_name
 
     experiment = load_experiment(args.experiment)
+    if experiment.codeswitch is not None:
+        return _validate_codeswitch(args, experiment)
     runs = experiment_runs(experiment)
     loaded = {run_name(run): load_run_data(experiment, run, args.storage / "cache") for run in runs}
     print(f"experiment {experiment.name!r} ({args.experiment}): config and data OK")
@@ -152,11 +154,34 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_codeswitch(args: argparse.Namespace, experiment) -> int:
+    """A code-switching study: its data after cleaning, its test sets, and the plan."""
+    from xattn_ray.codeswitch_runs import load_study_data, study_pair
+    from xattn_ray.runner.plan import child_specs, pretrain_specs
+
+    study = experiment.codeswitch
+    data = load_study_data(experiment, args.storage / "cache")
+    lines = lambda split: len(split[study.pivot])  # noqa: E731 (every language has as many)
+    print(f"experiment {experiment.name!r} ({args.experiment}): config and data OK")
+    print(f"code-switching study {study_pair(study)} on corpus {study.corpus!r}: base model {lines(data.base_train)} "
+          f"lines x {len(study.sources)} sources; fine-tuning {lines(data.tune_train)} two-sentence examples "
+          f"({study.code_switched_share:.0%} code-switched: {', '.join('+'.join(p) for p in study.train_pairs)}, "
+          f"order {study.order}); valid {lines(data.valid)}")
+    tests = ", ".join(f"{name} {lines(split)}" for name, split in data.tests.items())
+    print(f"tests: {tests}; each as mono.<source>, seen.<pair> ({len(study.train_pairs)}), "
+          f"unseen.<pair> ({', '.join('+'.join(p) for p in study.test_pairs) or 'none'})")
+    grid = experiment.grid
+    runs = child_specs(experiment)
+    print(f"plan: 1 base run, {len(pretrain_specs(experiment))} Q_cross pretraining run(s), then {len(runs)} "
+          f"fine-tuning runs = {len(grid.policies)} policies ({', '.join(grid.policies)}) x attention "
+          f"({', '.join(grid.attention)}; xlquery x {len(grid.alphas)} alphas) x {len(grid.seeds)} seeds")
+    _print_resources(experiment)
+    return 0
+
+
 def _print_plan(experiment) -> None:
     """The trials `xattn-ray run` would schedule, and how many fit at once on this machine."""
-    import os
-
-    from xattn_ray.runner.plan import child_specs, plan_resources
+    from xattn_ray.runner.plan import child_specs
 
     grid = experiment.grid
     cells = child_specs(experiment)
@@ -168,6 +193,14 @@ def _print_plan(experiment) -> None:
     trials = len(cells) * (experiment.search.samples if experiment.search else 1)
     print(f"plan: {len(experiment.parents)} parent run(s), then {trials} child runs = {' x '.join(axes)}"
           + (f" x {experiment.search.samples} {experiment.search.metric} search samples" if experiment.search else ""))
+    _print_resources(experiment)
+
+
+def _print_resources(experiment) -> None:
+    import os
+
+    from xattn_ray.runner.plan import plan_resources
+
     machine = {"CPU": float(os.cpu_count() or 1)}
     try:
         print(f"  on this machine: {plan_resources(experiment.resources, machine).describe(machine)}")
@@ -226,7 +259,12 @@ def _run(args: argparse.Namespace) -> int:
     if "://" in str(args.storage) or str(args.storage).startswith("s3:"):
         raise XattnError(f"--storage {args.storage}: must be a folder every node can see (e.g. a shared "
                          f"filesystem mount); put results on object storage with --store")
-    for run in experiment_runs(experiment):  # every data file checked before any trial starts
+    # Every data file is checked before any trial starts.
+    if experiment.codeswitch is not None:
+        from xattn_ray.codeswitch_runs import load_study_data
+
+        load_study_data(experiment, args.storage / "cache")
+    for run in experiment_runs(experiment):
         load_run_data(experiment, run, args.storage / "cache")
     store = args.store or str(args.storage.absolute() / "results")
     if args.num_cpus is not None and args.address:
@@ -245,6 +283,9 @@ def _train(args: argparse.Namespace) -> int:
     from xattn_ray.runs import RunSpec, parent_spec, run_directory
 
     experiment = load_experiment(args.experiment)
+    if experiment.codeswitch is not None:
+        raise XattnError(f"{args.experiment}: a code-switching study's runs depend on each other; run the study with "
+                         f"`xattn-ray run {args.experiment}`")
     runs = {run_name(run): run for run in experiment_runs(experiment)}
     if args.run not in runs:
         raise XattnError(f"{args.experiment}: no run named {args.run!r} (runs: {', '.join(runs)})")

@@ -219,14 +219,21 @@ class GridConfig:
     seeds: list[int] = field(default_factory=lambda: [1])
     sizes: list[int] | None = None  # child training sizes (a learning curve); None: each child's own
     options: dict[str, list[float]] = field(default_factory=dict)  # e.g. {lr: [1e-4, 3e-4]}: more axes
+    # Code-switching studies only: the encoder's self-attention, and the structured dropout's training
+    # alphas [mono_alpha, cross_alpha] of xlquery runs (standard runs have no alphas: one run each).
+    attention: list[Literal["standard", "xlquery"]] = field(default_factory=lambda: ["standard"])
+    alphas: list[tuple[float, float]] = field(default_factory=lambda: [(0.3, 0.3)])
 
     def __post_init__(self) -> None:
-        for axis in ("policies", "seeds"):
+        for axis in ("policies", "seeds", "attention", "alphas"):
             values = getattr(self, axis)
             if not values:
                 raise Invalid(axis, "list at least one value")
             if len(set(values)) != len(values):
                 raise Invalid(axis, "lists a value twice")
+        for i, (mono, cross) in enumerate(self.alphas):
+            if not (0.0 <= mono <= 1.0 and 0.0 <= cross <= 1.0):
+                raise Invalid("alphas", f"entry {i}: keep probabilities must be in [0, 1], got [{mono}, {cross}]")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
             raise Invalid("sizes", "list positive training sizes")
         for name, values in self.options.items():
@@ -334,13 +341,72 @@ class AnalysesConfig:
 
 
 @dataclass(frozen=True)
+class CodeSwitchStudy:
+    """A code-switching study (Foroutan et al. 2023, for translation), instead of parents and children.
+
+    Three kinds of run, all from one multi-parallel corpus:
+      base:       one model translating every language of `sources` into `pivot` (one joint source
+                  vocabulary), trained from scratch on single sentences of `base_lines`;
+      pretrain:   (optional) the base turned xlquery, training only Q_cross on code-switched examples;
+      codeswitch: the grid's fine-tuning runs on two-sentence examples of `lines` (code-switched pairs
+                  `train_pairs` plus monolingual ones), scored on single sentences of each source
+                  language, on the training pairs' code-switched test sets (seen) and on `test_pairs'
+                  (unseen combinations).
+    """
+
+    corpus: str  # a key of `corpora`: a multi-parallel corpus with every language named here
+    sources: list[str]  # the base model's source languages
+    pivot: str  # the target language of every example
+    train_pairs: list[tuple[str, str]]  # code-switched training pairs (L1 sentence first)
+    test_pairs: list[tuple[str, str]] = field(default_factory=list)  # held out: unseen combinations
+    code_switched_share: float = 0.5  # of fine-tuning examples; the rest are monolingual (L1 + L1)
+    order: Literal["as_given", "both", "random"] = "both"  # the languages' order in a training example
+    base_lines: tuple[int, int] | None = None  # [start, end) of the train split for the base model
+    lines: tuple[int, int] | None = None  # [start, end) of the train split for code-switched fine-tuning
+    test_sets: list[str] | None = None  # the corpus's test sets to build test examples from; None: all
+    test_lines: int | None = None  # the first N lines of each test set (decoding is the slow part)
+    seed: int = 1  # the base model's seed and the examples' pairing
+    base_train: TrainConfig | None = None  # None: the experiment's `train`
+    pretrain: TrainConfig | None = None  # Q_cross pretraining; None: Q_cross starts as a copy of Q
+
+    def __post_init__(self) -> None:
+        if len(self.sources) < 2 or len(set(self.sources)) != len(self.sources):
+            raise Invalid("sources", "list at least two different source languages")
+        if self.pivot in self.sources:
+            raise Invalid("pivot", f"{self.pivot!r} is also a source language")
+        for key in ("train_pairs", "test_pairs"):
+            for i, pair in enumerate(getattr(self, key)):
+                for lang in pair:
+                    if lang not in self.sources:
+                        raise Invalid(key, f"entry {i}: {lang!r} is not one of the sources ({', '.join(self.sources)})")
+        for key in ("base_lines", "lines"):
+            if getattr(self, key) is not None:
+                try:
+                    TrainingSlice(getattr(self, key))
+                except Invalid as err:
+                    raise Invalid(key, err.why) from None
+        if self.test_lines is not None and self.test_lines < 2:
+            raise Invalid("test_lines", "two-sentence examples need at least 2 lines")
+        self.options()  # the builder's own checks: overlapping pairs, the share, the order
+
+    def options(self):
+        """The code-switched example builder's options (data/codeswitch.py)."""
+        from xattn_ray.data.codeswitch import CodeSwitchOptions
+
+        return CodeSwitchOptions(train_pairs=[tuple(p) for p in self.train_pairs],
+                                 test_pairs=[tuple(p) for p in self.test_pairs],
+                                 code_switched_share=self.code_switched_share, order=self.order, seed=self.seed)
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One study: corpora, tokenization, parents and the children that transfer from them."""
 
     name: str
     corpora: dict[str, CorpusConfig]
-    parents: list[ParentConfig]
+    parents: list[ParentConfig] = field(default_factory=list)
     children: list[ChildConfig] = field(default_factory=list)
+    codeswitch: CodeSwitchStudy | None = None  # a code-switching study instead of parents and children
     tokenizer: TokenizerOptions = field(default_factory=TokenizerOptions)
     filters: FilterConfig = field(default_factory=FilterConfig)
     model: ModelSection = field(default_factory=ModelSection)
@@ -390,8 +456,12 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
     for name in experiment.policies:
         if name in POLICIES:
             raise_at(doc, ("policies", name), f"{name!r} is a built-in policy; give yours another name")
-    if not experiment.parents:
-        raise_at(doc, ("parents",), "at least one parent run is required")
+    if experiment.codeswitch is not None:
+        _check_codeswitch(experiment, doc)
+    elif not experiment.parents:
+        raise_at(doc, ("parents",), "at least one parent run is required (or a `codeswitch` study)")
+    elif experiment.grid.attention != ["standard"] or ("grid", "alphas") in doc.lines:
+        raise_at(doc, ("grid", "attention"), "attention variants and alphas are axes of a `codeswitch` study")
     for i, name in enumerate(experiment.grid.policies):
         if name not in POLICIES and name not in experiment.policies:
             known = ", ".join([*POLICIES, *experiment.policies])
@@ -428,6 +498,42 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
                     known = ", ".join(corpus.test) or "none"
                     raise_at(doc, key_path + ("test_sets",),
                              f"corpus {corpus_name!r} has no test set {test_name!r} (it has: {known})")
+
+
+def _check_codeswitch(experiment: Experiment, doc: YamlDocument) -> None:
+    """A code-switching study stands alone, names a corpus with its languages, and a grid it can run."""
+    study = experiment.codeswitch
+    for key in ("parents", "children"):
+        if getattr(experiment, key):
+            raise_at(doc, (key,), "an experiment is a transfer study (parents, children) or a `codeswitch` "
+                                  "study, not both: put them in two files")
+    analyses = experiment.analyses
+    if analyses.forgetting or analyses.lexicon is not None or analyses.zeroshot:
+        raise_at(doc, ("analyses",), "the transfer analyses do not apply to a `codeswitch` study")
+    if experiment.search is not None:
+        raise_at(doc, ("search",), "a `codeswitch` study has no search yet: list values as grid axes instead")
+    if study.corpus not in experiment.corpora:
+        raise_at(doc, ("codeswitch", "corpus"), f"no corpus named {study.corpus!r} "
+                                                f"(corpora: {', '.join(experiment.corpora) or 'none'})")
+    corpus = experiment.corpora[study.corpus]
+    if corpus.synthetic is None:
+        languages = corpus_languages(corpus)
+        for lang in [*study.sources, study.pivot]:
+            if lang not in languages:
+                raise_at(doc, ("codeswitch", "sources" if lang != study.pivot else "pivot"),
+                         f"corpus {study.corpus!r} has no language {lang!r} (it has: {', '.join(sorted(languages))})")
+        for i, name in enumerate(study.test_sets or []):
+            if name not in corpus.test:
+                raise_at(doc, ("codeswitch", "test_sets", i), f"corpus {study.corpus!r} has no test set {name!r} "
+                                                              f"(it has: {', '.join(corpus.test)})")
+    if "xlquery" not in experiment.grid.attention and study.pretrain is not None:
+        raise_at(doc, ("codeswitch", "pretrain"), "Q_cross pretraining needs `xlquery` in grid.attention")
+    for i, name in enumerate(experiment.grid.policies):
+        policy = experiment.policy(name)
+        if policy.init != "parent" or not [entry for entry in policy.train if entry != "new_embed"]:
+            raise_at(doc, ("grid", "policies", i), f"policy {name!r} cannot fine-tune a base model on code-switched "
+                                                   f"data (it must start from the base and train more than new "
+                                                   f"embeddings, e.g. body or bitfit)")
 
 
 def _check_analyses(experiment: Experiment, doc: YamlDocument) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.base import Metric
 
-from xattn_ray.decode import translate
+from xattn_ray.decode import translate, translate_ids
 from xattn_ray.model import Transformer
 from xattn_ray.tokenizer import Tokenizer
 
@@ -63,6 +63,19 @@ def score_test_set(model: Transformer, src_tokenizer: Tokenizer, tgt_tokenizer: 
     hypotheses = translate(model, src_tokenizer, tgt_tokenizer, sources, beam=beam,
                            length_penalty=length_penalty, max_tokens=max_tokens, max_len_a=max_len_a,
                            max_len_b=max_len_b)
+    seconds = time.perf_counter() - start
+    return TestResult(bleu(hypotheses, references), chrf(hypotheses, references), hypotheses, seconds)
+
+
+def score_encoded(model: Transformer, tgt_tokenizer: Tokenizer, sources: Sequence[list[int]],
+                  segments: Sequence[list[int]] | None, references: Sequence[str], beam: int = 5,
+                  length_penalty: float = 1.2, max_tokens: int = 4096, max_len_a: float = 1.2,
+                  max_len_b: int = 10) -> TestResult:
+    """Translate encoded `sources` (with their segment ids: code-switched input) and score them."""
+    _check_parallel(sources, references, "source sentences")
+    start = time.perf_counter()
+    hypotheses = translate_ids(model, tgt_tokenizer, sources, segments, beam=beam, length_penalty=length_penalty,
+                               max_tokens=max_tokens, max_len_a=max_len_a, max_len_b=max_len_b)
     seconds = time.perf_counter() - start
     return TestResult(bleu(hypotheses, references), chrf(hypotheses, references), hypotheses, seconds)
 

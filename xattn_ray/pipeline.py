@@ -25,11 +25,11 @@ from xattn_ray.batching import encode_pairs
 from xattn_ray.checkpoint import load_model
 from xattn_ray.config import Experiment
 from xattn_ray.data.run_data import RunData, load_run_data
-from xattn_ray.evaluate import Score, TestResult, score_test_set
+from xattn_ray.evaluate import Score, TestResult, score_encoded
 from xattn_ray.model import Transformer, preset_config
 from xattn_ray.policies import count_parameters
 from xattn_ray.runs import RunSpec, config_hash, model_options, run_config, run_directory, run_id, train_config
-from xattn_ray.tokenizer import Tokenizer, train_tokenizer
+from xattn_ray.tokenizer import EOS_ID, Tokenizer, train_tokenizer
 from xattn_ray.train import Progress, Reporter, TrainingData, train
 from xattn_ray.transfer import changed_side, make_child
 
@@ -131,21 +131,49 @@ def run_child(experiment: Experiment, spec: RunSpec, storage: Path, parent_check
                             storage, reporter, resume, wrap_model, score_valid)
 
 
+@dataclass(frozen=True)
+class TestSet:
+    """A test set ready to decode: source ids ending with EOS (segment ids for code-switched sources)
+    and one raw reference per source."""
+
+    sources: list[list[int]]
+    segments: list[list[int]] | None
+    references: list[str]
+
+
+def text_test_set(sources: list[str], references: list[str], src_tok: Tokenizer, max_positions: int) -> TestSet:
+    """Raw source sentences encoded as `decode.translate` does (too long ones truncated)."""
+    ids = [pieces[:max_positions - 1] + [EOS_ID] for pieces in src_tok.encode(sources)]
+    return TestSet(ids, None, list(references))
+
+
 def _train_and_score(experiment: Experiment, spec: RunSpec, parent_pair: str | None, side: str | None,
                      model: Transformer, data: RunData, src_tok: Tokenizer, tgt_tok: Tokenizer, storage: Path,
                      reporter: Reporter | None, resume: bool, wrap_model: ModelWrapper | None,
                      score_valid: bool) -> RunOutcome:
-    workdir = run_directory(storage, experiment, spec)
-    config = train_config(experiment, spec)
     max_positions = model.config.max_positions
     training = TrainingData(encode_pairs(data.train, src_tok, tgt_tok, max_positions),
                             encode_pairs(data.valid, src_tok, tgt_tok, max_positions), src_tok, tgt_tok)
+    tests = {name: text_test_set(text.src, text.tgt, src_tok, max_positions) for name, text in data.tests.items()}
+    valid = text_test_set(data.valid.src, data.valid.tgt, src_tok, max_positions) if score_valid else None
+    return train_and_score(experiment, spec, str(data.pair), parent_pair, side, model, training, tests, storage,
+                           reporter, resume, wrap_model, valid)
+
+
+def train_and_score(experiment: Experiment, spec: RunSpec, pair: str, parent_pair: str | None, side: str | None,
+                    model: Transformer, training: TrainingData, tests: dict[str, TestSet], storage: Path,
+                    reporter: Reporter | None, resume: bool, wrap_model: ModelWrapper | None,
+                    valid: TestSet | None = None) -> RunOutcome:
+    """Train `model` in the run's folder, decode every test set with its best checkpoint (and `valid`,
+    when a search optimises BLEU), write translations, references and, last, `result.json`."""
+    workdir = run_directory(storage, experiment, spec)
+    config = train_config(experiment, spec)
     counts = count_parameters(model)
     identity = {"experiment": experiment.name, "run_id": run_id(experiment, spec), **spec.to_dict(),
-                "pair": str(data.pair), "side": side}
+                "pair": pair, "side": side}
     trained = wrap_model(model) if wrap_model is not None else model
     result = train(trained, training, config, workdir, reporter, workdir if resume else None, identity)
-    tests: dict[str, TestResult] = {}
+    scores: dict[str, TestResult] = {}
     valid_bleu = None
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and not result.failed and result.best_checkpoint.is_file():
@@ -154,22 +182,24 @@ def _train_and_score(experiment: Experiment, spec: RunSpec, parent_pair: str | N
         decoding = dict(beam=evaluation.beam, length_penalty=evaluation.length_penalty,
                         max_len_a=evaluation.max_len_a, max_len_b=evaluation.max_len_b,
                         max_tokens=evaluation.max_tokens)
-        for name, text in data.tests.items():
-            tests[name] = score_test_set(best, src_tok, tgt_tok, text.src, text.tgt, **decoding)
+        for name, test in tests.items():
+            scores[name] = score_encoded(best, training.tgt_tokenizer, test.sources, test.segments, test.references,
+                                         **decoding)
             # Translations and references side by side: reports and significance tests never re-decode.
-            (workdir / f"hypotheses.{name}.txt").write_text("".join(h + "\n" for h in tests[name].hypotheses))
-            (workdir / f"references.{name}.txt").write_text("".join(r + "\n" for r in text.tgt))
-        if score_valid:
-            valid_bleu = score_test_set(best, src_tok, tgt_tok, data.valid.src, data.valid.tgt, **decoding).bleu
+            (workdir / f"hypotheses.{name}.txt").write_text("".join(h + "\n" for h in scores[name].hypotheses))
+            (workdir / f"references.{name}.txt").write_text("".join(r + "\n" for r in test.references))
+        if valid is not None:
+            valid_bleu = score_encoded(best, training.tgt_tokenizer, valid.sources, valid.segments, valid.references,
+                                       **decoding).bleu
     progress: Progress = result.progress
     outcome = RunOutcome(
-        run_id=run_id(experiment, spec), config_hash=config_hash(experiment, spec), spec=spec, pair=str(data.pair),
+        run_id=run_id(experiment, spec), config_hash=config_hash(experiment, spec), spec=spec, pair=pair,
         parent_pair=parent_pair, side=side, stop_reason=result.stop_reason, updates=progress.update,
         train_seconds=progress.train_seconds,
         target_tokens_per_second=progress.target_tokens / max(progress.train_seconds, 1e-9),
         best_valid_loss=progress.best_valid_loss,
         valid_curve=[(m["update"], m["valid_loss"]) for m in progress.history],
-        trainable_params=counts.trainable, total_params=counts.total, tests=tests, valid_bleu=valid_bleu,
+        trainable_params=counts.trainable, total_params=counts.total, tests=scores, valid_bleu=valid_bleu,
         checkpoint=result.best_checkpoint)
     if rank == 0:  # written last: its presence marks the run finished
         (workdir / "result.json").write_text(json.dumps(outcome.summary(), indent=2) + "\n")

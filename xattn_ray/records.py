@@ -10,12 +10,14 @@ import dataclasses
 import json
 
 from xattn_ray.config import Experiment
-from xattn_ray.runs import RunSpec, config_hash, model_options, run_config, run_id, train_config
+from xattn_ray.runs import CODESWITCH_STAGES, RunSpec, config_hash, model_options, run_config, run_id, train_config
 from xattn_ray.store import make_row
 
 
 def run_fields(experiment: Experiment, spec: RunSpec) -> dict:
     """The columns every row of a run shares, known before it trains."""
+    if spec.stage in CODESWITCH_STAGES:
+        return _codeswitch_fields(experiment, spec)
     run = run_config(experiment, spec)
     pair = run.language_pair
     parent_pair = None if spec.stage == "parent" else experiment.parent(run.parent).pair
@@ -28,6 +30,22 @@ def run_fields(experiment: Experiment, spec: RunSpec) -> dict:
     return dict(experiment=experiment.name, run_id=run_id(experiment, spec), stage=spec.stage, parent_pair=parent_pair,
                 pair=str(pair), src_lang=pair.src, tgt_lang=pair.tgt, side=side, policy=spec.policy, seed=spec.seed,
                 train_size=run.size, hparams=json.dumps(hparams, sort_keys=True, default=str),
+                config_hash=config_hash(experiment, spec))
+
+
+def _codeswitch_fields(experiment: Experiment, spec: RunSpec) -> dict:
+    """A code-switching run's columns: its attention variant and training alphas; the pair is the study's
+    (`fr+de+cs-en`), each test row's `test_set` names its languages."""
+    study = experiment.codeswitch
+    hparams = {"train": dataclasses.asdict(train_config(experiment, spec)), "model": dataclasses.asdict(experiment.model),
+               "model_options": model_options(spec), "options": spec.options, "codeswitch": dataclasses.asdict(study),
+               "tokenizer": dataclasses.asdict(experiment.tokenizer), "evaluation": dataclasses.asdict(experiment.evaluation)}
+    pair = f"{'+'.join(study.sources)}-{study.pivot}"
+    alphas = spec.alphas or (None, None)
+    return dict(experiment=experiment.name, run_id=run_id(experiment, spec), stage=spec.stage,
+                parent_pair=None if spec.stage == "base" else pair, pair=pair, src_lang="+".join(study.sources),
+                tgt_lang=study.pivot, policy=spec.policy, seed=spec.seed, attention=spec.attention,
+                mono_alpha=alphas[0], cross_alpha=alphas[1], hparams=json.dumps(hparams, sort_keys=True, default=str),
                 config_hash=config_hash(experiment, spec))
 
 

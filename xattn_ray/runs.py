@@ -25,30 +25,40 @@ from xattn_ray.config import (ChildConfig, Experiment, ParentConfig, TUNABLE_MOD
 from xattn_ray.errors import ConfigError
 from xattn_ray.train import TrainConfig
 
-Stage = Literal["parent", "child"]
+# Transfer studies train parents and children; code-switching studies (config.CodeSwitchStudy) a base
+# model, optionally a Q_cross pretraining run, and the code-switched fine-tuning runs.
+Stage = Literal["parent", "child", "base", "pretrain", "codeswitch"]
+CODESWITCH_STAGES = ("base", "pretrain", "codeswitch")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: `run` is a parent's or child's name in the experiment file."""
+    """One run: `run` is a parent's or child's name in the experiment file (or the code-switching stage)."""
 
     stage: Stage
     run: str
     seed: int
-    policy: str | None = None  # children only
+    policy: str | None = None  # children and code-switched fine-tuning
     size: int | None = None  # a grid size replacing the child's own `size`
     options: dict[str, float] = field(default_factory=dict)  # grid or search values of tunable fields
+    attention: str | None = None  # code-switching runs: standard | xlquery
+    alphas: tuple[float, float] | None = None  # xlquery runs: training (mono_alpha, cross_alpha)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> RunSpec:
-        return cls(**data)
+        alphas = data.get("alphas")
+        return cls(**{**data, "alphas": None if alphas is None else tuple(alphas)})
+
+
+def codeswitch_base_spec(experiment: Experiment) -> RunSpec:
+    return RunSpec("base", "base", experiment.codeswitch.seed, attention="standard")
 
 
 def run_config(experiment: Experiment, spec: RunSpec) -> ParentConfig | ChildConfig:
-    """The parent or child section of `spec`, with the grid's size applied."""
+    """The parent or child section of `spec`, with the grid's size applied (transfer studies)."""
     runs = {p.name: p for p in experiment.parents} if spec.stage == "parent" else \
         {c.run_name: c for c in experiment.children}
     if spec.run not in runs:
@@ -60,8 +70,13 @@ def run_config(experiment: Experiment, spec: RunSpec) -> ParentConfig | ChildCon
 
 def train_config(experiment: Experiment, spec: RunSpec) -> TrainConfig:
     """The run's training options: the experiment's, then the grid/search options, then the seed."""
-    config = apply_options(experiment.train_config(run_config(experiment, spec)), spec.options)
-    return dataclasses.replace(config, seed=spec.seed)
+    if spec.stage in CODESWITCH_STAGES:
+        study = experiment.codeswitch
+        base = {"base": study.base_train or experiment.train, "pretrain": study.pretrain,
+                "codeswitch": experiment.child_train or experiment.train}[spec.stage]
+    else:
+        base = experiment.train_config(run_config(experiment, spec))
+    return dataclasses.replace(apply_options(base, spec.options), seed=spec.seed)
 
 
 def model_options(spec: RunSpec) -> dict[str, float]:
@@ -70,7 +85,14 @@ def model_options(spec: RunSpec) -> dict[str, float]:
 
 
 def parent_spec(experiment: Experiment, spec: RunSpec) -> RunSpec:
-    """The parent run a child spec starts from."""
+    """The run a child (or a code-switching run) starts from: a parent, the base, or Q_cross pretraining."""
+    if spec.stage == "pretrain":
+        return codeswitch_base_spec(experiment)
+    if spec.stage == "codeswitch":
+        if spec.attention == "xlquery" and experiment.codeswitch.pretrain is not None:
+            return RunSpec("pretrain", "pretrain", experiment.codeswitch.seed, attention="xlquery",
+                           alphas=spec.alphas)
+        return codeswitch_base_spec(experiment)
     child = run_config(experiment, spec)
     assert isinstance(child, ChildConfig)
     parent = experiment.parent(child.parent)
@@ -79,6 +101,8 @@ def parent_spec(experiment: Experiment, spec: RunSpec) -> RunSpec:
 
 def config_hash(experiment: Experiment, spec: RunSpec) -> str:
     """sha256 over everything the run's result depends on (hex)."""
+    if spec.stage in CODESWITCH_STAGES:
+        return _codeswitch_hash(experiment, spec)
     run = run_config(experiment, spec)
     corpus_name = run.corpus if isinstance(run, ParentConfig) else experiment.child_corpus(run)
     payload = {
@@ -91,6 +115,25 @@ def config_hash(experiment: Experiment, spec: RunSpec) -> str:
     }
     if spec.stage == "child":
         payload["policy"] = {"name": spec.policy, **dataclasses.asdict(experiment.policy(spec.policy))}
+        payload["parent"] = config_hash(experiment, parent_spec(experiment, spec))
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _codeswitch_hash(experiment: Experiment, spec: RunSpec) -> str:
+    study = experiment.codeswitch
+    examples = {key: value for key, value in dataclasses.asdict(study).items() if key not in ("base_train", "pretrain")}
+    payload = {
+        "stage": spec.stage, "codeswitch": examples, "attention": spec.attention, "alphas": spec.alphas,
+        "corpus": _resolved_paths(dataclasses.asdict(experiment.corpora[study.corpus]), experiment.base_dir),
+        "filters": dataclasses.asdict(experiment.filters), "tokenizer": dataclasses.asdict(experiment.tokenizer),
+        "model": dataclasses.asdict(experiment.model), "model_options": model_options(spec),
+        "train": dataclasses.asdict(train_config(experiment, spec)),
+        "evaluation": dataclasses.asdict(experiment.evaluation),
+    }
+    if spec.stage == "codeswitch":
+        payload["policy"] = {"name": spec.policy, **dataclasses.asdict(experiment.policy(spec.policy))}
+    if spec.stage != "base":
         payload["parent"] = config_hash(experiment, parent_spec(experiment, spec))
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -111,10 +154,12 @@ def _resolved_paths(corpus: dict, base_dir: Path) -> dict:
 
 
 def run_label(spec: RunSpec) -> str:
-    """The readable part of a run id: name, policy, grid size and options, seed."""
+    """The readable part of a run id: name, policy, attention and alphas, grid size and options, seed."""
     parts = [spec.run]
     if spec.policy:
         parts.append(spec.policy)
+    if spec.stage in ("pretrain", "codeswitch"):
+        parts.append(spec.attention + ("" if spec.alphas is None else f"{spec.alphas[0]:g}-{spec.alphas[1]:g}"))
     if spec.size is not None:
         parts.append(f"n{spec.size}")
     parts += [f"{name}{value:.3g}" for name, value in sorted(spec.options.items())]

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1  # bump when a column changes meaning or type; adding a column needs no bump
 
-STAGES = ("parent", "child", "analysis")
+STAGES = ("parent", "child", "analysis", "base", "pretrain", "codeswitch")  # the last three: code-switching studies
 EVALS = ("train", "test", "forgetting", "zeroshot", "bli")
 STATUSES = ("ok", "failed", "stopped")
 
@@ -54,7 +54,7 @@ SCHEMA = pa.schema([
     pa.field("schema_version", pa.int32()),  # SCHEMA_VERSION of the code that wrote the row
     pa.field("experiment", pa.string(), nullable=False),  # the experiment file's `name` (a partition)
     pa.field("run_id", pa.string(), nullable=False),  # stable id from config hash + seed: names the file
-    pa.field("stage", pa.string()),  # parent / child / analysis (a partition)
+    pa.field("stage", pa.string()),  # parent / child / analysis; base / pretrain / codeswitch (a partition)
     pa.field("parent_pair", pa.string()),  # a child's parent's pair, e.g. fr-en
     pa.field("pair", pa.string()),  # the run's pair, e.g. de-en
     pa.field("src_lang", pa.string()),
@@ -63,7 +63,7 @@ SCHEMA = pa.schema([
     pa.field("policy", pa.string()),  # freeze policy of a child, e.g. xattn
     pa.field("seed", pa.int64()),
     pa.field("eval", pa.string(), nullable=False),  # train / test / forgetting / zeroshot / bli
-    pa.field("test_set", pa.string()),  # the test set a BLEU row scores, e.g. flickr2016
+    pa.field("test_set", pa.string()),  # the test set a BLEU row scores, e.g. flickr2016 (codeswitch_kind)
     pa.field("bleu", pa.float64()),  # sacreBLEU corpus BLEU
     pa.field("chrf", pa.float64()),  # sacreBLEU chrF
     pa.field("bleu_signature", pa.string()),  # sacreBLEU's signature: how `bleu` was computed
@@ -84,9 +84,9 @@ SCHEMA = pa.schema([
     pa.field("valid_curve", pa.string()),  # JSON list of [update, valid_loss]
     pa.field("stop_reason", pa.string()),  # why training ended, e.g. patience, max_updates
     pa.field("train_size", pa.int64()),  # training sentence pairs after cleaning
-    pa.field("attention", pa.string()),  # attention variant of the model, e.g. standard, structured
-    pa.field("mono_alpha", pa.float64()),  # structured attention dropout of the monolingual query
-    pa.field("cross_alpha", pa.float64()),  # structured attention dropout of the cross-lingual query
+    pa.field("attention", pa.string()),  # encoder self-attention of a code-switching run: standard / xlquery
+    pa.field("mono_alpha", pa.float64()),  # xlquery training: keep probability of M1's cross-segment entries
+    pa.field("cross_alpha", pa.float64()),  # xlquery training: keep probability of M2's within-segment entries
     pa.field("stitched_from", pa.string()),  # JSON: the models a stitched model was assembled from
     pa.field("hparams", pa.string()),  # JSON of the run's full resolved config
     pa.field("config_hash", pa.string()),  # hash of `hparams`, the first half of `run_id`
@@ -104,6 +104,11 @@ JSON_COLUMNS = ("valid_curve", "stitched_from", "hparams")
 # A run id becomes a file name, so it may not hold a path separator or start hidden (`.`, `_`).
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNKNOWN_COLUMN = re.compile(r"No match for FieldRef\.Name\((.*?)\)")
+
+
+def codeswitch_kind(test_set: str) -> str:
+    """`mono`, `seen` or `unseen`: the middle part of a code-switching test set's name (codeswitch_runs.py)."""
+    return test_set.rsplit(".", 2)[-2]
 
 
 class StoreError(XattnError):

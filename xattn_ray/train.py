@@ -252,7 +252,8 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, pairs: EncodedPa
     for batch in batches:
         keep = batch.tgt_out != PAD_ID
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"):
-            logits = model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device))
+            logits = model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device),
+                           _on(batch.src_segments, device))
         loss = F.cross_entropy(logits.float(), batch.tgt_out.to(device)[keep.to(device)],
                                label_smoothing=config.label_smoothing, reduction="sum")
         (loss * scale).backward()
@@ -286,10 +287,16 @@ def validation_loss(model: Transformer, pairs: EncodedPairs, max_tokens: int, de
     for indices in make_batches(pairs, max_tokens, seed=0, epoch=0, shuffle=False):
         batch = collate(pairs, indices)
         keep = batch.tgt_out != PAD_ID
-        logits = model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device))
+        logits = model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device),
+                       _on(batch.src_segments, device))
         total += F.cross_entropy(logits.float(), batch.tgt_out.to(device)[keep.to(device)], reduction="sum").item()
         tokens += int(keep.sum())
     return total / max(tokens, 1)
+
+
+def _on(segments: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """Segment ids (code-switched sources) on `device`; None for plain sources."""
+    return None if segments is None else segments.to(device)
 
 
 def _save_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, progress: Progress) -> None:

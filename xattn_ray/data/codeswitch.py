@@ -209,3 +209,22 @@ def encode_codeswitched(pairs: Sequence[CodeSwitchedPair], src_tokenizers: Token
         segments.append([FIRST] + [SEGMENT_ONE] * len(first) + [second_id] * (len(second) + 1))
         tgt_ids.append(tgt + [EOS_ID])
     return EncodedPairs(src_ids, tgt_ids, dropped, segments=segments)
+
+
+def encode_monolingual(sources: Sequence[str], targets: Sequence[str], src_tokenizer: Tokenizer,
+                       tgt_tokenizer: Tokenizer, max_positions: int) -> EncodedPairs:
+    """Single sentences encoded as one-segment examples, `BOS pieces EOS` with segment ids `0 1 ... 1`.
+
+    A code-switching study's base model trains on these, so the language-neutral BOS that starts every
+    code-switched source is a trained embedding by the time fine-tuning starts, and its monolingual test
+    sets are read the same way. Pairs that do not fit `max_positions` are dropped and counted.
+    """
+    src_ids, segments, tgt_ids, dropped = [], [], [], 0
+    for src, tgt in zip(src_tokenizer.encode(sources), tgt_tokenizer.encode(targets)):
+        if len(src) + 2 > max_positions or len(tgt) + 1 > max_positions:
+            dropped += 1
+            continue
+        src_ids.append([BOS_ID, *src, EOS_ID])
+        segments.append([FIRST] + [SEGMENT_ONE] * (len(src) + 1))
+        tgt_ids.append(tgt + [EOS_ID])
+    return EncodedPairs(src_ids, tgt_ids, dropped, segments=segments)

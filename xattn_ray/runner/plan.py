@@ -2,7 +2,8 @@
 
 Plain Python, no Ray: `xattn-ray validate` prints the plan, tests check it in milliseconds.
 
-- Parents: one trial per parent run (its own `seed`).
+- Parents: one trial per parent run (its own `seed`); a code-switching study: its base model, then one
+  Q_cross pretraining run per grid alphas when it has `pretrain`.
 - Children: every combination of child x policy x size x grid option values x seed (the grid's cells).
   With a `search` section, each cell is searched on its own: an Optuna search draws `samples` values
   of the search space for it (Optuna cannot search across grid axes).
@@ -19,18 +20,43 @@ from dataclasses import dataclass
 
 from xattn_ray.config import Experiment, ResourcesConfig
 from xattn_ray.errors import ConfigError
-from xattn_ray.runs import RunSpec
+from xattn_ray.runs import RunSpec, codeswitch_base_spec
 
 
 def parent_specs(experiment: Experiment) -> list[RunSpec]:
+    """The first stage: the parents, or a code-switching study's base model."""
+    if experiment.codeswitch is not None:
+        return [codeswitch_base_spec(experiment)]
     return [RunSpec("parent", parent.name, parent.seed) for parent in experiment.parents]
 
 
+def pretrain_specs(experiment: Experiment) -> list[RunSpec]:
+    """A code-switching study's Q_cross pretraining runs: one per grid alphas (none without `pretrain`)."""
+    study = experiment.codeswitch
+    if study is None or study.pretrain is None or "xlquery" not in experiment.grid.attention:
+        return []
+    return [RunSpec("pretrain", "pretrain", study.seed, attention="xlquery", alphas=tuple(alphas))
+            for alphas in experiment.grid.alphas]
+
+
 def child_specs(experiment: Experiment) -> list[RunSpec]:
-    """Every child run of the grid: child x policy x size x grid options x seed (seeds innermost)."""
+    """Every child run of the grid: child x policy x size x grid options x seed (seeds innermost).
+
+    A code-switching study's fine-tuning runs instead: policy x attention (x alphas for xlquery) x grid
+    options x seed.
+    """
     grid = experiment.grid
     names = sorted(grid.options)
     specs = []
+    if experiment.codeswitch is not None:
+        for policy in grid.policies:
+            for attention in grid.attention:
+                for alphas in grid.alphas if attention == "xlquery" else [None]:
+                    for values in itertools.product(*(grid.options[name] for name in names)):
+                        specs += [RunSpec("codeswitch", "cs", seed, policy, None, dict(zip(names, values)), attention,
+                                          None if alphas is None else tuple(alphas))
+                                  for seed in grid.seeds]
+        return specs
     for child in experiment.children:
         for policy in grid.policies:
             for size in grid.sizes or [None]:

@@ -24,10 +24,10 @@ from pathlib import Path
 from xattn_ray.config import Experiment
 from xattn_ray.errors import XattnError
 from xattn_ray.pipeline import read_summary
-from xattn_ray.runner.plan import ResourcePlan, child_specs, parent_specs, plan_resources
+from xattn_ray.runner.plan import ResourcePlan, child_specs, parent_specs, plan_resources, pretrain_specs
 from xattn_ray.records import outcome_rows, unfinished_rows
-from xattn_ray.runs import RunSpec, parent_spec, run_directory, run_id
-from xattn_ray.store import ResultsStore
+from xattn_ray.runs import CODESWITCH_STAGES, RunSpec, parent_spec, run_directory, run_id
+from xattn_ray.store import ResultsStore, codeswitch_kind
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,9 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
               progress_interval: float = 30.0) -> StudyResult:
     """Run every stage of `experiment`; results go to `store_uri`, run folders under `storage`."""
     storage = Path(storage).absolute()
-    parents = parent_specs(experiment)
+    parents, pretraining = parent_specs(experiment), pretrain_specs(experiment)
     children = child_specs(experiment) if experiment.search is None else []
-    _refuse_unfinished(experiment, storage, parents + children, resume)
+    _refuse_unfinished(experiment, storage, parents + pretraining + children, resume)
     connect(address, num_cpus)
     plan = plan_resources(experiment.resources, cluster_resources(), autoscaling=address is not None)
     log.info("%s", plan.describe(cluster_resources()))
@@ -84,21 +84,16 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
     unfinished: dict[str, str] = {}
 
     _run_stage("parents", experiment, parents, storage, store, plan, progress_interval, unfinished)
-    failed_parents = {spec.run for spec in parents if run_id(experiment, spec) in unfinished}
+    if pretraining:
+        _run_stage("pretrain", experiment, _runnable(experiment, pretraining, store, unfinished), storage, store,
+                   plan, progress_interval, unfinished)
     if experiment.search is None:
-        runnable = []
-        for spec in children:
-            parent = parent_spec(experiment, spec)
-            if parent.run in failed_parents:
-                unfinished[run_id(experiment, spec)] = f"parent {parent.run} did not finish"
-                store.write(unfinished_rows(experiment, spec, "failed", f"parent {parent.run} did not finish"))
-            else:
-                runnable.append(spec)
-        _run_stage("children", experiment, runnable, storage, store, plan, progress_interval, unfinished)
+        _run_stage("children", experiment, _runnable(experiment, children, store, unfinished), storage, store,
+                   plan, progress_interval, unfinished)
     else:
         from xattn_ray.runner.sweep import run_search
 
-        run_search(experiment, storage, store, plan, progress_interval, unfinished, failed_parents)
+        run_search(experiment, storage, store, plan, progress_interval, unfinished)
     _run_analyses(experiment, storage, store, plan, progress_interval, unfinished)
     summaries = {}
     for spec in _all_specs(experiment, storage):
@@ -110,9 +105,25 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
     return StudyResult(summaries, unfinished, analyses.to_dict("records"))
 
 
+def runnable(experiment: Experiment, spec: RunSpec, store: ResultsStore, unfinished: dict[str, str]) -> bool:
+    """Whether the run `spec` starts from finished; if not, it is recorded as failed with the reason."""
+    parent = parent_spec(experiment, spec)
+    if run_id(experiment, parent) not in unfinished:
+        return True
+    why = f"{parent.stage} run {run_id(experiment, parent)} did not finish"
+    unfinished[run_id(experiment, spec)] = why
+    store.write(unfinished_rows(experiment, spec, "failed", why))
+    return False
+
+
+def _runnable(experiment: Experiment, specs: list[RunSpec], store: ResultsStore,
+              unfinished: dict[str, str]) -> list[RunSpec]:
+    return [spec for spec in specs if runnable(experiment, spec, store, unfinished)]
+
+
 def _all_specs(experiment: Experiment, storage: Path) -> list[RunSpec]:
     """Every run the study knows of: the grid's, and those a search created (found by their folders)."""
-    specs = parent_specs(experiment) + child_specs(experiment)
+    specs = parent_specs(experiment) + pretrain_specs(experiment) + child_specs(experiment)
     if experiment.search is not None:
         from xattn_ray.runner.sweep import searched_specs
 
@@ -256,6 +267,8 @@ def _one_line(error: BaseException) -> str:
 
 def format_summary(result: StudyResult) -> str:
     """BLEU on each run's first test set: a row per policy, a column per pair, mean ± std over seeds."""
+    if any(summary["spec"]["stage"] in CODESWITCH_STAGES for summary in result.summaries.values()):
+        return _codeswitch_summary(result)
     cells: dict[tuple[str, str], list[float]] = {}
     pairs: list[str] = []
     for summary in result.summaries.values():
@@ -283,6 +296,38 @@ def format_summary(result: StudyResult) -> str:
             row.append(f"{text:>{width}}")
         lines.append(f"{policy:<10} " + " ".join(row))
     lines += _analysis_summary(result.analyses)
+    for identifier, why in sorted(result.unfinished.items()):
+        lines.append(f"not finished: {identifier}: {why}")
+    return "\n".join(lines)
+
+
+def _codeswitch_summary(result: StudyResult) -> str:
+    """A code-switching study: mean BLEU over each kind's test sets, a row per policy and attention variant."""
+    kinds = ("mono", "seen", "unseen")
+    cells: dict[tuple[str, str], list[float]] = {}
+    for summary in result.summaries.values():
+        spec = summary["spec"]
+        if summary["status"] != "ok" or spec["stage"] == "pretrain":
+            continue
+        label = "base" if spec["stage"] == "base" else f"{spec['policy']} {spec['attention']}" + (
+            "" if spec["alphas"] is None else f" {spec['alphas'][0]:g}/{spec['alphas'][1]:g}")
+        for kind in kinds:
+            scores = [test["bleu"] for name, test in summary["tests"].items() if codeswitch_kind(name) == kind]
+            if scores:
+                cells.setdefault((label, kind), []).append(statistics.mean(scores))
+    labels = sorted({label for label, _ in cells}, key=lambda label: (label != "base", label))
+    lines = ["BLEU, mean over each kind's test sets (mean ± std over seeds): single sentences (mono), "
+             "code-switched training pairs (seen), held-out pairs (unseen)",
+             f"{'run':<26} " + " ".join(f"{kind:>14}" for kind in kinds)]
+    for label in labels:
+        row = []
+        for kind in kinds:
+            scores = cells.get((label, kind), [])
+            text = f"{statistics.mean(scores):.2f}" if scores else ""
+            if len(scores) > 1:
+                text += f" ± {statistics.stdev(scores):.2f}"
+            row.append(f"{text:>14}")
+        lines.append(f"{label:<26} " + " ".join(row))
     for identifier, why in sorted(result.unfinished.items()):
         lines.append(f"not finished: {identifier}: {why}")
     return "\n".join(lines)

@@ -14,8 +14,7 @@ from pathlib import Path
 from xattn_ray.config import Experiment
 from xattn_ray.pipeline import read_summary
 from xattn_ray.runner.plan import ResourcePlan, child_specs
-from xattn_ray.records import unfinished_rows
-from xattn_ray.runs import RunSpec, parent_spec, run_directory, run_id
+from xattn_ray.runs import RunSpec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 
 
@@ -45,11 +44,11 @@ def score(summary: dict, metric: str) -> float:
 
 
 def run_search(experiment: Experiment, storage: Path, store: ResultsStore, plan: ResourcePlan,
-               progress_interval: float, unfinished: dict[str, str], failed_parents: set[str]) -> None:
+               progress_interval: float, unfinished: dict[str, str]) -> None:
     from ray.tune.schedulers import ASHAScheduler
 
     from xattn_ray.runner.search import METRIC_MODES, CellSearch
-    from xattn_ray.runner.study import tune_stage
+    from xattn_ray.runner.study import runnable, tune_stage
 
     search = experiment.search
     done: dict[str, int] = {}
@@ -58,11 +57,7 @@ def run_search(experiment: Experiment, storage: Path, store: ResultsStore, plan:
         done[key] = done.get(key, 0) + 1
     cells = []
     for cell in child_specs(experiment):
-        parent = parent_spec(experiment, cell)
-        if parent.run in failed_parents:
-            unfinished[run_id(experiment, cell)] = f"parent {parent.run} did not finish"
-            store.write(unfinished_rows(experiment, cell, "failed", f"parent {parent.run} did not finish"))
-        elif done.get(run_id(experiment, cell), 0) < search.samples:
+        if runnable(experiment, cell, store, unfinished) and done.get(run_id(experiment, cell), 0) < search.samples:
             cells.append(cell)
     print(f"[search] {len(cells)} grid cells to search ({search.samples} {search.metric} trials each), "
           f"{len(child_specs(experiment)) - len(cells)} done earlier", flush=True)

@@ -16,6 +16,7 @@ When the run ends, the trial writes its rows to the results store and makes one 
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,10 @@ import ray
 import torch
 
 from xattn_ray.config import Experiment
+from xattn_ray.codeswitch_runs import run_codeswitch
 from xattn_ray.pipeline import read_summary, run_child, run_parent
 from xattn_ray.records import outcome_rows
-from xattn_ray.runs import RunSpec, parent_spec, run_directory, run_id
+from xattn_ray.runs import CODESWITCH_STAGES, RunSpec, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 
 MAX_FAILURES = 2  # retries of a failed trial (or worker group), each from the last checkpoint
@@ -82,7 +84,9 @@ def run_trial(config: dict, context: TrialContext) -> None:
 def _run(context: TrialContext, spec: RunSpec, reporter, wrap_model) -> None:
     """The pipeline for one worker; resumes from the run folder when a checkpoint is there."""
     experiment, storage = context.experiment, context.storage
-    if spec.stage == "parent":
+    if spec.stage in CODESWITCH_STAGES:
+        run_codeswitch(experiment, spec, storage, reporter, resume=True, wrap_model=wrap_model)
+    elif spec.stage == "parent":
         run_parent(experiment, spec, storage, reporter, resume=True, wrap_model=wrap_model,
                    score_valid=context.score_valid)
     else:
@@ -114,7 +118,11 @@ def _worker_loop(config: dict) -> None:
 
     context: TrialContext = config["context"]
     torch.set_num_threads(int(context.worker_resources.get("CPU", 1)))
-    _run(context, RunSpec.from_dict(config["spec"]), TrainReporter(), wrap_model=prepare_model)
+    spec = RunSpec.from_dict(config["spec"])
+    wrap = prepare_model
+    if spec.attention == "xlquery":  # Q_cross gets no gradient from a batch without a second segment
+        wrap = functools.partial(prepare_model, parallel_strategy_kwargs={"find_unused_parameters": True})
+    _run(context, spec, TrainReporter(), wrap_model=wrap)
 
 
 def run_analysis_trial(config: dict, context: TrialContext) -> None:
