@@ -35,7 +35,7 @@ from xattn_ray.checkpoint import load_model
 from xattn_ray.config import CodeSwitchStudy, Experiment, FilterConfig
 from xattn_ray.data.codeswitch import (build_test_sets, build_training_set, encode_codeswitched,
                                        encode_monolingual)
-from xattn_ray.data.corpus import read_lines, resolve_corpus
+from xattn_ray.data.corpus import pair_fault, read_lines, resolve_corpus
 from xattn_ray.errors import DataError
 from xattn_ray.model import Transformer, preset_config
 from xattn_ray.pipeline import ModelWrapper, RunOutcome, TestSet, train_and_score
@@ -109,16 +109,9 @@ def _slice(lines: Lines, bounds: tuple[int, int] | None, key: str) -> Lines:
 
 def _clean(lines: Lines, study: CodeSwitchStudy, filters: FilterConfig) -> Lines:
     """Keep line i only when every source's pair with the pivot passes the training filters."""
-    def fits(src: str, tgt: str) -> bool:
-        src_len, tgt_len = len(src.split()), len(tgt.split())
-        if not src_len or not tgt_len:
-            return False
-        if filters.max_tokens is not None and max(src_len, tgt_len) > filters.max_tokens:
-            return False
-        return filters.max_length_ratio is None or max(src_len, tgt_len) <= filters.max_length_ratio * min(src_len, tgt_len)
-
     pivot = lines[study.pivot]
-    kept = [i for i in range(len(pivot)) if all(fits(lines[src][i], pivot[i]) for src in study.sources)]
+    kept = [i for i in range(len(pivot))
+            if all(pair_fault(lines[src][i], pivot[i], filters) is None for src in study.sources)]
     if len(kept) < 2:
         raise DataError(f"corpus {study.corpus!r}: fewer than 2 training lines pass the filters")
     return {lang: [text[i] for i in kept] for lang, text in lines.items()}

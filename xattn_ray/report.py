@@ -10,6 +10,11 @@ Numbers come from rows whose status is `ok` only; runs that failed or were stopp
 missing instead of being averaged in. Means and standard deviations are over seeds; the standard
 deviation is the sample one (n - 1), left out when a cell has a single seed.
 
+A code-switching study (config.CodeSwitchStudy, codeswitch_runs.py) has no parents or children: its
+report shows instead each variant's BLEU (policy, attention, training alphas) on single sentences,
+on code-switched pairs seen in training and on unseen pairs, and paired bootstrap tests of each
+xlquery run against standard attention with the same policy and seed.
+
 The helpers that make a table take the store's rows as a pandas DataFrame (`ResultsStore.read`) and
 return a DataFrame, so every number can be checked without reading the Markdown.
 """
@@ -26,7 +31,7 @@ import pandas
 
 from xattn_ray.errors import XattnError
 from xattn_ray.files import write_atomically
-from xattn_ray.store import ResultsStore
+from xattn_ray.store import ResultsStore, codeswitch_kind
 
 # The paper's order: the baseline, the full fine-tuning reference, then the cheap policies.
 POLICY_ORDER = ("scratch", "body", "xattn", "randxattn")
@@ -34,6 +39,8 @@ REFERENCE_POLICY = "body"  # every difference and significance test is against f
 BOOTSTRAP_SAMPLES = 1000
 SIGNIFICANCE_LEVEL = 0.05
 FIGURE_DPI = 150
+CODESWITCH_KINDS = ("mono", "seen", "unseen")  # single sentences, training pairs mixed, held-out pairs mixed
+REFERENCE_ATTENTION = "standard"  # every xlquery run is tested against standard attention (same policy and seed)
 MINUS = "\u2212"  # a real minus sign: a hyphen reads as a dash in tables
 
 ReferencesFor = Callable[[pandas.Series], "list[str] | None"]
@@ -183,46 +190,53 @@ def significance(frame: pandas.DataFrame, references_for: ReferencesFor = refere
             results += [dict(base, **_untested(policy, note))
                         for policy in ordered_policies(runs["policy"]) if policy != REFERENCE_POLICY]
         else:
-            results += [dict(base, **test) for test in _paired_tests(runs.set_index("policy"), references_for(body))]
-    columns = ["pair", "test_set", "policy", "seed", "bleu", "body_bleu", "p_value", "signature", "note"]
-    return pandas.DataFrame(results, columns=columns)
+            results += [dict(base, **test) for test in _paired_tests(runs.set_index("policy"), references_for(body),
+                                                                     REFERENCE_POLICY)]
+    columns = ["pair", "test_set", "system", "seed", "bleu", "body_bleu", "p_value", "signature", "note"]
+    return pandas.DataFrame(results, columns=columns).rename(columns={"system": "policy"})
 
 
-def _paired_tests(runs: pandas.DataFrame, references: list[str] | None) -> list[dict]:
-    """One paired bootstrap test of each policy of `runs` (indexed by policy) against body's run."""
+def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline: str) -> list[dict]:
+    """One paired bootstrap test of each run of `runs` against the `baseline` run.
+
+    `runs` is indexed by system (a policy, a code-switching variant); each test is a dict of system,
+    bleu and baseline_bleu (as the test recomputes them from the files), p_value, signature and note.
+    """
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
 
-    others = [policy for policy in ordered_policies(runs.index) if policy != REFERENCE_POLICY]
+    others = [system for system in ordered_policies(runs.index) if system != baseline]
     systems, notes = [], {}
-    for policy in [REFERENCE_POLICY, *others]:
-        uri = runs.at[policy, "hypotheses_uri"]
+    for system in [baseline, *others]:
+        uri = runs.at[system, "hypotheses_uri"]
         if references is None:
-            notes[policy] = "no reference file recorded (references_uri)"
+            notes[system] = "no reference file recorded (references_uri)"
         elif not isinstance(uri, str) or not os.path.isfile(uri):
-            notes[policy] = f"hypotheses file missing: {uri}"
+            notes[system] = f"hypotheses file missing: {uri}"
         elif len(hypotheses := read_lines(uri)) != len(references):
-            notes[policy] = f"{len(hypotheses)} hypotheses for {len(references)} references"
+            notes[system] = f"{len(hypotheses)} hypotheses for {len(references)} references"
         else:
-            systems.append((policy, hypotheses))
-    if REFERENCE_POLICY in notes:  # nothing to test against
-        return [_untested(policy, notes.get(policy, f"body: {notes[REFERENCE_POLICY]}")) for policy in others]
+            systems.append((system, hypotheses))
+    if baseline in notes:  # nothing to test against
+        return [_untested(system, notes.get(system, f"{baseline}: {notes[baseline]}")) for system in others]
     tests = []
     if len(systems) > 1:
         # Every system against the baseline, systems[0], on the same resamples.
         signatures, scores = PairedTest(systems, {"BLEU": BLEU()}, [references], test_type="bs",
                                         n_samples=BOOTSTRAP_SAMPLES)()
-        baseline = scores["BLEU"][0].score
+        baseline_bleu = scores["BLEU"][0].score
         # An exact tie is no evidence of a difference. sacreBLEU would say p = 1/(n+1) when every
         # resample ties as well (identical translations), so a tie is given p = 1 instead.
-        tests += [dict(policy=policy, bleu=result.score, p_value=1.0 if result.score == baseline else result.p_value,
+        tests += [dict(system=system, bleu=result.score, baseline_bleu=baseline_bleu,
+                       p_value=1.0 if result.score == baseline_bleu else result.p_value,
                        signature=str(signatures["BLEU"]), note=None)
-                  for (policy, _), result in zip(systems[1:], scores["BLEU"][1:])]
-    return tests + [_untested(policy, note) for policy, note in notes.items()]
+                  for (system, _), result in zip(systems[1:], scores["BLEU"][1:])]
+    return tests + [_untested(system, note) for system, note in notes.items()]
 
 
-def _untested(policy: str, note: str) -> dict:
-    return dict(policy=policy, bleu=float("nan"), p_value=float("nan"), signature=None, note=note)
+def _untested(system: str, note: str) -> dict:
+    return dict(system=system, bleu=float("nan"), baseline_bleu=float("nan"), p_value=float("nan"), signature=None,
+                note=note)
 
 
 def significance_table(tests: pandas.DataFrame, pairs: list[str]) -> pandas.DataFrame:
@@ -293,12 +307,17 @@ def cost_table(frame: pandas.DataFrame) -> pandas.DataFrame:
     Index: policy. Columns: runs, trainable_params, share (trainable / total parameters), train_seconds,
     target_tokens_per_second, updates.
     """
-    rows = ok_rows(frame, "train", "child").assign(share=lambda r: r["trainable_params"] / r["total_params"])
-    table = rows.groupby("policy").agg(runs=("run_id", "nunique"), trainable_params=("trainable_params", "mean"),
-                                       share=("share", "mean"), train_seconds=("train_seconds", "mean"),
-                                       target_tokens_per_second=("target_tokens_per_second", "mean"),
-                                       updates=("updates", "mean"))
+    table = _costs(ok_rows(frame, "train", "child"), "policy")
     return table.loc[ordered_policies(table.index)]
+
+
+def _costs(rows: pandas.DataFrame, by: str) -> pandas.DataFrame:
+    """Means of the training rows of each value of column `by`: the columns of `cost_table`."""
+    rows = rows.assign(share=lambda r: r["trainable_params"] / r["total_params"])
+    return rows.groupby(by).agg(runs=("run_id", "nunique"), trainable_params=("trainable_params", "mean"),
+                                share=("share", "mean"), train_seconds=("train_seconds", "mean"),
+                                target_tokens_per_second=("target_tokens_per_second", "mean"),
+                                updates=("updates", "mean"))
 
 
 def missing_runs(frame: pandas.DataFrame) -> pandas.DataFrame:
@@ -308,14 +327,185 @@ def missing_runs(frame: pandas.DataFrame) -> pandas.DataFrame:
     return rows.drop_duplicates(["run_id", "eval"]).sort_values(["stage", "run_id", "eval"])
 
 
+# --- code-switching studies ---------------------------------------------------------------------
+
+def is_codeswitch_study(frame: pandas.DataFrame) -> bool:
+    """Whether the rows are a code-switching study's: it has fine-tuning runs of stage `codeswitch`."""
+    return bool((frame["stage"] == "codeswitch").any())
+
+
+def variant_label(run) -> str:
+    """How the report names a run's variant: `base`, `body · standard`, `body · xlquery 0.3/0.3` (training
+    alphas), `pretrain · xlquery 0.3/0.3` (Q_cross pretraining). `run`: a row from `itertuples`."""
+    if run.stage == "base":
+        return "base"
+    label = f"{run.policy if run.stage == 'codeswitch' else run.stage} · {run.attention}"
+    return label + (f" {run.mono_alpha:g}/{run.cross_alpha:g}" if pandas.notna(run.mono_alpha) else "")
+
+
+def with_variants(rows: pandas.DataFrame) -> pandas.DataFrame:
+    """`rows` with a `variant` column (`variant_label`)."""
+    return rows.assign(variant=[variant_label(run) for run in rows.itertuples()])
+
+
+def ordered_variants(rows: pandas.DataFrame) -> list[str]:
+    """The variants of `rows` (`with_variants`) in reading order: the base, Q_cross pretraining, then by
+    policy (body first), standard attention before xlquery, and by alphas."""
+    keys = rows.drop_duplicates("variant")
+    policy_rank = {policy: i for i, policy in enumerate(ordered_policies(keys["policy"].dropna()))}
+    keys = keys.assign(stage_rank=keys["stage"].map({"base": 0, "pretrain": 1, "codeswitch": 2}),
+                       policy_rank=keys["policy"].map(policy_rank),
+                       xlquery=keys["attention"] != REFERENCE_ATTENTION)
+    return list(keys.sort_values(["stage_rank", "policy_rank", "xlquery", "mono_alpha", "cross_alpha"])["variant"])
+
+
+def ordered_test_sets(tests: pandas.DataFrame) -> list[str]:
+    """The test sets of `tests`: mono, then seen, then unseen, each kind by name."""
+    rank = {kind: i for i, kind in enumerate(CODESWITCH_KINDS)}
+    return sorted(set(tests["test_set"]), key=lambda name: (rank.get(codeswitch_kind(name), len(rank)), name))
+
+
+def codeswitch_tests(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """The finished test rows (the base's and the fine-tuning runs'), with their `variant` and test set `kind`."""
+    tests = with_variants(ok_rows(frame, "test"))
+    return tests.assign(kind=tests["test_set"].map(codeswitch_kind))
+
+
+def codeswitch_run_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """Each run's mean BLEU over its test sets of each kind: variant, run_id, seed, kind, bleu, test_sets."""
+    return (codeswitch_tests(frame).groupby(["variant", "run_id", "seed", "kind"])["bleu"]
+            .agg(bleu="mean", test_sets="count").reset_index())
+
+
+def codeswitch_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """BLEU of every (variant, kind), over seeds of the runs' means per kind (`codeswitch_run_bleu`).
+
+    Columns: variant, kind, mean, std (NaN for one seed), seeds.
+    """
+    return (codeswitch_run_bleu(frame).groupby(["variant", "kind"])["bleu"]
+            .agg(mean="mean", std="std", seeds="count").reset_index())
+
+
+def codeswitch_table(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """Code-switched translation as text cells: rows = variants; columns = mono, seen, unseen (`mean ± std`
+    of `codeswitch_bleu`) and seeds."""
+    summary = codeswitch_bleu(frame)
+    kinds = [kind for kind in CODESWITCH_KINDS if kind in set(summary["kind"])]
+    variants = ordered_variants(codeswitch_tests(frame))
+    cells = {(row.variant, row.kind): _mean_std(row.mean, row.std, row.seeds) for row in summary.itertuples()}
+    table = pandas.DataFrame([[cells.get((variant, kind), "") for kind in kinds] for variant in variants],
+                             index=variants, columns=kinds)
+    table["seeds"] = codeswitch_run_bleu(frame).groupby("variant")["seed"].nunique()
+    table.index.name = "variant"
+    return table
+
+
+def codeswitch_test_set_table(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """BLEU on each test set as text cells (`mean ± std` over seeds): rows = variants, columns = test sets."""
+    tests = codeswitch_tests(frame)
+    summary = tests.groupby(["variant", "test_set"])["bleu"].agg(mean="mean", std="std", seeds="count")
+    names = ordered_test_sets(tests)
+    cells = {row.Index: _mean_std(row.mean, row.std, row.seeds) for row in summary.itertuples()}
+    variants = ordered_variants(tests)
+    table = pandas.DataFrame([[cells.get((variant, name), "") for name in names] for variant in variants],
+                             index=variants, columns=names)
+    table.index.name = "variant"
+    return table
+
+
+def codeswitch_significance(frame: pandas.DataFrame,
+                            references_for: ReferencesFor = references_from_uri) -> pandas.DataFrame:
+    """Paired bootstrap resampling (sacreBLEU) of each xlquery run against standard attention, seed by seed.
+
+    On every seen and unseen test set, the stored translations of each xlquery run (every alphas) are
+    tested against those of the standard-attention run with the same policy and seed (1000 resamples,
+    sacreBLEU's fixed seed) on the references `references_for(standard's row)` returns. Columns:
+    variant (the xlquery run's), baseline (the standard run's), policy, seed, kind, test_set, bleu and
+    baseline_bleu (as the test recomputes them from the files), delta (bleu minus baseline_bleu), p_value,
+    signature, note (why a run could not be tested; its numbers are then NaN).
+    """
+    logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # it logs every step of every test at INFO
+    tests = codeswitch_tests(frame)
+    tests = tests[(tests["stage"] == "codeswitch") & tests["kind"].isin(("seen", "unseen"))]
+    results = []
+    for (policy, seed, test_set), runs in tests.groupby(["policy", "seed", "test_set"]):
+        standard = runs[runs["attention"] == REFERENCE_ATTENTION]
+        if standard.empty:
+            continue  # nothing to pair these runs with
+        baseline = standard.iloc[0]
+        shared = dict(baseline=baseline["variant"], policy=policy, seed=seed, kind=codeswitch_kind(test_set),
+                      test_set=test_set)
+        if runs["variant"].duplicated().any():
+            # Grid options give one variant several runs per seed: which pairs with which is unclear.
+            note = "several runs of one variant with this seed (grid options): not paired"
+            results += [dict(shared, **_untested(variant, note))
+                        for variant in ordered_variants(runs) if variant != baseline["variant"]]
+        else:
+            results += [dict(shared, **test) for test in _paired_tests(runs.set_index("variant"),
+                                                                       references_for(baseline), baseline["variant"])]
+    columns = ["system", "baseline", "policy", "seed", "kind", "test_set", "bleu", "baseline_bleu", "p_value",
+               "signature", "note"]
+    table = pandas.DataFrame(results, columns=columns).rename(columns={"system": "variant"})
+    table.insert(table.columns.get_loc("p_value"), "delta", table["bleu"] - table["baseline_bleu"])
+    return table
+
+
+def codeswitch_significance_table(tests: pandas.DataFrame, variants: list[str]) -> pandas.DataFrame:
+    """The tested rows of `codeswitch_significance` as text cells: rows = (xlquery variant, test set) in the
+    order of `variants` and `ordered_test_sets`; one column per seed, `±delta (p)`, `*` if p < 0.05."""
+    tested = tests.dropna(subset=["p_value"])
+    seeds = sorted(tested["seed"].unique())
+    names = ordered_test_sets(tested)
+    rows = []
+    for variant in [variant for variant in variants if variant in set(tested["variant"])]:
+        runs = tested[tested["variant"] == variant]
+        for name in [name for name in names if name in set(runs["test_set"])]:
+            cells = {run.seed: f"{_signed(run.delta)} (p {run.p_value:.3f})"
+                     + ("*" if run.p_value < SIGNIFICANCE_LEVEL else "")
+                     for run in runs[runs["test_set"] == name].itertuples()}
+            rows.append([variant, name, *(cells.get(seed, "") for seed in seeds)])
+    return pandas.DataFrame(rows, columns=["variant", "test set", *(f"s{seed}" for seed in seeds)]).set_index("variant")
+
+
+def codeswitch_verdicts(tests: pandas.DataFrame) -> pandas.DataFrame:
+    """How often each xlquery variant differs significantly from standard attention on unseen pairs.
+
+    From the tested unseen rows of `codeswitch_significance`. Index: variant. Columns: baseline, seeds
+    (with a tested unseen set), better and worse (seeds where xlquery is significantly better, or worse,
+    on every tested unseen set), tests, tests_better, tests_worse (single (seed, test set) tests).
+    """
+    unseen = tests[tests["kind"] == "unseen"].dropna(subset=["p_value"])
+    unseen = unseen.assign(better=(unseen["p_value"] < SIGNIFICANCE_LEVEL) & (unseen["delta"] > 0),
+                           worse=(unseen["p_value"] < SIGNIFICANCE_LEVEL) & (unseen["delta"] < 0))
+    by_seed = unseen.groupby(["variant", "seed"])[["better", "worse"]].all().groupby("variant")
+    table = unseen.groupby("variant").agg(baseline=("baseline", "first"), tests=("test_set", "count"),
+                                          tests_better=("better", "sum"), tests_worse=("worse", "sum"))
+    table["seeds"], table["better"], table["worse"] = by_seed.size(), by_seed["better"].sum(), by_seed["worse"].sum()
+    return table[["baseline", "seeds", "better", "worse", "tests", "tests_better", "tests_worse"]]
+
+
+def codeswitch_cost_table(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """What each variant costs, as means over its runs (the base and pretraining included): index variant,
+    columns as `cost_table`'s."""
+    rows = with_variants(ok_rows(frame, "train"))
+    return _costs(rows, "variant").loc[ordered_variants(rows)]
+
+
 # --- the Markdown -------------------------------------------------------------------------------
 
 def report_markdown(frame: pandas.DataFrame, figures: list[str],
                     references_for: ReferencesFor = references_from_uri) -> str:
-    """The whole report.md text; `figures` are file names beside it, in the order they are shown."""
-    sections = [_header(frame), _table2_section(frame), _significance_section(frame, references_for),
-                _forgetting_section(frame), _zeroshot_section(frame), _bli_section(frame), _cost_section(frame),
-                _missing_section(frame), _figures_section(figures)]
+    """The whole report.md text; `figures` are file names beside it, in the order they are shown.
+
+    A code-switching study's results take the place of the transfer study's tables (which it has no rows for).
+    """
+    if is_codeswitch_study(frame):
+        results = [_codeswitch_section(frame), _codeswitch_test_sets_section(frame),
+                   _codeswitch_significance_section(frame, references_for), _codeswitch_cost_section(frame)]
+    else:
+        results = [_table2_section(frame), _significance_section(frame, references_for), _forgetting_section(frame),
+                   _zeroshot_section(frame), _bli_section(frame), _cost_section(frame)]
+    sections = [_header(frame), *results, _missing_section(frame), _figures_section(figures)]
     return "\n\n".join(section for section in sections if section) + "\n"
 
 
@@ -425,7 +615,13 @@ def _cost_section(frame: pandas.DataFrame) -> str:
     table = cost_table(frame)
     if table.empty:
         return ""
-    text = pandas.DataFrame({
+    return "\n".join(["## Cost", "", "Child runs, mean over pairs and seeds; the share is of all the model's "
+                      "parameters.", "", _markdown(_cost_cells(table))])
+
+
+def _cost_cells(table: pandas.DataFrame) -> pandas.DataFrame:
+    """A cost table (`cost_table`, `codeswitch_cost_table`) as text cells."""
+    return pandas.DataFrame({
         "runs": table["runs"].astype(int),
         "trainable parameters": [f"{value:,.0f} ({share:.1%})"
                                  for value, share in zip(table["trainable_params"], table["share"])],
@@ -433,8 +629,71 @@ def _cost_section(frame: pandas.DataFrame) -> str:
         "target tokens/s": table["target_tokens_per_second"].map(lambda value: f"{value:,.0f}"),
         "updates": table["updates"].map(lambda value: f"{value:,.0f}"),
     }, index=table.index)
-    return "\n".join(["## Cost", "", "Child runs, mean over pairs and seeds; the share is of all the model's "
-                      "parameters.", "", _markdown(text)])
+
+
+def _codeswitch_section(frame: pandas.DataFrame) -> str:
+    title = "## Code-switched translation"
+    runs = codeswitch_run_bleu(frame)
+    if runs.empty:
+        return f"{title}\n\nNo finished runs."
+    lines = [title, "", "sacreBLEU; for each run the mean over its test sets of each kind: single sentences of one "
+             "source language (mono), code-switched pairs mixed in training (seen), pairs never mixed in training "
+             "(unseen); then mean ± standard deviation over seeds. `base` is the model every run starts from, "
+             "scored on single sentences only.", "", _markdown(codeswitch_table(frame))]
+    if runs.drop_duplicates(["variant", "run_id"]).duplicated(["variant", "seed"]).any():
+        lines += ["", "Several runs share a variant and seed (grid options): their BLEU is pooled."]
+    return "\n".join(lines)
+
+
+def _codeswitch_test_sets_section(frame: pandas.DataFrame) -> str:
+    if codeswitch_tests(frame).empty:
+        return ""
+    return "\n".join(["## BLEU by test set", "", "sacreBLEU on each test set (`<test set>.<kind>.<languages>`), "
+                      "mean ± standard deviation over seeds.", "", _markdown(codeswitch_test_set_table(frame))])
+
+
+def _codeswitch_significance_section(frame: pandas.DataFrame, references_for: ReferencesFor) -> str:
+    tests = codeswitch_significance(frame, references_for)
+    if tests.empty:
+        return ""
+    lines = [f"## Significance: xlquery against {REFERENCE_ATTENTION} attention", "",
+             f"sacreBLEU paired bootstrap resampling ({BOOTSTRAP_SAMPLES} resamples) of each xlquery run against "
+             f"the {REFERENCE_ATTENTION}-attention run with the same policy and seed, on the stored translations of "
+             f"every seen and unseen test set. Cells: BLEU of xlquery minus {REFERENCE_ATTENTION}, and the p-value, "
+             f"per seed; `*` marks p < {SIGNIFICANCE_LEVEL}."]
+    tested = tests.dropna(subset=["p_value"])
+    if not tested.empty:
+        variants = ordered_variants(codeswitch_tests(frame))
+        lines += ["", _markdown(codeswitch_significance_table(tests, variants)), ""]
+        verdicts = codeswitch_verdicts(tests)
+        if not verdicts.empty:
+            lines += [f"On unseen pairs (a seed counts when p < {SIGNIFICANCE_LEVEL} on every unseen test set, "
+                      "in the same direction):"]
+            lines += [_verdict(variant, verdicts.loc[variant]) for variant in variants if variant in verdicts.index]
+            lines.append("")
+        lines += ["Signature: " + ", ".join(f"`{s}`" for s in sorted(tested["signature"].unique()))]
+    untested = tests[tests["p_value"].isna()]
+    if not untested.empty:
+        lines += ["", "Not tested:"] + [
+            f"- {note}: " + ", ".join(f"{run.variant} s{run.seed} on {run.test_set}" for run in runs.itertuples())
+            for note, runs in untested.groupby("note", sort=False)]
+    return "\n".join(lines)
+
+
+def _verdict(variant: str, counts: pandas.Series) -> str:
+    """One line of `codeswitch_verdicts`: how often `variant` beat, or lost to, its baseline on unseen pairs."""
+    return (f"- `{variant}` against `{counts['baseline']}`: significantly better in {counts['better']} of "
+            f"{counts['seeds']} seed{'s' if counts['seeds'] != 1 else ''}, worse in {counts['worse']}; single tests: "
+            f"{counts['tests_better']} better, {counts['tests_worse']} worse of {counts['tests']}")
+
+
+def _codeswitch_cost_section(frame: pandas.DataFrame) -> str:
+    table = codeswitch_cost_table(frame)
+    if table.empty:
+        return ""
+    return "\n".join(["## Cost", "", "Mean over seeds; the share is of all the model's parameters. The base and "
+                      "each alphas' Q_cross pretraining run once and are shared by the runs that start from them.",
+                      "", _markdown(_cost_cells(table))])
 
 
 def _missing_section(frame: pandas.DataFrame) -> str:
@@ -452,7 +711,9 @@ def _figures_section(figures: list[str]) -> str:
         return ""
     captions = {"bleu_by_pair.png": "BLEU by child pair and policy (error bars: standard deviation over seeds)",
                 "valid_curves.png": "Validation loss during training, one line per seed",
-                "bleu_vs_params.png": "BLEU against trainable parameters"}
+                "bleu_vs_params.png": "BLEU against trainable parameters",
+                "bleu_by_kind.png": "BLEU by variant on single sentences (mono), seen and unseen code-switched pairs "
+                                    "(error bars: standard deviation over seeds)"}
     return "\n".join(["## Figures", ""] + [f"![{captions[name]}]({name})\n" for name in figures]).rstrip()
 
 
@@ -466,6 +727,11 @@ def _markdown(table: pandas.DataFrame) -> str:
 
 def _number(value: float, decimals: int = 2) -> str:
     return "" if value != value else f"{value:.{decimals}f}".replace("-", MINUS)
+
+
+def _mean_std(mean: float, std: float, seeds: int) -> str:
+    """`mean ± std`, the mean alone for one seed."""
+    return _number(mean) + (f" ± {std:.2f}" if seeds > 1 else "")
 
 
 def _signed(value: float) -> str:
@@ -491,8 +757,10 @@ def write_figures(frame: pandas.DataFrame, out_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")  # files only: no display, safe in any process
     written = []
-    for name, draw in (("bleu_by_pair.png", _bleu_by_pair), ("valid_curves.png", _valid_curves),
-                       ("bleu_vs_params.png", _bleu_vs_params)):
+    drawings = ((("bleu_by_kind.png", _bleu_by_kind),) if is_codeswitch_study(frame) else
+                (("bleu_by_pair.png", _bleu_by_pair), ("valid_curves.png", _valid_curves),
+                 ("bleu_vs_params.png", _bleu_vs_params)))
+    for name, draw in drawings:
         figure = draw(frame)
         if figure is not None:
             _save_figure(figure, out_dir / name)
@@ -500,12 +768,12 @@ def write_figures(frame: pandas.DataFrame, out_dir: Path) -> list[str]:
     return written
 
 
-def _policy_colors(policies: list[str]) -> dict[str, object]:
-    """One color per policy, the same in every figure."""
+def _colors(names: list[str]) -> dict[str, object]:
+    """One color per name (a policy, a kind of test set), the same in every figure."""
     import matplotlib.pyplot as plt
 
     cycle = plt.get_cmap("tab10").colors
-    return {policy: cycle[i % len(cycle)] for i, policy in enumerate(policies)}
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
 
 
 def _bleu_by_pair(frame: pandas.DataFrame):
@@ -516,7 +784,7 @@ def _bleu_by_pair(frame: pandas.DataFrame):
         return None
     pairs = ordered_pairs(primary_child_tests(frame))
     policies = ordered_policies(summary["policy"])
-    colors = _policy_colors(policies)
+    colors = _colors(policies)
     width = 0.8 / len(policies)
     figure, axes = plt.subplots(figsize=(max(6.0, 0.4 * len(pairs) * len(policies) + 2.0), 4))
     for i, policy in enumerate(policies):
@@ -541,7 +809,7 @@ def _valid_curves(frame: pandas.DataFrame):
         return None
     pairs = ordered_pairs(train)
     policies = ordered_policies(train["policy"])
-    colors = _policy_colors(policies)
+    colors = _colors(policies)
     columns = min(3, len(pairs))
     rows = -(-len(pairs) // columns)
     figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.5, 3.4 * rows), squeeze=False)
@@ -574,7 +842,7 @@ def _bleu_vs_params(frame: pandas.DataFrame):
     points = summary.merge(params, on=["pair", "policy"])
     policies = ordered_policies(points["policy"])
     pairs = ordered_pairs(primary_child_tests(frame))
-    colors = _policy_colors(policies)
+    colors = _colors(policies)
     markers = dict(zip(pairs, "osD^v<>pPX*h"))  # pairs beyond the twelfth fall back to circles
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for point in points.itertuples():
@@ -592,6 +860,31 @@ def _bleu_vs_params(frame: pandas.DataFrame):
     axes.legend(handles=[plt.Line2D([], [], color="gray", marker=markers.get(p, "o"), linestyle="none", label=p)
                          for p in pairs], title="pair (marker)", loc="lower left", bbox_to_anchor=(1.01, 0),
                 frameon=False)
+    return figure
+
+
+def _bleu_by_kind(frame: pandas.DataFrame):
+    import matplotlib.pyplot as plt
+
+    summary = codeswitch_bleu(frame)
+    if summary.empty:
+        return None
+    variants = ordered_variants(codeswitch_tests(frame))
+    kinds = [kind for kind in CODESWITCH_KINDS if kind in set(summary["kind"])]
+    colors = _colors(list(CODESWITCH_KINDS))
+    width = 0.8 / len(kinds)
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.4 * len(variants) * len(kinds) + 2.0), 4))
+    for i, kind in enumerate(kinds):
+        cells = summary[summary["kind"] == kind].set_index("variant").reindex(variants).dropna(subset=["mean"])
+        positions = [variants.index(variant) + (i - (len(kinds) - 1) / 2) * width for variant in cells.index]
+        axes.bar(positions, cells["mean"], width, yerr=cells["std"].fillna(0), capsize=3, label=kind,
+                 color=colors[kind])
+    axes.set_xticks(range(len(variants)), variants, rotation=20, ha="right")
+    axes.set_xlabel("variant")
+    axes.set_ylabel("BLEU")
+    axes.set_title("BLEU by variant and kind of test set")
+    axes.grid(axis="y", alpha=0.3)
+    axes.legend(title="test sets", loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return figure
 
 

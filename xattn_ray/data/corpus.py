@@ -178,22 +178,30 @@ def slice_lines(text: ParallelText, training_slice: TrainingSlice) -> ParallelTe
     return ParallelText(src, tgt, origin=f"{text.origin} lines {start}-{start + len(src)}")
 
 
+def pair_fault(src: str, tgt: str, filters: FilterConfig) -> str | None:
+    """Why a training pair is dropped (`empty`, `too_long`, `bad_ratio`), or None when it is kept."""
+    src_len, tgt_len = len(src.split()), len(tgt.split())
+    if src_len == 0 or tgt_len == 0:
+        return "empty"
+    if filters.max_tokens is not None and max(src_len, tgt_len) > filters.max_tokens:
+        return "too_long"
+    if filters.max_length_ratio is not None and max(src_len, tgt_len) > filters.max_length_ratio * min(src_len, tgt_len):
+        return "bad_ratio"
+    return None
+
+
 def clean_training_pairs(text: ParallelText, filters: FilterConfig) -> tuple[ParallelText, CleaningReport]:
     """Drop pairs with an empty side, then pairs that fail the length filters (training data only)."""
     src_kept, tgt_kept = [], []
-    empty = too_long = bad_ratio = 0
+    faults = {"empty": 0, "too_long": 0, "bad_ratio": 0}
     for src, tgt in zip(text.src, text.tgt):
-        src_len, tgt_len = len(src.split()), len(tgt.split())
-        if src_len == 0 or tgt_len == 0:
-            empty += 1
-        elif filters.max_tokens is not None and max(src_len, tgt_len) > filters.max_tokens:
-            too_long += 1
-        elif filters.max_length_ratio is not None and \
-                max(src_len, tgt_len) > filters.max_length_ratio * min(src_len, tgt_len):
-            bad_ratio += 1
-        else:
+        fault = pair_fault(src, tgt, filters)
+        if fault is None:
             src_kept.append(src)
             tgt_kept.append(tgt)
+        else:
+            faults[fault] += 1
+    empty, too_long, bad_ratio = faults["empty"], faults["too_long"], faults["bad_ratio"]
     report = CleaningReport(kept=len(src_kept), empty=empty, too_long=too_long, bad_ratio=bad_ratio)
     if not src_kept:
         raise DataError(f"{text.origin}: no training pairs left after cleaning "

@@ -287,18 +287,20 @@ def format_summary(result: StudyResult) -> str:
     lines = ["BLEU on each run's first test set (mean ± std over seeds)",
              f"{'policy':<10} " + " ".join(f"{pair:>{width}}" for pair in pairs)]
     for policy in policies:
-        row = []
-        for pair in pairs:
-            scores = cells.get((policy, pair), [])
-            text = f"{statistics.mean(scores):.2f}" if scores else ""
-            if len(scores) > 1:
-                text += f" ± {statistics.stdev(scores):.2f}"
-            row.append(f"{text:>{width}}")
-        lines.append(f"{policy:<10} " + " ".join(row))
+        lines.append(f"{policy:<10} " + " ".join(f"{_mean_std(cells.get((policy, pair), [])):>{width}}"
+                                                   for pair in pairs))
     lines += _analysis_summary(result.analyses)
-    for identifier, why in sorted(result.unfinished.items()):
-        lines.append(f"not finished: {identifier}: {why}")
-    return "\n".join(lines)
+    return "\n".join(lines + _unfinished_lines(result))
+
+
+def _mean_std(scores: list[float]) -> str:
+    """`12.34 ± 0.56` over seeds (no ± for one seed, empty for none)."""
+    text = f"{statistics.mean(scores):.2f}" if scores else ""
+    return text + (f" ± {statistics.stdev(scores):.2f}" if len(scores) > 1 else "")
+
+
+def _unfinished_lines(result: StudyResult) -> list[str]:
+    return [f"not finished: {identifier}: {why}" for identifier, why in sorted(result.unfinished.items())]
 
 
 def _codeswitch_summary(result: StudyResult) -> str:
@@ -320,17 +322,8 @@ def _codeswitch_summary(result: StudyResult) -> str:
              "code-switched training pairs (seen), held-out pairs (unseen)",
              f"{'run':<26} " + " ".join(f"{kind:>14}" for kind in kinds)]
     for label in labels:
-        row = []
-        for kind in kinds:
-            scores = cells.get((label, kind), [])
-            text = f"{statistics.mean(scores):.2f}" if scores else ""
-            if len(scores) > 1:
-                text += f" ± {statistics.stdev(scores):.2f}"
-            row.append(f"{text:>14}")
-        lines.append(f"{label:<26} " + " ".join(row))
-    for identifier, why in sorted(result.unfinished.items()):
-        lines.append(f"not finished: {identifier}: {why}")
-    return "\n".join(lines)
+        lines.append(f"{label:<26} " + " ".join(f"{_mean_std(cells.get((label, kind), [])):>14}" for kind in kinds))
+    return "\n".join(lines + _unfinished_lines(result))
 
 
 def _analysis_summary(rows: list[dict]) -> list[str]:

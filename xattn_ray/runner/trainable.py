@@ -77,7 +77,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
     final = {"finished": True, "status": summary["status"], "update": summary["updates"],
              "valid_loss": summary["best_valid_loss"], "valid_bleu": summary["valid_bleu"]}
     for name, test in summary["tests"].items():
-        final[f"bleu/{name}"] = test["bleu"]
+        final[f"bleu/{name.replace('+', '_')}"] = test["bleu"]  # TensorBoard tags allow no `+`
     ray.tune.report(final)
 
 
