@@ -7,6 +7,7 @@ tiny preset and a few hundred synthetic sentences, so a trial takes seconds and 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -257,6 +258,13 @@ def test_asha_stops_weak_trials_of_a_search_and_records_them(tmp_path):
         children[children["status"] == "ok"]["run_id"])
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path):
     study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
                         extra="grid: {policies: [xattn], seeds: [1]}")
@@ -266,8 +274,11 @@ def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path):
     ray = str(ray) if ray.exists() else "ray"
     # `--block` keeps the head's processes under this one process group, so the test stops exactly
     # this head (`ray stop` would stop every Ray instance on the machine).
+    # The job agent's port is Ray's fixed default (52365) unless given: another Ray instance on this
+    # machine (a study someone runs) would hold it, and the head would never get an agent.
     head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", port,
-                             "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard, "--num-cpus", "2"],
+                             "--dashboard-host", "127.0.0.1", "--dashboard-port", dashboard, "--num-cpus", "2",
+                             "--dashboard-agent-listen-port", str(free_port())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
                             start_new_session=True)
     try:
