@@ -141,7 +141,6 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cs")
     experiment = load_experiment(write_study(folder))
     storage = folder / "storage"
-    torch.set_num_threads(1)
     specs = parent_specs(experiment) + pretrain_specs(experiment) + \
         [spec for spec in child_specs(experiment) if spec.attention == "xlquery"]
     outcomes = {(spec.stage, spec.policy): run_codeswitch(experiment, spec, storage) for spec in specs}
