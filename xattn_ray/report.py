@@ -559,11 +559,7 @@ def _significance_section(frame: pandas.DataFrame, references_for: ReferencesFor
         signatures = sorted(tested["signature"].unique())
         lines += ["", _markdown(significance_table(tests, pairs)), "",
                   "Signature: " + ", ".join(f"`{s}`" for s in signatures)]
-    untested = tests[tests["p_value"].isna()]
-    if not untested.empty:
-        lines += ["", "Not tested:"] + [
-            f"- {note}: " + ", ".join(f"{run.pair} {run.policy} s{run.seed}" for run in runs.itertuples())
-            for note, runs in untested.groupby("note", sort=False)]
+    lines += _untested_lines(tests, lambda run: f"{run.pair} {run.policy} s{run.seed}")
     return "\n".join(lines)
 
 
@@ -672,12 +668,17 @@ def _codeswitch_significance_section(frame: pandas.DataFrame, references_for: Re
             lines += [_verdict(variant, verdicts.loc[variant]) for variant in variants if variant in verdicts.index]
             lines.append("")
         lines += ["Signature: " + ", ".join(f"`{s}`" for s in sorted(tested["signature"].unique()))]
-    untested = tests[tests["p_value"].isna()]
-    if not untested.empty:
-        lines += ["", "Not tested:"] + [
-            f"- {note}: " + ", ".join(f"{run.variant} s{run.seed} on {run.test_set}" for run in runs.itertuples())
-            for note, runs in untested.groupby("note", sort=False)]
+    lines += _untested_lines(tests, lambda run: f"{run.variant} s{run.seed} on {run.test_set}")
     return "\n".join(lines)
+
+
+def _untested_lines(tests: pandas.DataFrame, describe) -> list[str]:
+    """"Not tested:" and, per reason, the runs (`describe(run)`) a significance test could not pair."""
+    untested = tests[tests["p_value"].isna()]
+    if untested.empty:
+        return []
+    return ["", "Not tested:"] + [f"- {note}: " + ", ".join(describe(run) for run in runs.itertuples())
+                                  for note, runs in untested.groupby("note", sort=False)]
 
 
 def _verdict(variant: str, counts: pandas.Series) -> str:
