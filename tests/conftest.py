@@ -21,7 +21,7 @@ requires_muse = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def toy_tokenizers(tmp_path_factory):
     """Real SentencePiece models (source `aa`, target `bb`) trained on a few hundred toy lines."""
-    from xattn_ray.tokenizer import TokenizerOptions, train_tokenizer
+    from xattn_ray.engine.tokenizer import TokenizerOptions, train_tokenizer
 
     cache = tmp_path_factory.mktemp("spm")
     lines = [f"word{i % 37} thing{i % 11} more{i % 5}" for i in range(400)]

@@ -5,15 +5,15 @@ import json
 import pytest
 import torch
 
-from xattn_ray.analyses import AnalysisTask, analysis_tasks, run_task, task_id
-from xattn_ray.checkpoint import load_model
-from xattn_ray.config import load_experiment
-from xattn_ray.lexicon import induce_lexicon
-from xattn_ray.pipeline import run_child, run_parent
+from xattn_ray.study.analyses import AnalysisTask, analysis_tasks, run_task, task_id
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.study.config import load_experiment
+from xattn_ray.engine.lexicon import induce_lexicon
+from xattn_ray.study.training import run_child, run_parent
 from xattn_ray.runner.plan import child_specs
-from xattn_ray.runs import RunSpec, run_directory
+from xattn_ray.study.runs import RunSpec, run_directory
 from xattn_ray.store import ResultsStore
-from xattn_ray.transfer import graft_embeddings
+from xattn_ray.engine.transfer import graft_embeddings
 
 STUDY = """\
 name: ana

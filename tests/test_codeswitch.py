@@ -4,11 +4,11 @@ import re
 
 import pytest
 
-from xattn_ray.batching import EncodedPairs, collate, make_batches
+from xattn_ray.engine.batching import EncodedPairs, collate, make_batches
 from xattn_ray.data.codeswitch import (CodeSwitchedPair, CodeSwitchError, CodeSwitchOptions, build_test_sets,
                                        build_training_set, encode_codeswitched)
 from xattn_ray.errors import XattnError
-from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 LINES = 40
 # Every sentence names its language and line, so an example shows where each of its parts came from.

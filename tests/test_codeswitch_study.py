@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from xattn_ray.checkpoint import load_model
-from xattn_ray.codeswitch_runs import run_codeswitch
-from xattn_ray.config import load_experiment
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.study.codeswitch import run_codeswitch
+from xattn_ray.study.config import load_experiment
 from xattn_ray.errors import ConfigError
 from xattn_ray.runner.plan import child_specs, parent_specs, pretrain_specs
-from xattn_ray.runs import RunSpec, config_hash, parent_spec, run_directory, run_id
+from xattn_ray.study.runs import RunSpec, config_hash, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 
 sys.path.insert(0, str(Path(__file__).parent))

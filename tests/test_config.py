@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from xattn_ray.config import LanguagePair, load_experiment
+from xattn_ray.study.config import LanguagePair, load_experiment
 from xattn_ray.errors import ConfigError
 
 VALID = """\

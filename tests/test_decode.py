@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xattn_ray.decode import beam_search, greedy_search, max_output_lengths, translate
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerOptions, train_tokenizer
+from xattn_ray.engine.decode import beam_search, greedy_search, max_output_lengths, translate
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer, TokenizerOptions, train_tokenizer
 
 COPY_VOCAB = 20  # the 4 specials and 16 letters
 TokenizerPair = tuple[Tokenizer, Tokenizer]  # source, target

@@ -9,10 +9,10 @@ import pytest
 import sacrebleu
 import torch
 
-from xattn_ray.decode import translate
-from xattn_ray.evaluate import Score, bleu, chrf, score_test_set
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.tokenizer import TokenizerOptions, train_tokenizer
+from xattn_ray.engine.decode import translate
+from xattn_ray.engine.evaluate import Score, bleu, chrf, score_test_set
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.tokenizer import TokenizerOptions, train_tokenizer
 
 REFERENCES = [
     "A man in a blue shirt is standing on a ladder.",

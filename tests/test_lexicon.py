@@ -8,9 +8,9 @@ import torch.nn.functional as F
 
 from conftest import SHARED_DATA, requires_muse
 from xattn_ray.errors import DataError
-from xattn_ray.lexicon import (METHODS, compose, csls_scores, find_dictionary, induce_lexicon, lexicon_induction,
+from xattn_ray.engine.lexicon import (METHODS, compose, csls_scores, find_dictionary, induce_lexicon, lexicon_induction,
                                read_dictionary, whole_words)
-from xattn_ray.tokenizer import TokenizerOptions, train_tokenizer
+from xattn_ray.engine.tokenizer import TokenizerOptions, train_tokenizer
 
 MUSE = SHARED_DATA / "muse"
 
@@ -151,8 +151,8 @@ def test_nothing_to_evaluate_is_a_data_error():
 
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_lexicon_induction_compares_the_matrices_of_the_given_side(toy_tokenizers, side):
-    from xattn_ray.checkpoint import LoadedModel
-    from xattn_ray.model import Transformer, preset_config
+    from xattn_ray.engine.checkpoint import LoadedModel
+    from xattn_ray.engine.model import Transformer, preset_config
 
     aa, bb = toy_tokenizers
     torch.manual_seed(0)

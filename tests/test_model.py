@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from xattn_ray.checkpoint import CheckpointError, load_model, save_model
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.tokenizer import PAD_ID
+from xattn_ray.engine.checkpoint import CheckpointError, load_model, save_model
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.tokenizer import PAD_ID
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "tiny_parameter_names.txt"
 

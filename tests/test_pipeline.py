@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from xattn_ray.checkpoint import load_model
-from xattn_ray.config import load_experiment
-from xattn_ray.pipeline import run_child, run_parent
-from xattn_ray.runs import RunSpec, run_directory
-from xattn_ray.policies import POLICIES
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.study.config import load_experiment
+from xattn_ray.study.training import run_child, run_parent
+from xattn_ray.study.runs import RunSpec, run_directory
+from xattn_ray.engine.policies import POLICIES
 
 TINY_STUDY = """\
 name: tiny

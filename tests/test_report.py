@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from xattn_ray.config import load_experiment
-from xattn_ray.data.run_data import load_run_data
+from xattn_ray.study.config import load_experiment
+from xattn_ray.study.run_data import load_run_data
 from xattn_ray.report import (bli_table, build_report, child_bleu, cost_table, forgetting_table, significance,
                               table2, zeroshot_table)
 from xattn_ray.store import ResultsStore, make_row
@@ -161,8 +161,8 @@ def test_report_never_decodes_and_writes_sections_and_png_figures(study, tmp_pat
     script = ("import sys; from pathlib import Path; from xattn_ray.report import build_report; "
               "from xattn_ray.store import ResultsStore; "
               f"build_report(ResultsStore({str(study / 'st' / 'results')!r}), 'tiny', Path({str(tmp_path)!r})); "
-              "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('xattn_ray.model', "
-              "'xattn_ray.decode'))))")
+              "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('xattn_ray.engine.model', "
+              "'xattn_ray.engine.decode'))))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from xattn_ray.codeswitch_runs import load_study_data
-from xattn_ray.config import load_experiment
+from xattn_ray.study.codeswitch import load_study_data
+from xattn_ray.study.config import load_experiment
 from xattn_ray.data.codeswitch import build_test_sets
 from xattn_ray.report import (build_report, codeswitch_bleu, codeswitch_cost_table, codeswitch_significance,
                               codeswitch_table, codeswitch_test_set_table, codeswitch_verdicts)
@@ -227,8 +227,8 @@ def test_report_never_imports_the_model(study, tmp_path):
     script = ("import sys; from pathlib import Path; from xattn_ray.report import build_report; "
               "from xattn_ray.store import ResultsStore; "
               f"build_report(ResultsStore({str(study / 'st' / 'results')!r}), 'cstiny', Path({str(tmp_path)!r})); "
-              "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('xattn_ray.model', "
-              "'xattn_ray.decode'))))")
+              "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('xattn_ray.engine.model', "
+              "'xattn_ray.engine.decode'))))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

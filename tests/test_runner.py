@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from xattn_ray.config import load_experiment
+from xattn_ray.study.config import load_experiment
 from xattn_ray.runner.plan import child_specs, plan_resources
 from xattn_ray.errors import ConfigError
 from xattn_ray.store import ResultsStore
@@ -65,7 +65,7 @@ def assert_exactly_once(store: Path, name: str, runs: int) -> None:
 
 
 def test_resource_plan_never_asks_for_more_than_exists():
-    from xattn_ray.config import ResourcesConfig
+    from xattn_ray.study.config import ResourcesConfig
 
     assert plan_resources(ResourcesConfig(), {"CPU": 2}).concurrent == 2
     assert plan_resources(ResourcesConfig(cpus_per_worker=2), {"CPU": 5}).concurrent == 2

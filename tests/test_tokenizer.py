@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from xattn_ray import tokenizer as tokenizer_module
+from xattn_ray.engine import tokenizer as tokenizer_module
 from xattn_ray.errors import ConfigError, DataError
 from xattn_ray.schema import Invalid, build, load_yaml
-from xattn_ray.tokenizer import (AUTO_VOCAB_SIZE_CANDIDATES, BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer,
+from xattn_ray.engine.tokenizer import (AUTO_VOCAB_SIZE_CANDIDATES, BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer,
                                  TokenizerOptions, choose_vocab_size, starts_word, train_tokenizer)
 
 MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"

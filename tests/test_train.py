@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from xattn_ray.batching import EncodedPairs, collate, make_batches
-from xattn_ray.checkpoint import load_model
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.policies import POLICIES
-from xattn_ray.tokenizer import EOS_ID, PAD_ID
-from xattn_ray.train import TrainConfig, TrainingData, learning_rate, train
-from xattn_ray.transfer import make_child
+from xattn_ray.engine.batching import EncodedPairs, collate, make_batches
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.policies import POLICIES
+from xattn_ray.engine.tokenizer import EOS_ID, PAD_ID
+from xattn_ray.engine.train import TrainConfig, TrainingData, learning_rate, train
+from xattn_ray.engine.transfer import make_child
 
 VOCAB = 40
 
@@ -97,7 +97,7 @@ def test_training_learns_reports_and_is_deterministic(tmp_path, toy_tokenizers):
 
 def run_until_killed(workdir: str, tokenizer_blobs) -> None:
     """Child process: the same training, to be killed mid-run (same thread count: same float sums)."""
-    from xattn_ray.tokenizer import Tokenizer
+    from xattn_ray.engine.tokenizer import Tokenizer
 
     tokenizers = tuple(Tokenizer.from_bytes(blob) for blob in tokenizer_blobs)
     train(fresh_model(), toy_data(tokenizers), CONFIG, Path(workdir))

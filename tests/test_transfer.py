@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xattn_ray.config import LanguagePair
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.policies import POLICIES, Policy, PolicyError, count_parameters, group_sizes, trainable_names
-from xattn_ray.tokenizer import PAD_ID
-from xattn_ray.transfer import TransferError, changed_side, make_child
+from xattn_ray.study.config import LanguagePair
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.policies import POLICIES, Policy, PolicyError, count_parameters, group_sizes, trainable_names
+from xattn_ray.engine.tokenizer import PAD_ID
+from xattn_ray.engine.transfer import TransferError, changed_side, make_child
 
 FR_EN = LanguagePair("fr", "en")
 
@@ -139,7 +139,7 @@ def languages_of(loaded) -> str:
 @pytest.fixture(scope="module")
 def tokenizers(toy_tokenizers, tmp_path_factory):
     """Real SentencePiece models: `aa` and `bb` (60 pieces each), `cc` (50) and `dd` (64)."""
-    from xattn_ray.tokenizer import TokenizerOptions, train_tokenizer
+    from xattn_ray.engine.tokenizer import TokenizerOptions, train_tokenizer
 
     cache = tmp_path_factory.mktemp("graft-spm")
     lines = [f"zebra{i % 23} quill{i % 7} oak{i % 3}" for i in range(400)]
@@ -149,7 +149,7 @@ def tokenizers(toy_tokenizers, tmp_path_factory):
 
 
 def loaded_model(tokenizers, src: str, tgt: str, seed: int, **overrides):
-    from xattn_ray.checkpoint import LoadedModel
+    from xattn_ray.engine.checkpoint import LoadedModel
 
     torch.manual_seed(seed)
     config = preset_config("tiny", tokenizers[src].vocab_size, tokenizers[tgt].vocab_size, dropout=0.0,
@@ -159,7 +159,7 @@ def loaded_model(tokenizers, src: str, tgt: str, seed: int, **overrides):
 
 def child_of(parent, side: str, new):
     """The `xattn` child of `parent` whose `side` speaks `new`'s language, as `make_child` leaves it."""
-    from xattn_ray.checkpoint import LoadedModel
+    from xattn_ray.engine.checkpoint import LoadedModel
 
     model = make_child(parent.model, side, new.vocab_size, POLICIES["xattn"], "xattn").model
     if side == "source":
@@ -169,7 +169,7 @@ def child_of(parent, side: str, new):
 
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_graft_is_the_base_except_the_donors_embedding_group(tokenizers, side):
-    from xattn_ray.transfer import graft_embeddings
+    from xattn_ray.engine.transfer import graft_embeddings
 
     base = loaded_model(tokenizers, "aa", "bb", seed=1)
     donor = loaded_model(tokenizers, *(("cc", "bb") if side == "source" else ("aa", "cc")), seed=2)
@@ -196,7 +196,7 @@ def test_graft_is_the_base_except_the_donors_embedding_group(tokenizers, side):
                                           ("encoder_layers", 3), ("decoder_layers", 1), ("ffn_dim", 128)])
 def test_graft_onto_another_architecture_names_the_field(tokenizers, field, value):
     from xattn_ray.errors import XattnError
-    from xattn_ray.transfer import graft_embeddings
+    from xattn_ray.engine.transfer import graft_embeddings
 
     base = loaded_model(tokenizers, "aa", "bb", seed=1)
     donor = loaded_model(tokenizers, "cc", "bb", seed=2, **{field: value})
@@ -209,7 +209,7 @@ def test_graft_onto_another_architecture_names_the_field(tokenizers, field, valu
 
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_plugging_the_parents_embeddings_back_into_an_untrained_child_reproduces_the_parent(tokenizers, side):
-    from xattn_ray.transfer import graft_embeddings
+    from xattn_ray.engine.transfer import graft_embeddings
 
     parent = loaded_model(tokenizers, "aa", "bb", seed=1)
     child = child_of(parent, side, tokenizers["cc"])
@@ -228,8 +228,8 @@ def test_stitch_command_makes_a_zero_shot_pair_and_round_trips(tokenizers, tmp_p
     import subprocess
     import sys
 
-    from xattn_ray.checkpoint import load_model, save_model
-    from xattn_ray.transfer import graft_embeddings
+    from xattn_ray.engine.checkpoint import load_model, save_model
+    from xattn_ray.engine.transfer import graft_embeddings
 
     parent = loaded_model(tokenizers, "aa", "bb", seed=1)
     new_target, new_source = child_of(parent, "target", tokenizers["cc"]), child_of(parent, "source", tokenizers["dd"])
@@ -249,7 +249,7 @@ def test_stitch_command_makes_a_zero_shot_pair_and_round_trips(tokenizers, tmp_p
 
 
 def test_stitch_command_mistake_is_one_line_and_exit_2(tokenizers, tmp_path, capsys):
-    from xattn_ray.checkpoint import save_model
+    from xattn_ray.engine.checkpoint import save_model
     from xattn_ray.cli import main
 
     save_model(tmp_path / "body.pt", Transformer(preset_config("tiny", 60, 60)), tokenizers["aa"], tokenizers["bb"])

@@ -6,18 +6,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xattn_ray.attention import CrossLingualSelfAttention, MultiHeadAttention
-from xattn_ray.batching import collate
-from xattn_ray.checkpoint import load_model, save_model
+from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAttention
+from xattn_ray.engine.batching import collate
+from xattn_ray.engine.checkpoint import load_model, save_model
 from xattn_ray.data.codeswitch import CodeSwitchedPair, encode_codeswitched
-from xattn_ray.decode import beam_search, greedy_search, translate_ids
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.policies import POLICIES, Policy, PolicyError, group_sizes, trainable_names
+from xattn_ray.engine.decode import beam_search, greedy_search, translate_ids
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.policies import POLICIES, Policy, PolicyError, group_sizes, trainable_names
 from xattn_ray.schema import Invalid
-from xattn_ray.structured_dropout import (EVALUATION_ALPHAS, TRAINING_ALPHAS, MaskAlphas, StructuredDropout,
+from xattn_ray.engine.structured_dropout import (EVALUATION_ALPHAS, TRAINING_ALPHAS, MaskAlphas, StructuredDropout,
                                           sample_masks)
-from xattn_ray.tokenizer import PAD_ID
-from xattn_ray.transfer import make_child, to_xlquery
+from xattn_ray.engine.tokenizer import PAD_ID
+from xattn_ray.engine.transfer import make_child, to_xlquery
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "tiny_parameter_names.txt"
 ALL_ONES = MaskAlphas(mono=1.0, cross=1.0)

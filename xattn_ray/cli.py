@@ -133,8 +133,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from xattn_ray.config import load_experiment
-    from xattn_ray.data.run_data import experiment_runs, load_run_data, run_name
+    from xattn_ray.study.config import load_experiment
+    from xattn_ray.study.run_data import experiment_runs, load_run_data, run_name
 
     experiment = load_experiment(args.experiment)
     if experiment.codeswitch is not None:
@@ -156,7 +156,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _validate_codeswitch(args: argparse.Namespace, experiment) -> int:
     """A code-switching study: its data after cleaning, its test sets, and the plan."""
-    from xattn_ray.codeswitch_runs import load_study_data, study_pair
+    from xattn_ray.study.codeswitch import load_study_data, study_pair
     from xattn_ray.runner.plan import child_specs, pretrain_specs
 
     study = experiment.codeswitch
@@ -251,8 +251,8 @@ def _base_url(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from xattn_ray.config import load_experiment
-    from xattn_ray.data.run_data import experiment_runs, load_run_data
+    from xattn_ray.study.config import load_experiment
+    from xattn_ray.study.run_data import experiment_runs, load_run_data
     from xattn_ray.runner.study import format_summary, run_study
 
     experiment = load_experiment(args.experiment)
@@ -261,7 +261,7 @@ def _run(args: argparse.Namespace) -> int:
                          f"filesystem mount); put results on object storage with --store")
     # Every data file is checked before any trial starts.
     if experiment.codeswitch is not None:
-        from xattn_ray.codeswitch_runs import load_study_data
+        from xattn_ray.study.codeswitch import load_study_data
 
         load_study_data(experiment, args.storage / "cache")
     for run in experiment_runs(experiment):
@@ -277,10 +277,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from xattn_ray.config import ChildConfig, load_experiment
-    from xattn_ray.data.run_data import experiment_runs, run_name
-    from xattn_ray.pipeline import run_child, run_parent
-    from xattn_ray.runs import RunSpec, parent_spec, run_directory
+    from xattn_ray.study.config import ChildConfig, load_experiment
+    from xattn_ray.study.run_data import experiment_runs, run_name
+    from xattn_ray.study.training import run_child, run_parent
+    from xattn_ray.study.runs import RunSpec, parent_spec, run_directory
 
     experiment = load_experiment(args.experiment)
     if experiment.codeswitch is not None:
@@ -318,8 +318,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _translate(args: argparse.Namespace) -> int:
-    from xattn_ray.checkpoint import load_model
-    from xattn_ray.decode import translate
+    from xattn_ray.engine.checkpoint import load_model
+    from xattn_ray.engine.decode import translate
 
     loaded = load_model(args.checkpoint)
     lines = sys.stdin.read().split("\n")
@@ -332,8 +332,8 @@ def _translate(args: argparse.Namespace) -> int:
 
 
 def _stitch(args: argparse.Namespace) -> int:
-    from xattn_ray.checkpoint import load_model, save_model
-    from xattn_ray.transfer import graft_embeddings
+    from xattn_ray.engine.checkpoint import load_model, save_model
+    from xattn_ray.engine.transfer import graft_embeddings
 
     body, embeddings = load_model(args.body), load_model(args.embeddings)
     stitched = graft_embeddings(body, embeddings, args.side)
@@ -353,8 +353,8 @@ def _policies(args: argparse.Namespace) -> int:
 
     import torch
 
-    from xattn_ray.model import Transformer, preset_config
-    from xattn_ray.policies import GROUPS, POLICIES, ParameterCount, group_sizes, trainable_names
+    from xattn_ray.engine.model import Transformer, preset_config
+    from xattn_ray.engine.policies import GROUPS, POLICIES, ParameterCount, group_sizes, trainable_names
 
     try:
         config = preset_config(args.preset, args.src_vocab, args.tgt_vocab)

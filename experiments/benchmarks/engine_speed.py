@@ -25,13 +25,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from xattn_ray.batching import EncodedPairs, collate, make_batches
-from xattn_ray.decode import beam_search
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.policies import POLICIES, count_parameters
-from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from xattn_ray.train import TrainConfig, build_optimizer
-from xattn_ray.transfer import make_child
+from xattn_ray.engine.batching import EncodedPairs, collate, make_batches
+from xattn_ray.engine.decode import beam_search
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.policies import POLICIES, count_parameters
+from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from xattn_ray.engine.train import TrainConfig, build_optimizer
+from xattn_ray.engine.transfer import make_child
 
 VOCAB = 8000
 

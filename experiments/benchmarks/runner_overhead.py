@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from xattn_ray.config import load_experiment
-from xattn_ray.pipeline import run_child, run_parent
+from xattn_ray.study.config import load_experiment
+from xattn_ray.study.training import run_child, run_parent
 from xattn_ray.runner.plan import child_specs, parent_specs
-from xattn_ray.runs import parent_spec, run_directory
+from xattn_ray.study.runs import parent_spec, run_directory
 
 STUDY = """\
 name: overhead

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from xattn_ray.batching import encode_pairs
-from xattn_ray.config import load_experiment
-from xattn_ray.data.run_data import load_run_data
-from xattn_ray.evaluate import score_test_set
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.tokenizer import train_tokenizer
-from xattn_ray.train import TrainConfig, TrainingData, train
+from xattn_ray.engine.batching import encode_pairs
+from xattn_ray.study.config import load_experiment
+from xattn_ray.study.run_data import load_run_data
+from xattn_ray.engine.evaluate import score_test_set
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.tokenizer import train_tokenizer
+from xattn_ray.engine.train import TrainConfig, TrainingData, train
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "quickstart.yaml"
 

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from xattn_ray.config import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
+from xattn_ray.study.config import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
 from xattn_ray.data.synthetic import FamilySpec, family_dir_name, generate_family, language_codes
 from xattn_ray.errors import DataError
 

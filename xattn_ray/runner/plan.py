@@ -18,9 +18,9 @@ import itertools
 import math
 from dataclasses import dataclass
 
-from xattn_ray.config import Experiment, ResourcesConfig
+from xattn_ray.study.config import Experiment, ResourcesConfig
 from xattn_ray.errors import ConfigError
-from xattn_ray.runs import RunSpec, codeswitch_base_spec
+from xattn_ray.study.runs import RunSpec, codeswitch_base_spec
 
 
 def parent_specs(experiment: Experiment) -> list[RunSpec]:

@@ -15,8 +15,8 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from xattn_ray.config import SearchConfig
-from xattn_ray.runs import RunSpec
+from xattn_ray.study.config import SearchConfig
+from xattn_ray.study.runs import RunSpec
 
 METRIC_MODES = {"valid_loss": "min", "valid_bleu": "max"}
 

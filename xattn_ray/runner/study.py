@@ -21,12 +21,12 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from xattn_ray.config import Experiment
+from xattn_ray.study.config import Experiment
 from xattn_ray.errors import XattnError
-from xattn_ray.pipeline import read_summary
+from xattn_ray.study.training import read_summary
 from xattn_ray.runner.plan import ResourcePlan, child_specs, parent_specs, plan_resources, pretrain_specs
-from xattn_ray.records import outcome_rows, unfinished_rows
-from xattn_ray.runs import CODESWITCH_STAGES, RunSpec, parent_spec, run_directory, run_id
+from xattn_ray.study.records import outcome_rows, unfinished_rows
+from xattn_ray.study.runs import CODESWITCH_STAGES, RunSpec, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore, codeswitch_kind
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
     from ray import tune
 
     from xattn_ray.runner.progress import ProgressTable
-    from xattn_ray.runner.trainable import MAX_FAILURES, TrialContext, run_trial
+    from xattn_ray.runner.trial import MAX_FAILURES, TrialContext, run_trial
 
     plan = plan.widened(samples if search_alg is not None else len(param_space["spec"]["grid_search"]),
                         cluster_resources())
@@ -218,9 +218,9 @@ def _run_analyses(experiment: Experiment, storage: Path, store: ResultsStore, pl
     """The analyses stage: one Tune trial per task not done yet (a task is done once its rows are stored)."""
     from ray import tune
 
-    from xattn_ray.analyses import AnalysisTask, analysis_tasks, task_fields, task_id, task_marker
+    from xattn_ray.study.analyses import AnalysisTask, analysis_tasks, task_fields, task_id, task_marker
     from xattn_ray.runner.progress import ProgressTable
-    from xattn_ray.runner.trainable import TrialContext, run_analysis_trial
+    from xattn_ray.runner.trial import TrialContext, run_analysis_trial
     from xattn_ray.store import make_row
 
     finished = [spec for spec in _all_specs(experiment, storage) if spec.stage == "child"

@@ -11,10 +11,10 @@ import json
 import math
 from pathlib import Path
 
-from xattn_ray.config import Experiment
-from xattn_ray.pipeline import read_summary
+from xattn_ray.study.config import Experiment
+from xattn_ray.study.training import read_summary
 from xattn_ray.runner.plan import ResourcePlan, child_specs
-from xattn_ray.runs import RunSpec, run_directory, run_id
+from xattn_ray.study.runs import RunSpec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 
 

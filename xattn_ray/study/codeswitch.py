@@ -30,21 +30,21 @@ from pathlib import Path
 
 import torch
 
-from xattn_ray.batching import EncodedPairs
-from xattn_ray.checkpoint import load_model
-from xattn_ray.config import CodeSwitchStudy, Experiment, FilterConfig
+from xattn_ray.engine.batching import EncodedPairs
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.study.config import CodeSwitchStudy, Experiment, FilterConfig
 from xattn_ray.data.codeswitch import (build_test_sets, build_training_set, encode_codeswitched,
                                        encode_monolingual)
 from xattn_ray.data.corpus import pair_fault, read_lines, resolve_corpus
 from xattn_ray.errors import DataError
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.pipeline import ModelWrapper, RunOutcome, TestSet, train_and_score
-from xattn_ray.policies import NEW_EMBED, count_parameters, freeze, select
-from xattn_ray.runs import RunSpec, model_options, parent_spec, run_directory
-from xattn_ray.structured_dropout import MaskAlphas
-from xattn_ray.tokenizer import Tokenizer, train_tokenizer
-from xattn_ray.train import Reporter, TrainingData
-from xattn_ray.transfer import to_xlquery
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.study.training import ModelWrapper, RunOutcome, TestSet, train_and_score
+from xattn_ray.engine.policies import NEW_EMBED, count_parameters, freeze, select
+from xattn_ray.study.runs import RunSpec, model_options, parent_spec, run_directory
+from xattn_ray.engine.structured_dropout import MaskAlphas
+from xattn_ray.engine.tokenizer import Tokenizer, train_tokenizer
+from xattn_ray.engine.train import Reporter, TrainingData
+from xattn_ray.engine.transfer import to_xlquery
 
 log = logging.getLogger(__name__)
 

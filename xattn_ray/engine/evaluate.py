@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.metrics.base import Metric
 
-from xattn_ray.decode import translate, translate_ids
-from xattn_ray.model import Transformer
-from xattn_ray.tokenizer import Tokenizer
+from xattn_ray.engine.decode import translate, translate_ids
+from xattn_ray.engine.model import Transformer
+from xattn_ray.engine.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

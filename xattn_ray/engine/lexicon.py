@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xattn_ray.checkpoint import LoadedModel
+from xattn_ray.engine.checkpoint import LoadedModel
 from xattn_ray.errors import DataError
-from xattn_ray.policies import Side
-from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, WORD_START, Tokenizer, starts_word
+from xattn_ray.engine.policies import Side
+from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, WORD_START, Tokenizer, starts_word
 
 Dictionary = dict[str, set[str]]  # a word -> its gold translations
 Method = Literal["cosine", "dot", "csls"]

@@ -19,16 +19,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xattn_ray.checkpoint import LoadedModel, load_model
-from xattn_ray.config import Experiment, LanguagePair
+from xattn_ray.engine.checkpoint import LoadedModel, load_model
+from xattn_ray.study.config import Experiment, LanguagePair
 from xattn_ray.data.corpus import read_parallel, resolve_corpus
-from xattn_ray.evaluate import score_test_set
-from xattn_ray.lexicon import find_dictionary, lexicon_induction
-from xattn_ray.pipeline import read_summary
-from xattn_ray.records import run_fields
-from xattn_ray.runs import RunSpec, parent_spec, run_config, run_directory, run_id
+from xattn_ray.engine.evaluate import score_test_set
+from xattn_ray.engine.lexicon import find_dictionary, lexicon_induction
+from xattn_ray.study.training import read_summary
+from xattn_ray.study.records import run_fields
+from xattn_ray.study.runs import RunSpec, parent_spec, run_config, run_directory, run_id
 from xattn_ray.store import make_row
-from xattn_ray.transfer import changed_side, graft_embeddings
+from xattn_ray.engine.transfer import changed_side, graft_embeddings
 
 
 @dataclass(frozen=True)

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xattn_ray.attention import CrossLingualSelfAttention, MultiHeadAttention
-from xattn_ray.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
+from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAttention
+from xattn_ray.engine.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
                                           StructuredDropout, is_code_switched)
-from xattn_ray.tokenizer import PAD_ID
+from xattn_ray.engine.tokenizer import PAD_ID
 
 
 @dataclass(frozen=True)

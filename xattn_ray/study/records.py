@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from xattn_ray.config import Experiment
-from xattn_ray.runs import CODESWITCH_STAGES, RunSpec, config_hash, model_options, run_config, run_id, train_config
+from xattn_ray.study.config import Experiment
+from xattn_ray.study.runs import CODESWITCH_STAGES, RunSpec, config_hash, model_options, run_config, run_id, train_config
 from xattn_ray.store import make_row
 
 

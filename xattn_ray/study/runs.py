@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from xattn_ray.config import (ChildConfig, Experiment, ParentConfig, TUNABLE_MODEL_FIELDS, apply_options)
+from xattn_ray.study.config import (ChildConfig, Experiment, ParentConfig, TUNABLE_MODEL_FIELDS, apply_options)
 from xattn_ray.errors import ConfigError
-from xattn_ray.train import TrainConfig
+from xattn_ray.engine.train import TrainConfig
 
 # Transfer studies train parents and children; code-switching studies (config.CodeSwitchStudy) a base
 # model, optionally a Q_cross pretraining run, and the code-switched fine-tuning runs.

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from xattn_ray.structured_dropout import PADDING
-from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from xattn_ray.engine.structured_dropout import PADDING
+from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 if TYPE_CHECKING:  # the config (which imports this module's users) also defines corpora
     from xattn_ray.data.corpus import ParallelText

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from xattn_ray.config import ChildConfig, Experiment, LanguagePair, ParentConfig
+from xattn_ray.study.config import ChildConfig, Experiment, LanguagePair, ParentConfig
 from xattn_ray.data.corpus import (CleaningReport, ParallelText, clean_training_pairs, read_parallel,
                                    resolve_corpus, slice_lines)
 

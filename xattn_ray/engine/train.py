@@ -27,11 +27,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from xattn_ray.batching import EncodedPairs, collate, make_batches
-from xattn_ray.checkpoint import atomic_save, save_model
-from xattn_ray.model import Transformer
+from xattn_ray.engine.batching import EncodedPairs, collate, make_batches
+from xattn_ray.engine.checkpoint import atomic_save, save_model
+from xattn_ray.engine.model import Transformer
 from xattn_ray.schema import Invalid
-from xattn_ray.tokenizer import PAD_ID, Tokenizer
+from xattn_ray.engine.tokenizer import PAD_ID, Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from xattn_ray.model import DecoderState, Transformer
-from xattn_ray.structured_dropout import PADDING
-from xattn_ray.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from xattn_ray.engine.model import DecoderState, Transformer
+from xattn_ray.engine.structured_dropout import PADDING
+from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
 def greedy_search(model: Transformer, src: Tensor, max_len_a: float = 1.2, max_len_b: int = 10,

@@ -24,11 +24,11 @@ from pathlib import Path
 import ray
 import torch
 
-from xattn_ray.config import Experiment
-from xattn_ray.codeswitch_runs import run_codeswitch
-from xattn_ray.pipeline import read_summary, run_child, run_parent
-from xattn_ray.records import outcome_rows
-from xattn_ray.runs import CODESWITCH_STAGES, RunSpec, parent_spec, run_directory, run_id
+from xattn_ray.study.config import Experiment
+from xattn_ray.study.codeswitch import run_codeswitch
+from xattn_ray.study.training import read_summary, run_child, run_parent
+from xattn_ray.study.records import outcome_rows
+from xattn_ray.study.runs import CODESWITCH_STAGES, RunSpec, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore
 
 MAX_FAILURES = 2  # retries of a failed trial (or worker group), each from the last checkpoint
@@ -127,7 +127,7 @@ def _worker_loop(config: dict) -> None:
 
 def run_analysis_trial(config: dict, context: TrialContext) -> None:
     """The Tune function of the analyses stage: one task, its rows to the store, a marker when done."""
-    from xattn_ray.analyses import AnalysisTask, run_task, task_marker
+    from xattn_ray.study.analyses import AnalysisTask, run_task, task_marker
 
     torch.set_num_threads(int(context.worker_resources.get("CPU", 1)))
     task = AnalysisTask.from_dict(config["task"])

@@ -21,17 +21,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from xattn_ray.batching import encode_pairs
-from xattn_ray.checkpoint import load_model
-from xattn_ray.config import Experiment
-from xattn_ray.data.run_data import RunData, load_run_data
-from xattn_ray.evaluate import Score, TestResult, score_encoded
-from xattn_ray.model import Transformer, preset_config
-from xattn_ray.policies import count_parameters
-from xattn_ray.runs import RunSpec, config_hash, model_options, run_config, run_directory, run_id, train_config
-from xattn_ray.tokenizer import EOS_ID, Tokenizer, train_tokenizer
-from xattn_ray.train import Progress, Reporter, TrainingData, train
-from xattn_ray.transfer import changed_side, make_child
+from xattn_ray.engine.batching import encode_pairs
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.study.config import Experiment
+from xattn_ray.study.run_data import RunData, load_run_data
+from xattn_ray.engine.evaluate import Score, TestResult, score_encoded
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.policies import count_parameters
+from xattn_ray.study.runs import RunSpec, config_hash, model_options, run_config, run_directory, run_id, train_config
+from xattn_ray.engine.tokenizer import EOS_ID, Tokenizer, train_tokenizer
+from xattn_ray.engine.train import Progress, Reporter, TrainingData, train
+from xattn_ray.engine.transfer import changed_side, make_child
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Literal
 
 from xattn_ray.data.synthetic import FamilySpec
 from xattn_ray.errors import ConfigError
-from xattn_ray.model import PRESETS
-from xattn_ray.policies import POLICIES, Policy
+from xattn_ray.engine.model import PRESETS
+from xattn_ray.engine.policies import POLICIES, Policy
 from xattn_ray.schema import Invalid, YamlDocument, build, expand_environment, load_yaml
-from xattn_ray.tokenizer import TokenizerOptions
-from xattn_ray.train import TrainConfig
+from xattn_ray.engine.tokenizer import TokenizerOptions
+from xattn_ray.engine.train import TrainConfig
 
 # A split's files: a template with `{lang}` ("data/train.{lang}.gz", a multi-parallel set) or one path
 # per language ({fr: train.fr, en: train.en}, a pair of aligned files).
