@@ -9,9 +9,8 @@ from xattn_ray.study.analyses import AnalysisTask, analysis_tasks, run_task, tas
 from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.study.config import load_experiment
 from xattn_ray.engine.lexicon import induce_lexicon
-from xattn_ray.study.training import run_child, run_parent
-from xattn_ray.runner.plan import child_specs
-from xattn_ray.study.runs import RunSpec, run_directory
+from xattn_ray.study.runs import all_specs, run, run_folder
+from xattn_ray.study.spec import RunSpec
 from xattn_ray.store import ResultsStore
 from xattn_ray.engine.transfer import graft_embeddings
 
@@ -44,15 +43,15 @@ def study(tmp_path_factory):
     (root / "ana.yaml").write_text(STUDY)
     experiment = load_experiment(root / "ana.yaml")
     storage = root / "runs"
-    parent = run_parent(experiment, RunSpec("parent", "la-pv", 1), storage)
-    for spec in child_specs(experiment):
-        run_child(experiment, spec, storage, parent.checkpoint)
+    parent = run(experiment, RunSpec("parent", "la-pv", 1), storage)
+    for spec in all_specs(experiment)[1:]:
+        run(experiment, spec, storage)
     return experiment, storage, parent
 
 
 def test_tasks_cover_every_analysed_policy_but_scratch(study):
     experiment, storage, _ = study
-    tasks = analysis_tasks(experiment, child_specs(experiment))
+    tasks = analysis_tasks(experiment, all_specs(experiment))
     kinds = sorted((t.kind, t.spec.run, t.spec.policy) for t in tasks)
     assert kinds == [("bli", "lb-pv", "embed"), ("bli", "lb-pv", "xattn"),
                      ("forgetting", "la-lc", "embed"), ("forgetting", "la-lc", "xattn"),
@@ -66,17 +65,17 @@ def test_forgetting_of_an_embed_child_is_exactly_the_parent(study):
     """`embed` trains only the new embeddings: with the parent's plugged back, the model IS the parent."""
     experiment, storage, parent = study
     spec = RunSpec("child", "lb-pv", 1, "embed")
-    child = load_model(run_directory(storage, experiment, spec) / "best.pt")
+    child = load_model(run_folder(storage, experiment, spec).best_checkpoint)
     parent_model = load_model(parent.checkpoint)
     plugged = graft_embeddings(child, parent_model, "source")
     for name, tensor in parent_model.model.state_dict().items():
         assert torch.equal(plugged.model.state_dict()[name], tensor), name
     (row,) = run_task(experiment, AnalysisTask("forgetting", spec), storage)
     assert row["eval"] == "forgetting" and row["stage"] == "analysis" and row["status"] == "ok"
-    assert row["bleu"] == pytest.approx(parent.tests["test"].bleu.score)  # same model, same hypotheses
-    assert row["reference_bleu"] == pytest.approx(parent.tests["test"].bleu.score)
+    assert row["bleu"] == pytest.approx(parent.tests["test"].bleu)  # same model, same hypotheses
+    assert row["reference_bleu"] == pytest.approx(parent.tests["test"].bleu)
     hypotheses = open(row["hypotheses_uri"]).read().splitlines()
-    assert hypotheses == parent.tests["test"].hypotheses
+    assert hypotheses == open(parent.tests["test"].hypotheses).read().splitlines()
     assert len(open(row["references_uri"]).read().splitlines()) == row["n_evaluated"] == 20
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from xattn_ray.engine.checkpoint import load_model
-from xattn_ray.study.codeswitch import run_codeswitch
 from xattn_ray.study.config import load_experiment
 from xattn_ray.errors import ConfigError
-from xattn_ray.runner.plan import child_specs, parent_specs, pretrain_specs
-from xattn_ray.study.runs import RunSpec, config_hash, parent_spec, run_directory, run_id
+from xattn_ray.study.kinds import kind_of
+from xattn_ray.study.runs import config_hash, parent_spec, run, run_folder, run_id
+from xattn_ray.study.spec import RunSpec
 from xattn_ray.store import ResultsStore
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -104,10 +104,10 @@ def test_attention_axes_belong_to_codeswitch_studies(tmp_path):
 
 def test_plan_base_then_pretraining_per_alphas_then_the_grid(tmp_path):
     experiment = load_experiment(write_study(tmp_path, alphas="[[0.3, 0.3], [0.6, 0.5]]", seeds="[1, 2]"))
-    assert [spec.stage for spec in parent_specs(experiment)] == ["base"]
-    pretraining = pretrain_specs(experiment)
+    assert [spec.stage for spec in stages(experiment)[0]] == ["base"]
+    pretraining = stages(experiment)[1]
     assert [spec.alphas for spec in pretraining] == [(0.3, 0.3), (0.6, 0.5)]
-    runs = child_specs(experiment)
+    runs = stages(experiment)[2]
     assert len(runs) == 2 * (1 + 2) * 2  # policies x (standard + xlquery per alphas) x seeds
     for spec in runs:
         parent = parent_spec(experiment, spec)
@@ -125,11 +125,11 @@ def test_only_what_a_run_depends_on_changes_its_hash(tmp_path):
     second = load_experiment(write_study(tmp_path, alphas="[[0.5, 0.5]]"))
     standard = RunSpec("codeswitch", "cs", 1, "body", attention="standard")
     assert config_hash(first, standard) == config_hash(second, standard)
-    assert config_hash(first, child_specs(first)[1]) != config_hash(second, child_specs(second)[1])
+    assert config_hash(first, stages(first)[2][1]) != config_hash(second, stages(second)[2][1])
     # Without Q_cross pretraining an xlquery run starts from the base: another run, another id.
     plain = load_experiment(write_study(tmp_path, pretrain=""))
-    assert parent_spec(plain, child_specs(plain)[1]).stage == "base"
-    assert run_id(plain, child_specs(plain)[1]) != run_id(first, child_specs(first)[1])
+    assert parent_spec(plain, stages(plain)[2][1]).stage == "base"
+    assert run_id(plain, stages(plain)[2][1]) != run_id(first, stages(first)[2][1])
 
 
 # -- the runs, in this process -------------------------------------------------------------------
@@ -141,14 +141,19 @@ def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cs")
     experiment = load_experiment(write_study(folder))
     storage = folder / "storage"
-    specs = parent_specs(experiment) + pretrain_specs(experiment) + \
-        [spec for spec in child_specs(experiment) if spec.attention == "xlquery"]
-    outcomes = {(spec.stage, spec.policy): run_codeswitch(experiment, spec, storage) for spec in specs}
+    specs = stages(experiment)[0] + stages(experiment)[1] + \
+        [spec for spec in stages(experiment)[2] if spec.attention == "xlquery"]
+    outcomes = {(spec.stage, spec.policy): run(experiment, spec, storage) for spec in specs}
     return experiment, storage, specs, outcomes
 
 
+def stages(experiment) -> list[list[RunSpec]]:
+    """The study's runs, stage by stage: base, pretraining, fine-tuning."""
+    return [stage.specs for stage in kind_of(experiment).stages(experiment)]
+
+
 def weights(experiment, storage, spec) -> dict[str, torch.Tensor]:
-    return load_model(run_directory(storage, experiment, spec) / "best.pt").model.state_dict()
+    return load_model(run_folder(storage, experiment, spec).best_checkpoint).model.state_dict()
 
 
 def test_base_is_scored_on_single_sentences_and_finetuning_on_every_kind(trained):
@@ -158,11 +163,11 @@ def test_base_is_scored_on_single_sentences_and_finetuning_on_every_kind(trained
     body = outcomes["codeswitch", "body"]
     assert sorted(body.tests) == ["test.mono.la", "test.mono.lb", "test.mono.lc", "test.seen.la+lb",
                                   "test.unseen.lb+lc", "test.unseen.lc+la"]
-    folder = run_directory(storage, experiment, specs[2])
-    references = (folder / "references.test.unseen.lb+lc.txt").read_text().splitlines()
-    hypotheses = (folder / "hypotheses.test.unseen.lb+lc.txt").read_text().splitlines()
+    folder = run_folder(storage, experiment, specs[2])
+    references = folder.references("test.unseen.lb+lc").read_text().splitlines()
+    hypotheses = folder.hypotheses("test.unseen.lb+lc").read_text().splitlines()
     assert len(references) == len(hypotheses) == 20
-    assert json.loads((folder / "result.json").read_text())["status"] == "ok"
+    assert json.loads(folder.result_file.read_text())["status"] == "ok"
 
 
 def test_pretraining_changes_only_q_cross_and_starts_it_from_q(trained):

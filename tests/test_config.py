@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from xattn_ray.study.config import LanguagePair, load_experiment
+from xattn_ray.data.options import LanguagePair
+from xattn_ray.study.config import load_experiment
 from xattn_ray.errors import ConfigError
 
 VALID = """\

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_DATA, requires_multi30k
-from xattn_ray.study.config import FilterConfig, TrainingSlice, load_experiment
+from xattn_ray.data.options import FilterConfig, TrainingSlice
+from xattn_ray.study.config import load_experiment
 from xattn_ray.data.corpus import ParallelText, clean_training_pairs, read_lines, read_parallel, slice_lines
-from xattn_ray.study.run_data import experiment_runs, load_run_data, run_name
+from xattn_ray.study.transfer import experiment_runs, load_run_data, run_name
 from xattn_ray.errors import DataError
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.study.config import load_experiment
-from xattn_ray.study.training import run_child, run_parent
-from xattn_ray.study.runs import RunSpec, run_directory
+from xattn_ray.study.runs import run, run_folder
+from xattn_ray.study.spec import RunSpec
 from xattn_ray.engine.policies import POLICIES
 
 TINY_STUDY = """\
@@ -35,7 +35,7 @@ def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     (root / "tiny.yaml").write_text(TINY_STUDY)
     experiment = load_experiment(root / "tiny.yaml")
-    parent = run_parent(experiment, RunSpec("parent", "la-pv", 1), root / "runs")
+    parent = run(experiment, RunSpec("parent", "la-pv", 1), root / "runs")
     return root, experiment, parent
 
 
@@ -44,17 +44,19 @@ def test_parent_run_trains_scores_and_records(study):
     assert parent.stop_reason == "max_updates" and parent.updates == 12
     assert parent.trainable_params == parent.total_params
     test = parent.tests["test"]
-    assert len(test.hypotheses) == 20 and 0.0 <= test.bleu.score <= 100.0
-    assert "tok:13a" in test.bleu.signature
-    record = json.loads((parent.checkpoint.parent / "result.json").read_text())
-    assert record["tests"]["test"]["bleu"] == test.bleu.score
-    assert (parent.checkpoint.parent / "hypotheses.test.txt").read_text().splitlines() == test.hypotheses
+    assert test.sentences == 20 and 0.0 <= test.bleu <= 100.0
+    assert "tok:13a" in test.bleu_signature
+    folder = run_folder(root / "runs", experiment, RunSpec("parent", "la-pv", 1))
+    record = json.loads(folder.result_file.read_text())
+    assert record["tests"]["test"]["bleu"] == test.bleu
+    assert folder.result() == parent
+    assert len(folder.hypotheses("test").read_text().splitlines()) == 20 and test.hypotheses == str(folder.hypotheses("test"))
 
 
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_every_policy_runs_on_a_new_source_child(study, policy):
     root, experiment, parent = study
-    child = run_child(experiment, RunSpec("child", "lb-pv", 1, policy), root / "runs", parent.checkpoint)
+    child = run(experiment, RunSpec("child", "lb-pv", 1, policy), root / "runs", Path(parent.checkpoint))
     assert child.side == "source" and child.updates == 12 and "test" in child.tests
     loaded = load_model(child.checkpoint)
     assert loaded.src_tokenizer.language == "lb" and loaded.tgt_tokenizer.language == "pv"
@@ -68,11 +70,11 @@ def test_every_policy_runs_on_a_new_source_child(study, policy):
 def test_new_target_child_keeps_the_parent_source_side(study):
     root, experiment, parent = study
     spec = RunSpec("child", "la-lb", 1, "xattn")
-    child = run_child(experiment, spec, root / "runs", parent.checkpoint)
+    child = run(experiment, spec, root / "runs", Path(parent.checkpoint))
     loaded = load_model(child.checkpoint)
     assert child.side == "target" and loaded.tgt_tokenizer.language == "lb"
     assert loaded.src_tokenizer.to_bytes() == load_model(parent.checkpoint).src_tokenizer.to_bytes()
-    assert child.checkpoint.parent == run_directory(root / "runs", experiment, spec)
+    assert Path(child.checkpoint).parent == run_folder(root / "runs", experiment, spec).path
 
 
 def xattn_ray(*args, cwd):

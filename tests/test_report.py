@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from xattn_ray.study.config import load_experiment
-from xattn_ray.study.run_data import load_run_data
+from xattn_ray.study.transfer import load_run_data
 from xattn_ray.report import (bli_table, build_report, child_bleu, cost_table, forgetting_table, significance,
                               table2, zeroshot_table)
 from xattn_ray.store import ResultsStore, make_row

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from xattn_ray.study.config import load_experiment
-from xattn_ray.runner.plan import child_specs, plan_resources
+from xattn_ray.runner.plan import plan_resources
+from xattn_ray.study.runs import all_specs
 from xattn_ray.errors import ConfigError
 from xattn_ray.store import ResultsStore
 
@@ -229,7 +230,7 @@ def test_optuna_search_per_grid_cell_records_the_best_of_each(tmp_path):
     search = ("grid: {policies: [body, xattn], seeds: [1]}\n"
               "search:\n  space: {lr: {loguniform: [0.0005, 0.01]}}\n  samples: 2\n  metric: valid_loss\n")
     study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search)
-    assert len(child_specs(load_experiment(study))) == 2
+    assert len([spec for spec in all_specs(load_experiment(study)) if spec.stage == "child"]) == 2
     result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     children = [s for s in summaries(tmp_path / "st", "tiny").values() if s["spec"]["stage"] == "child"]

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xattn_ray.study.config import LanguagePair
+from xattn_ray.data.options import LanguagePair, changed_side
 from xattn_ray.engine.model import Transformer, preset_config
 from xattn_ray.engine.policies import POLICIES, Policy, PolicyError, count_parameters, group_sizes, trainable_names
 from xattn_ray.engine.tokenizer import PAD_ID
-from xattn_ray.engine.transfer import TransferError, changed_side, make_child
+from xattn_ray.engine.transfer import TransferError, make_child
 
 FR_EN = LanguagePair("fr", "en")
 

@@ -134,66 +134,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> int:
     from xattn_ray.study.config import load_experiment
-    from xattn_ray.study.run_data import experiment_runs, load_run_data, run_name
+    from xattn_ray.study.kinds import kind_of
 
     experiment = load_experiment(args.experiment)
-    if experiment.codeswitch is not None:
-        return _validate_codeswitch(args, experiment)
-    runs = experiment_runs(experiment)
-    loaded = {run_name(run): load_run_data(experiment, run, args.storage / "cache") for run in runs}
+    kind = kind_of(experiment)
+    data = kind.check_data(experiment, args.storage / "cache")
     print(f"experiment {experiment.name!r} ({args.experiment}): config and data OK")
-    print(f"{'run':<14} {'pair':<8} {'from':<22} {'train pairs':>11} {'dropped':>8} {'valid':>6}  tests")
-    for run in runs:
-        data = loaded[run_name(run)]
-        origin = "scratch" if run in experiment.parents else f"{run.parent} ({_changed_side(experiment, run)})"
-        dropped = data.cleaning.empty + data.cleaning.too_long + data.cleaning.bad_ratio
-        tests = ", ".join(f"{name} {len(text)}" for name, text in data.tests.items())
-        print(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {len(data.train):>11} {dropped:>8} "
-              f"{len(data.valid):>6}  {tests}")
-    _print_plan(experiment)
-    return 0
-
-
-def _validate_codeswitch(args: argparse.Namespace, experiment) -> int:
-    """A code-switching study: its data after cleaning, its test sets, and the plan."""
-    from xattn_ray.study.codeswitch import load_study_data, study_pair
-    from xattn_ray.runner.plan import child_specs, pretrain_specs
-
-    study = experiment.codeswitch
-    data = load_study_data(experiment, args.storage / "cache")
-    lines = lambda split: len(split[study.pivot])  # noqa: E731 (every language has as many)
-    print(f"experiment {experiment.name!r} ({args.experiment}): config and data OK")
-    print(f"code-switching study {study_pair(study)} on corpus {study.corpus!r}: base model {lines(data.base_train)} "
-          f"lines x {len(study.sources)} sources; fine-tuning {lines(data.tune_train)} two-sentence examples "
-          f"({study.code_switched_share:.0%} code-switched: {', '.join('+'.join(p) for p in study.train_pairs)}, "
-          f"order {study.order}); valid {lines(data.valid)}")
-    tests = ", ".join(f"{name} {lines(split)}" for name, split in data.tests.items())
-    print(f"tests: {tests}; each as mono.<source>, seen.<pair> ({len(study.train_pairs)}), "
-          f"unseen.<pair> ({', '.join('+'.join(p) for p in study.test_pairs) or 'none'})")
-    grid = experiment.grid
-    runs = child_specs(experiment)
-    print(f"plan: 1 base run, {len(pretrain_specs(experiment))} Q_cross pretraining run(s), then {len(runs)} "
-          f"fine-tuning runs = {len(grid.policies)} policies ({', '.join(grid.policies)}) x attention "
-          f"({', '.join(grid.attention)}; xlquery x {len(grid.alphas)} alphas) x {len(grid.seeds)} seeds")
+    print("\n".join(data + kind.plan_lines(experiment)))
     _print_resources(experiment)
     return 0
-
-
-def _print_plan(experiment) -> None:
-    """The trials `xattn-ray run` would schedule, and how many fit at once on this machine."""
-    from xattn_ray.runner.plan import child_specs
-
-    grid = experiment.grid
-    cells = child_specs(experiment)
-    axes = [f"{len(experiment.children)} children", f"{len(grid.policies)} policies ({', '.join(grid.policies)})"]
-    if grid.sizes:
-        axes.append(f"{len(grid.sizes)} sizes")
-    axes += [f"{len(values)} {name}" for name, values in grid.options.items()]
-    axes.append(f"{len(grid.seeds)} seeds")
-    trials = len(cells) * (experiment.search.samples if experiment.search else 1)
-    print(f"plan: {len(experiment.parents)} parent run(s), then {trials} child runs = {' x '.join(axes)}"
-          + (f" x {experiment.search.samples} {experiment.search.metric} search samples" if experiment.search else ""))
-    _print_resources(experiment)
 
 
 def _print_resources(experiment) -> None:
@@ -206,16 +155,6 @@ def _print_resources(experiment) -> None:
         print(f"  on this machine: {plan_resources(experiment.resources, machine).describe(machine)}")
     except XattnError as err:
         print(f"  on this machine: does not fit ({err}); a cluster given to `run --address` may")
-
-
-def _changed_side(experiment, child) -> str:
-    """Which side of the parent's pair the child replaces, as the transfer will detect it."""
-    parent, pair = experiment.parent(child.parent).language_pair, child.language_pair
-    if pair.src != parent.src and pair.tgt == parent.tgt:
-        return f"new src {pair.src}"
-    if pair.tgt != parent.tgt and pair.src == parent.src:
-        return f"new tgt {pair.tgt}"
-    return "both sides" if pair.src != parent.src else "same pair"
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -251,21 +190,16 @@ def _base_url(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xattn_ray.runner.study import run_study
+    from xattn_ray.runner.summary import format_summary
     from xattn_ray.study.config import load_experiment
-    from xattn_ray.study.run_data import experiment_runs, load_run_data
-    from xattn_ray.runner.study import format_summary, run_study
+    from xattn_ray.study.kinds import kind_of
 
     experiment = load_experiment(args.experiment)
     if "://" in str(args.storage) or str(args.storage).startswith("s3:"):
         raise XattnError(f"--storage {args.storage}: must be a folder every node can see (e.g. a shared "
                          f"filesystem mount); put results on object storage with --store")
-    # Every data file is checked before any trial starts.
-    if experiment.codeswitch is not None:
-        from xattn_ray.study.codeswitch import load_study_data
-
-        load_study_data(experiment, args.storage / "cache")
-    for run in experiment_runs(experiment):
-        load_run_data(experiment, run, args.storage / "cache")
+    kind_of(experiment).check_data(experiment, args.storage / "cache")  # every data file, before any trial
     store = args.store or str(args.storage.absolute() / "results")
     if args.num_cpus is not None and args.address:
         raise XattnError("--num-cpus sizes the local Ray instance; a cluster given by --address has its own")
@@ -278,43 +212,43 @@ def _run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from xattn_ray.study.config import ChildConfig, load_experiment
-    from xattn_ray.study.run_data import experiment_runs, run_name
-    from xattn_ray.study.training import run_child, run_parent
-    from xattn_ray.study.runs import RunSpec, parent_spec, run_directory
+    from xattn_ray.study.runs import parent_spec, run, run_folder
+    from xattn_ray.study.spec import RunSpec
+    from xattn_ray.study.transfer import experiment_runs, run_name
 
     experiment = load_experiment(args.experiment)
     if experiment.codeswitch is not None:
         raise XattnError(f"{args.experiment}: a code-switching study's runs depend on each other; run the study with "
                          f"`xattn-ray run {args.experiment}`")
-    runs = {run_name(run): run for run in experiment_runs(experiment)}
+    runs = {run_name(entry): entry for entry in experiment_runs(experiment)}
     if args.run not in runs:
         raise XattnError(f"{args.experiment}: no run named {args.run!r} (runs: {', '.join(runs)})")
-    run = runs[args.run]
-    if isinstance(run, ChildConfig):
+    checkpoint = None
+    if isinstance(runs[args.run], ChildConfig):
         if not args.policy:
             raise XattnError(f"run {args.run!r} is a child: give --policy (e.g. xattn)")
         experiment.policy(args.policy)  # an unknown name fails before any work
         spec = RunSpec("child", args.run, args.seed, args.policy)
         parent = parent_spec(experiment, spec)
-        checkpoint = args.parent_checkpoint or run_directory(args.storage, experiment, parent) / "best.pt"
+        checkpoint = args.parent_checkpoint or run_folder(args.storage, experiment, parent).best_checkpoint
         if not checkpoint.is_file():
             raise XattnError(f"parent checkpoint {checkpoint} not found: train the parent first "
                              f"(xattn-ray train {args.experiment} --run {parent.run} --seed {parent.seed}) "
                              f"or give --parent-checkpoint")
-        outcome = run_child(experiment, spec, args.storage, checkpoint, resume=args.resume)
     else:
         if args.policy:
             raise XattnError(f"run {args.run!r} is a parent: it trains from scratch, without --policy")
-        outcome = run_parent(experiment, RunSpec("parent", args.run, args.seed), args.storage, resume=args.resume)
-    policy = f", {outcome.spec.policy}" if outcome.spec.policy else ""
-    print(f"{outcome.spec.run} ({outcome.pair}{policy}, seed {outcome.spec.seed}): "
-          f"{outcome.stop_reason} after {outcome.updates} updates, {outcome.train_seconds:.0f} s, "
-          f"{outcome.target_tokens_per_second:.0f} target tokens/s")
-    print(f"  trainable params: {outcome.trainable_params:,} of {outcome.total_params:,}")
-    for name, result in outcome.tests.items():
-        print(f"  {name}: BLEU {result.bleu.score:.2f}  chrF {result.chrf.score:.2f}  ({result.bleu.signature})")
-    print(f"  checkpoint: {outcome.checkpoint}")
-    return 1 if outcome.failed else 0
+        spec = RunSpec("parent", args.run, args.seed)
+    result = run(experiment, spec, args.storage, parent_checkpoint=checkpoint, resume=args.resume)
+    policy = f", {spec.policy}" if spec.policy else ""
+    print(f"{spec.run} ({result.pair}{policy}, seed {spec.seed}): "
+          f"{result.stop_reason} after {result.updates} updates, {result.train_seconds:.0f} s, "
+          f"{result.target_tokens_per_second:.0f} target tokens/s")
+    print(f"  trainable params: {result.trainable_params:,} of {result.total_params:,}")
+    for name, test in result.tests.items():
+        print(f"  {name}: BLEU {test.bleu:.2f}  chrF {test.chrf:.2f}  ({test.bleu_signature})")
+    print(f"  checkpoint: {result.checkpoint}")
+    return 0 if result.ok else 1
 
 
 def _translate(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from xattn_ray.study.config import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
+from xattn_ray.data.options import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
 from xattn_ray.data.synthetic import FamilySpec, family_dir_name, generate_family, language_codes
 from xattn_ray.errors import DataError
 
@@ -72,7 +72,7 @@ def resolve_corpus(name: str, config: CorpusConfig, base_dir: Path, cache_dir: P
     """Turn a corpus declaration into concrete paths; a synthetic corpus is generated (once) into the cache."""
     if config.synthetic is not None:
         return _synthetic_corpus(name, config.synthetic, cache_dir)
-    languages = sorted(_declared_languages(config))
+    languages = sorted(config.declared_languages())
 
     def files(split: SplitFiles) -> dict[str, Path]:
         if isinstance(split, str):
@@ -87,11 +87,6 @@ def resolve_corpus(name: str, config: CorpusConfig, base_dir: Path, cache_dir: P
         tests={test_name: files(split) for test_name, split in config.test.items()},
     )
 
-
-def _declared_languages(config: CorpusConfig) -> set[str]:
-    if isinstance(config.train, dict):
-        return set(config.train)
-    return set(config.languages or [])
 
 
 def _resolve(path: str, base_dir: Path) -> Path:

@@ -13,16 +13,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from xattn_ray.engine.structured_dropout import PADDING
 from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-
-if TYPE_CHECKING:  # the config (which imports this module's users) also defines corpora
-    from xattn_ray.data.corpus import ParallelText
 
 
 @dataclass(frozen=True)
@@ -38,11 +34,11 @@ class EncodedPairs:
         return len(self.src)
 
 
-def encode_pairs(text: ParallelText, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
+def encode_pairs(sources: Sequence[str], targets: Sequence[str], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
                  max_positions: int) -> EncodedPairs:
-    """Encode both sides and append EOS; drop pairs that do not fit `max_positions` (BOS/EOS included)."""
+    """Encode aligned sentences and append EOS; drop pairs that do not fit `max_positions` (BOS/EOS included)."""
     src_ids, tgt_ids, dropped = [], [], 0
-    for src, tgt in zip(src_tokenizer.encode(text.src), tgt_tokenizer.encode(text.tgt)):
+    for src, tgt in zip(src_tokenizer.encode(sources), tgt_tokenizer.encode(targets)):
         if len(src) + 1 > max_positions or len(tgt) + 1 > max_positions:
             dropped += 1
             continue

@@ -4,7 +4,7 @@ Gheini et al. (2021) ask whether training only the cross-attention forces a chil
 into the space of the embeddings they replace. For each word of the child's new language (German,
 say) that a gold dictionary translates, they retrieve the nearest word of the parent's language
 (French) in the parent's embedding matrix; the word is a hit when the dictionary lists that pair.
-P@1 is hits / evaluated words (REFERENCE.md section A: 55% after +xattn, 19.7% after +body).
+P@1 is hits / evaluated words (docs/paper.md, "Lexicon induction": 55% after +xattn, 19.7% after +body).
 
 Decisions, where the paper and its scripts leave room:
 - Words. A vocabulary entry is a whole word when its piece starts with SentencePiece's word marker

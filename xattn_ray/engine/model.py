@@ -1,6 +1,6 @@
 """The encoder-decoder Transformer of the paper's code, with parameter names that freeze policies select.
 
-Architecture (Gheini et al. 2021 used fairseq's transformer with these flags; REFERENCE.md section A):
+Architecture (Gheini et al. 2021 used fairseq's transformer with these flags; docs/paper.md, "Architecture"):
 pre-norm layers (layer norm before each sub-layer) and a final layer norm in encoder and decoder;
 learned positional embeddings; a layer norm on the embedding sum; no sqrt(d) embedding scaling;
 separate source and target vocabularies; the target token embeddings double as the output projection.

@@ -24,7 +24,7 @@ from xattn_ray.schema import Invalid
 
 Side = Literal["source", "target"]
 
-# Parameter groups, by the names model.py keeps stable (REFERENCE.md section A).
+# Parameter groups, by the names model.py keeps stable (docs/paper.md, "Parameter groups").
 GROUPS: dict[str, tuple[str, ...]] = {
     "src": ("src_embed.*",),  # source tokens, positions, embedding layer norm
     "tgt": ("tgt_embed.*",),  # target tokens (= the tied output projection), positions, layer norm

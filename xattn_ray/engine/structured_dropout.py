@@ -19,7 +19,7 @@ In both, the first token's row and column are always kept (it bridges the two se
 keys never are. Training uses the authors' alphas 0.3 / 0.3, so each query partly does the other's
 work (they found such interfering masks generalise better); evaluation uses 0 / 0, the exact block
 pattern: M1 within segments, M2 across them. Masks are drawn anew on every call, so an example drawn
-again in another epoch gets other masks, as in the authors' code (REFERENCE.md section B).
+again in another epoch gets other masks, as in the authors' code (docs/paper.md, "Structured dropout masks").
 
 An example without segment 2 is monolingual, which the authors run with plain attention (their
 `is_mono` path, with M1 all ones: their `mono_alpha` 1.0). Here its M1 keeps every non-padding key

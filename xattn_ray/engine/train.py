@@ -99,6 +99,10 @@ class Progress:
     history: list[dict] = field(default_factory=list)  # metrics of every validation
 
 
+# The files `train` writes into its folder (study/run_folder.py lays out the rest of a run's folder).
+LAST_CHECKPOINT = "last.pt"  # full training state: weights, optimizer, schedule position, RNG
+BEST_CHECKPOINT = "best.pt"  # the model with the lowest validation loss, with its tokenizers
+
 @dataclass(frozen=True)
 class TrainResult:
     progress: Progress
@@ -156,7 +160,7 @@ def train(model: nn.Module, data: TrainingData, config: TrainConfig, workdir: Pa
     optimizer = build_optimizer(model, config)
     torch.manual_seed(config.seed)
     progress = Progress()
-    if resume_from is not None and (resume_from / "last.pt").is_file():
+    if resume_from is not None and (resume_from / LAST_CHECKPOINT).is_file():
         progress = _restore(resume_from / "last.pt", core, optimizer)
         log.info("resumed at update %d (epoch %d, batch %d)", progress.update, progress.epoch,
                  progress.batch_in_epoch)
@@ -180,9 +184,9 @@ def train(model: nn.Module, data: TrainingData, config: TrainConfig, workdir: Pa
         progress.history.append(metrics)
         if rank == 0:
             if improved:
-                save_model(workdir / "best.pt", core, data.src_tokenizer, data.tgt_tokenizer,
+                save_model(workdir / BEST_CHECKPOINT, core, data.src_tokenizer, data.tgt_tokenizer,
                            {**(extra or {}), "update": progress.update, "valid_loss": valid_loss})
-            _save_state(workdir / "last.pt", core, optimizer, progress)
+            _save_state(workdir / LAST_CHECKPOINT, core, optimizer, progress)
         reporter.report(metrics, workdir if rank == 0 else None)
         return config.patience > 0 and progress.bad_validations >= config.patience
 
@@ -227,7 +231,7 @@ def train(model: nn.Module, data: TrainingData, config: TrainConfig, workdir: Pa
                     checkpoint_and_report(window_loss / window_tokens, int(window_tokens), window_seconds)
     if stop_reason.startswith("non-finite"):
         log.error("stopping: %s", stop_reason)
-    return TrainResult(progress=progress, stop_reason=stop_reason, best_checkpoint=workdir / "best.pt")
+    return TrainResult(progress=progress, stop_reason=stop_reason, best_checkpoint=workdir / BEST_CHECKPOINT)
 
 
 def _limit_reached(config: TrainConfig, progress: Progress) -> str:

@@ -7,7 +7,8 @@ Then the policy decides what trains.
 
 After training, `graft_embeddings` moves an embedding group the other way, from one trained model into
 another: plugging the parent's embeddings back into a child measures forgetting, and joining one
-child's body with another child's new embeddings makes a zero-shot pair (REFERENCE.md section A).
+child's body with another child's new embeddings makes a zero-shot pair (docs/paper.md, "Forgetting" and
+"Stitching and zero-shot").
 
 `to_xlquery` gives a trained standard model the cross-lingual query of Foroutan et al. (2023): the same
 weights plus Q_cross := Q in every encoder layer, so the variant starts exactly where the model was.
@@ -19,7 +20,6 @@ import dataclasses
 from dataclasses import dataclass
 
 from xattn_ray.engine.checkpoint import LoadedModel
-from xattn_ray.study.config import LanguagePair
 from xattn_ray.errors import XattnError
 from xattn_ray.engine.model import Transformer
 from xattn_ray.engine.structured_dropout import MaskAlphas
@@ -30,16 +30,6 @@ class TransferError(XattnError, ValueError):  # still a ValueError, as callers c
     """A model that cannot be made from the given ones: a child whose both sides changed (or neither),
     or an embedding group grafted onto a body of another shape."""
 
-
-def changed_side(parent: LanguagePair, child: LanguagePair) -> Side:
-    """`source` for Fr-En -> De-En, `target` for Fr-En -> Fr-De."""
-    if child.src != parent.src and child.tgt == parent.tgt:
-        return "source"
-    if child.tgt != parent.tgt and child.src == parent.src:
-        return "target"
-    what = "both sides change" if child.src != parent.src else "no side changes"
-    raise TransferError(f"child {child} of parent {parent}: {what}; transfer replaces exactly one "
-                        f"side (use the `scratch` policy to train such a pair from scratch)")
 
 
 @dataclass(frozen=True)

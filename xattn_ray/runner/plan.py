@@ -1,69 +1,20 @@
-"""What a study will run, worked out before Ray starts: the trials of each stage and the resource plan.
+"""How much each trial of a study holds and how many run at once, worked out before Ray starts.
 
-Plain Python, no Ray: `xattn-ray validate` prints the plan, tests check it in milliseconds.
+Plain Python, no Ray: `xattn-ray validate` prints the plan, tests check it in milliseconds. (Which
+trials each stage has is the study kind's to say: `study.kinds`.)
 
-- Parents: one trial per parent run (its own `seed`); a code-switching study: its base model, then one
-  Q_cross pretraining run per grid alphas when it has `pretrain`.
-- Children: every combination of child x policy x size x grid option values x seed (the grid's cells).
-  With a `search` section, each cell is searched on its own: an Optuna search draws `samples` values
-  of the search space for it (Optuna cannot search across grid axes).
-- Resources: a one-worker trial runs the training loop in its own process and takes the worker's
-  CPUs/GPUs; a several-worker trial is a driver (1 CPU) plus a Ray Train worker group. The plan never
-  asks for more trials at once than the cluster can hold.
+A one-worker trial runs the training loop in its own process and takes the worker's CPUs/GPUs; a
+several-worker trial is a driver (1 CPU) plus a Ray Train worker group. The plan never asks for more
+trials at once than the cluster can hold.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
-from xattn_ray.study.config import Experiment, ResourcesConfig
+from xattn_ray.study.config import ResourcesConfig
 from xattn_ray.errors import ConfigError
-from xattn_ray.study.runs import RunSpec, codeswitch_base_spec
-
-
-def parent_specs(experiment: Experiment) -> list[RunSpec]:
-    """The first stage: the parents, or a code-switching study's base model."""
-    if experiment.codeswitch is not None:
-        return [codeswitch_base_spec(experiment)]
-    return [RunSpec("parent", parent.name, parent.seed) for parent in experiment.parents]
-
-
-def pretrain_specs(experiment: Experiment) -> list[RunSpec]:
-    """A code-switching study's Q_cross pretraining runs: one per grid alphas (none without `pretrain`)."""
-    study = experiment.codeswitch
-    if study is None or study.pretrain is None or "xlquery" not in experiment.grid.attention:
-        return []
-    return [RunSpec("pretrain", "pretrain", study.seed, attention="xlquery", alphas=tuple(alphas))
-            for alphas in experiment.grid.alphas]
-
-
-def child_specs(experiment: Experiment) -> list[RunSpec]:
-    """Every child run of the grid: child x policy x size x grid options x seed (seeds innermost).
-
-    A code-switching study's fine-tuning runs instead: policy x attention (x alphas for xlquery) x grid
-    options x seed.
-    """
-    grid = experiment.grid
-    names = sorted(grid.options)
-    specs = []
-    if experiment.codeswitch is not None:
-        for policy in grid.policies:
-            for attention in grid.attention:
-                for alphas in grid.alphas if attention == "xlquery" else [None]:
-                    for values in itertools.product(*(grid.options[name] for name in names)):
-                        specs += [RunSpec("codeswitch", "cs", seed, policy, None, dict(zip(names, values)), attention,
-                                          None if alphas is None else tuple(alphas))
-                                  for seed in grid.seeds]
-        return specs
-    for child in experiment.children:
-        for policy in grid.policies:
-            for size in grid.sizes or [None]:
-                for values in itertools.product(*(grid.options[name] for name in names)):
-                    specs += [RunSpec("child", child.run_name, seed, policy, size, dict(zip(names, values)))
-                              for seed in grid.seeds]
-    return specs
 
 
 @dataclass(frozen=True)
@@ -110,7 +61,8 @@ def plan_resources(resources: ResourcesConfig, cluster: dict[str, float], autosc
     if resources.gpus_per_worker:
         worker["GPU"] = resources.gpus_per_worker
     # A Tune trial may not ask for zero resources, and fractional CPUs for drivers add up until
-    # nothing fits (DESIGN.md): a several-worker trial's driver holds one whole CPU.
+    # nothing fits: a several-worker trial's driver holds one whole CPU (docs/ray-facts.md, "No
+    # zero-resource trials" and "Whole CPUs").
     trial = dict(worker) if resources.workers == 1 else {"CPU": 1.0}
     plan = ResourcePlan(resources.workers, worker, trial, 1)
     need = plan.per_trial()

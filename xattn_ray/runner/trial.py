@@ -3,12 +3,13 @@
 Three layers, as in Ray's own examples:
 
     run_trial (Tune function, one per grid cell)
-      ├─ one worker:      pipeline.run_parent / run_child here, reporting through `ray.tune.report`
-      └─ several workers: TorchTrainer(worker_loop) — each worker runs the same pipeline with its model
+      ├─ one worker:      study.runs.run here, reporting through `ray.tune.report`
+      └─ several workers: TorchTrainer(worker_loop) — each worker runs the same run with its model
                           wrapped in DDP and reports through `ray.train.report`; a TuneReportCallback
                           forwards rank 0's reports to this trial
 
-A one-worker trial skips the TorchTrainer because its start-up costs about 30 s per trial (DESIGN.md).
+A one-worker trial skips the TorchTrainer because its start-up costs about 30 s per trial
+(docs/ray-facts.md, "Trial start-up cost").
 Both paths resume from the run folder's `last.pt`, so a retried trial (Tune's or Train's FailureConfig)
 continues from its last checkpoint; the study driver only starts trials for runs that are not finished.
 When the run ends, the trial writes its rows to the results store and makes one last report.
@@ -17,19 +18,17 @@ When the run ends, the trial writes its rows to the results store and makes one 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import torch
 
-from xattn_ray.study.config import Experiment
-from xattn_ray.study.codeswitch import run_codeswitch
-from xattn_ray.study.training import read_summary, run_child, run_parent
-from xattn_ray.study.records import outcome_rows
-from xattn_ray.study.runs import CODESWITCH_STAGES, RunSpec, parent_spec, run_directory, run_id
 from xattn_ray.store import ResultsStore
+from xattn_ray.study.config import Experiment
+from xattn_ray.study.records import outcome_rows
+from xattn_ray.study.runs import run, run_folder, run_id
+from xattn_ray.study.spec import RunSpec
 
 MAX_FAILURES = 2  # retries of a failed trial (or worker group), each from the last checkpoint
 
@@ -70,29 +69,20 @@ def run_trial(config: dict, context: TrialContext) -> None:
         _run(context, spec, TuneReporter(), wrap_model=None)
     else:
         _fit_worker_group(context, spec)
-    workdir = run_directory(context.storage, experiment, spec)
-    summary = read_summary(workdir)
+    result = run_folder(context.storage, experiment, spec).result()
     trial_id = ray.tune.get_context().get_trial_id()
-    ResultsStore(context.store_uri).write(outcome_rows(experiment, spec, summary, trial_id))
-    final = {"finished": True, "status": summary["status"], "update": summary["updates"],
-             "valid_loss": summary["best_valid_loss"], "valid_bleu": summary["valid_bleu"]}
-    for name, test in summary["tests"].items():
-        final[f"bleu/{name.replace('+', '_')}"] = test["bleu"]  # TensorBoard tags allow no `+`
+    ResultsStore(context.store_uri).write(outcome_rows(experiment, spec, result, trial_id))
+    final = {"finished": True, "status": result.status, "update": result.updates,
+             "valid_loss": result.best_valid_loss, "valid_bleu": result.valid_bleu}
+    for name, test in result.tests.items():
+        final[f"bleu/{name.replace('+', '_')}"] = test.bleu  # TensorBoard tags allow no `+`
     ray.tune.report(final)
 
 
 def _run(context: TrialContext, spec: RunSpec, reporter, wrap_model) -> None:
-    """The pipeline for one worker; resumes from the run folder when a checkpoint is there."""
-    experiment, storage = context.experiment, context.storage
-    if spec.stage in CODESWITCH_STAGES:
-        run_codeswitch(experiment, spec, storage, reporter, resume=True, wrap_model=wrap_model)
-    elif spec.stage == "parent":
-        run_parent(experiment, spec, storage, reporter, resume=True, wrap_model=wrap_model,
-                   score_valid=context.score_valid)
-    else:
-        parent_checkpoint = run_directory(storage, experiment, parent_spec(experiment, spec)) / "best.pt"
-        run_child(experiment, spec, storage, parent_checkpoint, reporter, resume=True, wrap_model=wrap_model,
-                  score_valid=context.score_valid)
+    """The run for one worker; resumes from the run folder when a checkpoint is there."""
+    run(context.experiment, spec, context.storage, reporter=reporter, resume=True, wrap_model=wrap_model,
+        score_valid=context.score_valid)
 
 
 def _fit_worker_group(context: TrialContext, spec: RunSpec) -> None:
@@ -123,18 +113,3 @@ def _worker_loop(config: dict) -> None:
     if spec.attention == "xlquery":  # Q_cross gets no gradient from a batch without a second segment
         wrap = functools.partial(prepare_model, parallel_strategy_kwargs={"find_unused_parameters": True})
     _run(context, spec, TrainReporter(), wrap_model=wrap)
-
-
-def run_analysis_trial(config: dict, context: TrialContext) -> None:
-    """The Tune function of the analyses stage: one task, its rows to the store, a marker when done."""
-    from xattn_ray.study.analyses import AnalysisTask, run_task, task_marker
-
-    torch.set_num_threads(int(context.worker_resources.get("CPU", 1)))
-    task = AnalysisTask.from_dict(config["task"])
-    rows = run_task(context.experiment, task, context.storage)
-    ResultsStore(context.store_uri).write(rows)
-    marker = task_marker(context.storage, context.experiment, task)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"rows": len(rows)}) + "\n")
-    ray.tune.report({"finished": True, "rows": len(rows)})
-

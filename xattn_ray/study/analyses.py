@@ -16,19 +16,23 @@ Plain Python: the runner schedules the tasks as a Ray Tune stage; tests call `ru
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from xattn_ray.engine.checkpoint import LoadedModel, load_model
-from xattn_ray.study.config import Experiment, LanguagePair
+from xattn_ray.data.options import LanguagePair
+from xattn_ray.study.config import Experiment
 from xattn_ray.data.corpus import read_parallel, resolve_corpus
 from xattn_ray.engine.evaluate import score_test_set
 from xattn_ray.engine.lexicon import find_dictionary, lexicon_induction
-from xattn_ray.study.training import read_summary
 from xattn_ray.study.records import run_fields
-from xattn_ray.study.runs import RunSpec, parent_spec, run_config, run_directory, run_id
+from xattn_ray.study.run_folder import Result
+from xattn_ray.study.runs import parent_spec, run_folder, run_id
+from xattn_ray.study.spec import RunSpec
+from xattn_ray.study.transfer import child_side, run_config
 from xattn_ray.store import make_row
-from xattn_ray.engine.transfer import changed_side, graft_embeddings
+from xattn_ray.engine.transfer import graft_embeddings
 
 
 @dataclass(frozen=True)
@@ -59,14 +63,14 @@ def task_id(experiment: Experiment, task: AnalysisTask) -> str:
 def task_marker(storage: Path, experiment: Experiment, task: AnalysisTask) -> Path:
     """Written once the task's rows are stored. It lives in the analysed run's folder, so retraining
     that run (its folder deleted) also forgets its analyses."""
-    return run_directory(storage, experiment, task.spec) / "analyses" / f"{task_id(experiment, task)}.done"
+    return run_folder(storage, experiment, task.spec).analysis_marker(task_id(experiment, task))
 
 
 def analysis_tasks(experiment: Experiment, child_runs: list[RunSpec]) -> list[AnalysisTask]:
     """The tasks the experiment's `analyses` section asks for, over the study's child runs."""
     analyses = experiment.analyses
     policies = analyses.policies or [p for p in experiment.grid.policies if p != "scratch"]
-    runs = [spec for spec in child_runs if spec.policy in policies]
+    runs = [spec for spec in child_runs if spec.stage == "child" and spec.policy in policies]
     tasks = []
     if analyses.forgetting:
         tasks += [AnalysisTask("forgetting", spec) for spec in runs]
@@ -74,7 +78,7 @@ def analysis_tasks(experiment: Experiment, child_runs: list[RunSpec]) -> list[An
         tasks += [AnalysisTask("bli", spec) for spec in runs if spec.run in analyses.lexicon.children]
     for index, stitch in enumerate(analyses.zeroshot):
         for body in (spec for spec in runs if spec.run == stitch.body):
-            donor = RunSpec(body.stage, stitch.embeddings, body.seed, body.policy, body.size, dict(body.options))
+            donor = dataclasses.replace(body, run=stitch.embeddings)
             if donor in runs:
                 tasks.append(AnalysisTask("zeroshot", body, donor, index))
     return tasks
@@ -92,24 +96,19 @@ def run_task(experiment: Experiment, task: AnalysisTask, storage: Path) -> list[
 
 @dataclass
 class _Finished:
-    """A finished run: its spec, its best model, its `result.json`."""
+    """A finished run: its spec, its best model, its result."""
 
     spec: RunSpec
     loaded: LoadedModel
-    summary: dict = field(default_factory=dict)
+    result: Result
 
 
 def _finished(experiment: Experiment, spec: RunSpec, storage: Path) -> _Finished:
-    folder = run_directory(storage, experiment, spec)
-    summary = read_summary(folder)
-    if summary is None or summary["status"] != "ok":
-        raise FileNotFoundError(f"run {folder.name} has not finished successfully")
-    return _Finished(spec, load_model(folder / "best.pt"), summary)
-
-
-def _side(experiment: Experiment, spec: RunSpec) -> str:
-    child = run_config(experiment, spec)
-    return changed_side(experiment.parent(child.parent).language_pair, child.language_pair)
+    folder = run_folder(storage, experiment, spec)
+    result = folder.result()
+    if result is None or not result.ok:
+        raise FileNotFoundError(f"run {folder.run_id} has not finished successfully")
+    return _Finished(spec, load_model(folder.best_checkpoint), result)
 
 
 def _decoding(experiment: Experiment) -> dict:
@@ -136,10 +135,10 @@ def _forgetting(experiment: Experiment, task: AnalysisTask, storage: Path) -> li
     """Child with the parent's embeddings back, on the parent's test sets."""
     child = _finished(experiment, task.spec, storage)
     parent = _finished(experiment, parent_spec(experiment, task.spec), storage)
-    plugged = graft_embeddings(child.loaded, parent.loaded, _side(experiment, task.spec))
+    plugged = graft_embeddings(child.loaded, parent.loaded, child_side(experiment, task.spec))
     parent_run = run_config(experiment, parent.spec)
     tests = _test_sets(experiment, parent_run.corpus, parent_run.language_pair, parent_run.test_sets, storage)
-    folder = run_directory(storage, experiment, task.spec) / "analyses"
+    folder = run_folder(storage, experiment, task.spec).analyses
     rows = []
     for name, text in tests.items():
         result = score_test_set(plugged.model, plugged.src_tokenizer, plugged.tgt_tokenizer, text.src, text.tgt,
@@ -147,7 +146,7 @@ def _forgetting(experiment: Experiment, task: AnalysisTask, storage: Path) -> li
         rows.append(make_row(**task_fields(experiment, task), eval="forgetting", test_set=name,
                              bleu=result.bleu.score, chrf=result.chrf.score, bleu_signature=result.bleu.signature,
                              chrf_signature=result.chrf.signature, n_evaluated=len(text.src),
-                             reference_bleu=parent.summary["tests"].get(name, {}).get("bleu"),
+                             reference_bleu=parent.result.tests[name].bleu if name in parent.result.tests else None,
                              hypotheses_uri=_write_lines(folder, f"forgetting.{name}.txt", result.hypotheses),
                              references_uri=_write_lines(folder, f"references.{parent_run.pair}.{name}.txt", text.tgt),
                              status="ok"))
@@ -158,7 +157,7 @@ def _lexicon(experiment: Experiment, task: AnalysisTask, storage: Path) -> list[
     """P@1 of the child's new words against the parent's words of the language they replaced."""
     child = _finished(experiment, task.spec, storage)
     parent = _finished(experiment, parent_spec(experiment, task.spec), storage)
-    side = _side(experiment, task.spec)
+    side = child_side(experiment, task.spec)
     child_pair = run_config(experiment, task.spec).language_pair
     parent_pair = run_config(experiment, parent.spec).language_pair
     new, old = (child_pair.src, parent_pair.src) if side == "source" else (child_pair.tgt, parent_pair.tgt)
@@ -186,13 +185,13 @@ def _zeroshot(experiment: Experiment, task: AnalysisTask, storage: Path) -> list
     stitch = experiment.analyses.zeroshot[task.zeroshot]
     body = _finished(experiment, task.spec, storage)
     donor = _finished(experiment, task.donor, storage)
-    donor_side = _side(experiment, task.donor)
+    donor_side = child_side(experiment, task.donor)
     stitched = graft_embeddings(body.loaded, donor.loaded, donor_side)
     pair = zeroshot_pair(experiment, task)
     corpus = stitch.corpus or experiment.child_corpus(run_config(experiment, task.spec))
     tests = _test_sets(experiment, corpus, pair, stitch.test_sets, storage)
-    folder = run_directory(storage, experiment, task.spec) / "analyses"
-    provenance = json.dumps({"body": body.summary["run_id"], "embeddings": donor.summary["run_id"],
+    folder = run_folder(storage, experiment, task.spec).analyses
+    provenance = json.dumps({"body": body.result.run_id, "embeddings": donor.result.run_id,
                              "side": donor_side, "baselines": stitch.baselines})
     fields = task_fields(experiment, task)
     rows = []
@@ -212,7 +211,7 @@ def zeroshot_pair(experiment: Experiment, task: AnalysisTask) -> LanguagePair:
     """The pair a stitched model translates: the donor's new side with the body child's other side."""
     body_pair = run_config(experiment, task.spec).language_pair
     donor_pair = run_config(experiment, task.donor).language_pair
-    if _side(experiment, task.donor) == "source":
+    if child_side(experiment, task.donor) == "source":
         return LanguagePair(donor_pair.src, body_pair.tgt)
     return LanguagePair(body_pair.src, donor_pair.tgt)
 

@@ -23,28 +23,35 @@ translates exactly as the base does: Q_cross is unused there).
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from xattn_ray.engine.batching import EncodedPairs
-from xattn_ray.engine.checkpoint import load_model
-from xattn_ray.study.config import CodeSwitchStudy, Experiment, FilterConfig
 from xattn_ray.data.codeswitch import (build_test_sets, build_training_set, encode_codeswitched,
                                        encode_monolingual)
 from xattn_ray.data.corpus import pair_fault, read_lines, resolve_corpus
-from xattn_ray.errors import DataError
+from xattn_ray.data.options import FilterConfig
+from xattn_ray.engine.batching import EncodedPairs
+from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.engine.model import Transformer, preset_config
-from xattn_ray.study.training import ModelWrapper, RunOutcome, TestSet, train_and_score
 from xattn_ray.engine.policies import NEW_EMBED, count_parameters, freeze, select
-from xattn_ray.study.runs import RunSpec, model_options, parent_spec, run_directory
 from xattn_ray.engine.structured_dropout import MaskAlphas
 from xattn_ray.engine.tokenizer import Tokenizer, train_tokenizer
-from xattn_ray.engine.train import Reporter, TrainingData
+from xattn_ray.engine.train import TrainConfig, TrainingData
 from xattn_ray.engine.transfer import to_xlquery
+from xattn_ray.errors import DataError
+from xattn_ray.store import codeswitch_kind
+from xattn_ray.study.config import CodeSwitchStudy, Experiment, corpus_identity
+from xattn_ray.study.run_folder import Result
+from xattn_ray.study.spec import RunSpec, StagePlan, model_options
+from xattn_ray.study.summary import mean_std
+from xattn_ray.study.training import RunContext, TestSet, train_and_score
 
 log = logging.getLogger(__name__)
 
@@ -166,21 +173,19 @@ def _test_set(encoded: EncodedPairs, references: Sequence[str], label: str, tgt_
     return TestSet(encoded.src, encoded.segments, list(references))
 
 
-def run_codeswitch(experiment: Experiment, spec: RunSpec, storage: Path, reporter: Reporter | None = None,
-                   resume: bool = False, wrap_model: ModelWrapper | None = None) -> RunOutcome:
-    """Train and score the base, pretraining or fine-tuning run `spec` names (its parent must be finished)."""
+def _run(context: RunContext) -> Result:
+    """Train and score the base, pretraining or fine-tuning run (its parent must be finished)."""
+    experiment, spec = context.experiment, context.spec
     study = experiment.codeswitch
-    cache = storage / "cache"
-    data = load_study_data(experiment, cache)
-    src_tok, tgt_tok = study_tokenizers(experiment, data, cache / "spm")
+    data = load_study_data(experiment, context.cache)
+    src_tok, tgt_tok = study_tokenizers(experiment, data, context.cache / "spm")
     torch.manual_seed(spec.seed)
-    if spec.stage == "base":
+    if context.parent_checkpoint is None:
         model = Transformer(preset_config(experiment.model.preset, src_tok.vocab_size, tgt_tok.vocab_size,
                                           **experiment.model.overrides(), **model_options(spec)))
         parent_pair = None
     else:
-        parent = load_model(run_directory(storage, experiment, parent_spec(experiment, spec)) / "best.pt").model
-        model = _prepared(parent, spec, experiment)
+        model = _prepared(load_model(context.parent_checkpoint).model, spec, experiment)
         parent_pair = study_pair(study)
     log.info("%s: %s", spec.stage, count_parameters(model).summary())
     max_positions = model.config.max_positions
@@ -193,8 +198,7 @@ def run_codeswitch(experiment: Experiment, spec: RunSpec, storage: Path, reporte
     # Pretraining is not scored: on single sentences Q_cross is unused, so it translates them as the base does.
     tests = {} if spec.stage == "pretrain" else \
         test_sets(data, study, src_tok, tgt_tok, max_positions, codeswitched=spec.stage == "codeswitch")
-    return train_and_score(experiment, spec, study_pair(study), parent_pair, None, model, training, tests, storage,
-                           reporter, resume, wrap_model)
+    return train_and_score(context, study_pair(study), parent_pair, None, model, training, tests)
 
 
 def _prepared(parent: Transformer, spec: RunSpec, experiment: Experiment) -> Transformer:
@@ -213,3 +217,115 @@ def _prepared(parent: Transformer, spec: RunSpec, experiment: Experiment) -> Tra
     if model_options(spec):
         model.set_dropout(**model_options(spec))
     return model
+
+
+def _base_spec(study: CodeSwitchStudy) -> RunSpec:
+    return RunSpec("base", "base", study.seed, attention="standard")
+
+
+class CodeSwitching:
+    """The `StudyKind` of code-switching studies."""
+
+    name = "codeswitch"
+
+    def stages(self, experiment: Experiment) -> list[StagePlan]:
+        study, grid = experiment.codeswitch, experiment.grid
+        pretraining = []
+        if study.pretrain is not None and "xlquery" in grid.attention:
+            pretraining = [RunSpec("pretrain", "pretrain", study.seed, attention="xlquery", alphas=tuple(alphas))
+                           for alphas in grid.alphas]
+        names = sorted(grid.options)
+        runs = []
+        for policy in grid.policies:
+            for attention in grid.attention:
+                for alphas in grid.alphas if attention == "xlquery" else [None]:
+                    for values in itertools.product(*(grid.options[name] for name in names)):
+                        runs += [RunSpec("codeswitch", "cs", seed, policy, None, dict(zip(names, values)), attention,
+                                         None if alphas is None else tuple(alphas))
+                                 for seed in grid.seeds]
+        return [StagePlan("parents", [_base_spec(study)]), StagePlan("pretrain", pretraining),
+                StagePlan("children", runs)]
+
+    def parent_spec(self, experiment: Experiment, spec: RunSpec) -> RunSpec | None:
+        study = experiment.codeswitch
+        if spec.stage == "base":
+            return None
+        if spec.stage == "codeswitch" and spec.attention == "xlquery" and study.pretrain is not None:
+            return RunSpec("pretrain", "pretrain", study.seed, attention="xlquery", alphas=spec.alphas)
+        return _base_spec(study)
+
+    def base_train_config(self, experiment: Experiment, spec: RunSpec) -> TrainConfig:
+        study = experiment.codeswitch
+        return {"base": study.base_train or experiment.train, "pretrain": study.pretrain,
+                "codeswitch": experiment.child_train or experiment.train}[spec.stage]
+
+    def hash_payload(self, experiment: Experiment, spec: RunSpec) -> dict:
+        study = experiment.codeswitch
+        examples = {key: value for key, value in dataclasses.asdict(study).items()
+                    if key not in ("base_train", "pretrain")}
+        payload = {"codeswitch": examples, "attention": spec.attention, "alphas": spec.alphas,
+                   "corpus": corpus_identity(experiment, study.corpus)}
+        if spec.stage == "codeswitch":
+            payload["policy"] = {"name": spec.policy, **dataclasses.asdict(experiment.policy(spec.policy))}
+        return payload
+
+    def row_fields(self, experiment: Experiment, spec: RunSpec) -> dict:
+        """The pair is the study's (`fr+de+cs-en`); each test row's `test_set` names its languages."""
+        study = experiment.codeswitch
+        pair = study_pair(study)
+        alphas = spec.alphas or (None, None)
+        return dict(parent_pair=None if spec.stage == "base" else pair, pair=pair, src_lang="+".join(study.sources),
+                    tgt_lang=study.pivot, attention=spec.attention, mono_alpha=alphas[0], cross_alpha=alphas[1])
+
+    def hparams(self, experiment: Experiment, spec: RunSpec) -> dict:
+        return {"codeswitch": dataclasses.asdict(experiment.codeswitch)}
+
+    def run(self, context: RunContext) -> Result:
+        return _run(context)
+
+    def check_data(self, experiment: Experiment, cache: Path) -> list[str]:
+        study = experiment.codeswitch
+        data = load_study_data(experiment, cache)
+
+        def lines(split: Lines) -> int:  # every language has as many
+            return len(split[study.pivot])
+
+        tests = ", ".join(f"{name} {lines(split)}" for name, split in data.tests.items())
+        return [f"code-switching study {study_pair(study)} on corpus {study.corpus!r}: base model "
+                f"{lines(data.base_train)} lines x {len(study.sources)} sources; fine-tuning {lines(data.tune_train)} "
+                f"two-sentence examples ({study.code_switched_share:.0%} code-switched: "
+                f"{', '.join('+'.join(p) for p in study.train_pairs)}, order {study.order}); valid {lines(data.valid)}",
+                f"tests: {tests}; each as mono.<source>, seen.<pair> ({len(study.train_pairs)}), "
+                f"unseen.<pair> ({', '.join('+'.join(p) for p in study.test_pairs) or 'none'})"]
+
+    def plan_lines(self, experiment: Experiment) -> list[str]:
+        grid = experiment.grid
+        _, pretraining, runs = self.stages(experiment)
+        return [f"plan: 1 base run, {len(pretraining.specs)} Q_cross pretraining run(s), then {len(runs.specs)} "
+                f"fine-tuning runs = {len(grid.policies)} policies ({', '.join(grid.policies)}) x attention "
+                f"({', '.join(grid.attention)}; xlquery x {len(grid.alphas)} alphas) x {len(grid.seeds)} seeds"]
+
+    def summary_lines(self, results: list[Result], analyses: list[dict]) -> list[str]:
+        """Mean BLEU over each kind's test sets, a row per policy and attention variant."""
+        kinds = ("mono", "seen", "unseen")
+        cells: dict[tuple[str, str], list[float]] = {}
+        for result in results:
+            spec = result.spec
+            if not result.ok or spec.stage == "pretrain":
+                continue
+            label = "base" if spec.stage == "base" else f"{spec.policy} {spec.attention}" + (
+                "" if spec.alphas is None else f" {spec.alphas[0]:g}/{spec.alphas[1]:g}")
+            for kind in kinds:
+                scores = [test.bleu for name, test in result.tests.items() if codeswitch_kind(name) == kind]
+                if scores:
+                    cells.setdefault((label, kind), []).append(statistics.mean(scores))
+        labels = sorted({label for label, _ in cells}, key=lambda label: (label != "base", label))
+        lines = ["BLEU, mean over each kind's test sets (mean ± std over seeds): single sentences (mono), "
+                 "code-switched training pairs (seen), held-out pairs (unseen)",
+                 f"{'run':<26} " + " ".join(f"{kind:>14}" for kind in kinds)]
+        for label in labels:
+            lines.append(f"{label:<26} " + " ".join(f"{mean_std(cells.get((label, kind), [])):>14}" for kind in kinds))
+        return lines
+
+
+CODESWITCH = CodeSwitching()

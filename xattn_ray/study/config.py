@@ -12,101 +12,18 @@ from the environment, so one file serves a laptop and a cluster.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from xattn_ray.data.synthetic import FamilySpec
-from xattn_ray.errors import ConfigError
+from xattn_ray.data.options import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
 from xattn_ray.engine.model import PRESETS
 from xattn_ray.engine.policies import POLICIES, Policy
-from xattn_ray.schema import Invalid, YamlDocument, build, expand_environment, load_yaml
 from xattn_ray.engine.tokenizer import TokenizerOptions
 from xattn_ray.engine.train import TrainConfig
-
-# A split's files: a template with `{lang}` ("data/train.{lang}.gz", a multi-parallel set) or one path
-# per language ({fr: train.fr, en: train.en}, a pair of aligned files).
-SplitFiles = str | dict[str, str]
-
-
-@dataclass(frozen=True)
-class LanguagePair:
-    """A translation direction, written `src-tgt` (e.g. `fr-en`)."""
-
-    src: str
-    tgt: str
-
-    @classmethod
-    def parse(cls, text: str) -> LanguagePair:
-        parts = text.split("-")
-        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
-            raise Invalid("pair", f"expected two different languages written 'src-tgt', got {text!r}")
-        return cls(parts[0], parts[1])
-
-    def __str__(self) -> str:
-        return f"{self.src}-{self.tgt}"
-
-
-@dataclass(frozen=True)
-class CorpusConfig:
-    """Where one corpus lives: files per split and language, or a synthetic family to generate."""
-
-    languages: list[str] | None = None  # the languages `{lang}` templates cover
-    train: SplitFiles | None = None
-    valid: SplitFiles | None = None
-    test: dict[str, SplitFiles] = field(default_factory=dict)  # named test sets
-    synthetic: FamilySpec | None = None  # generate the synthetic family instead of reading files
-
-    def __post_init__(self) -> None:
-        if self.synthetic is not None:
-            for name in ("languages", "train", "valid"):
-                if getattr(self, name) is not None:
-                    raise Invalid(name, "a synthetic corpus names no files (they are generated)")
-            if self.test:
-                raise Invalid("test", "a synthetic corpus names no files (they are generated)")
-            return
-        if self.train is None:
-            raise Invalid(None, "a corpus needs `train` files (or `synthetic:` to generate them)")
-        if self.valid is None:
-            raise Invalid(None, "a corpus needs `valid` files (early stopping and model selection use them)")
-        if not self.test:
-            raise Invalid(None, "a corpus needs at least one named `test` set")
-        templates = [("train", self.train), ("valid", self.valid)]
-        templates += [(f"test.{name}", files) for name, files in self.test.items()]
-        for key, files in templates:
-            if isinstance(files, str) and "{lang}" not in files:
-                raise Invalid(key, "a single path must contain {lang}; give one path per language instead")
-            if isinstance(files, str) and not self.languages:
-                raise Invalid("languages", f"`{key}` is a {{lang}} template, so list the corpus's languages")
-
-
-@dataclass(frozen=True)
-class FilterConfig:
-    """Length filters for training pairs only; validation and test data are never filtered."""
-
-    max_tokens: int | None = 250  # whitespace tokens per side; longer pairs are dropped
-    max_length_ratio: float | None = 9.0  # longer side / shorter side, in whitespace tokens
-
-    def __post_init__(self) -> None:
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise Invalid("max_tokens", "must be at least 1")
-        if self.max_length_ratio is not None and self.max_length_ratio < 1:
-            raise Invalid("max_length_ratio", "must be at least 1")
-
-
-@dataclass(frozen=True)
-class TrainingSlice:
-    """Which training lines a run uses: lines [start, end) of the train split, then the first `size`."""
-
-    lines: tuple[int, int] | None = None  # [start, end), 0-based; None: the whole split
-    size: int | None = None  # first N lines of the slice (learning curves); None: all of it
-
-    def __post_init__(self) -> None:
-        if self.lines is not None and not 0 <= self.lines[0] < self.lines[1]:
-            raise Invalid("lines", f"expected [start, end) with 0 <= start < end, got {list(self.lines)}")
-        if self.size is not None and self.size < 1:
-            raise Invalid("size", "must be at least 1")
-
+from xattn_ray.errors import ConfigError
+from xattn_ray.schema import Invalid, YamlDocument, build, expand_environment, load_yaml
 
 class _RunFields:
     """What parent and child runs share: a language pair and a slice of the training split."""
@@ -291,7 +208,7 @@ class ResourcesConfig:
     """What one run takes, and how many runs may train at once."""
 
     workers: int = 1  # more than one: data-parallel training through Ray Train (DDP)
-    cpus_per_worker: int = 1  # whole CPUs: fractional trial CPUs can deadlock Ray (DESIGN.md)
+    cpus_per_worker: int = 1  # whole CPUs: fractional trial CPUs can deadlock Ray (docs/ray-facts.md, "Whole CPUs")
     gpus_per_worker: float = 0.0
     max_concurrent: int | None = None  # None: as many as the cluster's resources allow
 
@@ -487,7 +404,7 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
             raise_at(doc, key_path + ("corpus",), f"no corpus named {corpus_name!r} (corpora: {known})")
         corpus = experiment.corpora[corpus_name]
         if corpus.synthetic is None:
-            languages = corpus_languages(corpus)
+            languages = corpus.declared_languages()
             for language in (run.language_pair.src, run.language_pair.tgt):
                 if language not in languages:
                     raise_at(doc, key_path + ("pair",),
@@ -517,7 +434,7 @@ def _check_codeswitch(experiment: Experiment, doc: YamlDocument) -> None:
                                                 f"(corpora: {', '.join(experiment.corpora) or 'none'})")
     corpus = experiment.corpora[study.corpus]
     if corpus.synthetic is None:
-        languages = corpus_languages(corpus)
+        languages = corpus.declared_languages()
         for lang in [*study.sources, study.pivot]:
             if lang not in languages:
                 raise_at(doc, ("codeswitch", "sources" if lang != study.pivot else "pivot"),
@@ -591,11 +508,6 @@ def apply_options(train: TrainConfig, options: dict[str, float]) -> TrainConfig:
     return dataclasses.replace(train, **changes)
 
 
-def corpus_languages(corpus: CorpusConfig) -> set[str]:
-    """The languages a file-based corpus provides in its train split."""
-    if isinstance(corpus.train, dict):
-        return set(corpus.train)
-    return set(corpus.languages or [])
 
 
 def _with_environment_expanded(experiment: Experiment, doc: YamlDocument) -> Experiment:
@@ -624,6 +536,21 @@ def _with_environment_expanded(experiment: Experiment, doc: YamlDocument) -> Exp
                    for i, folder in enumerate(analyses.lexicon.dictionaries)]
         analyses = dataclasses.replace(analyses, lexicon=dataclasses.replace(analyses.lexicon, dictionaries=folders))
     return dataclasses.replace(experiment, corpora=corpora, analyses=analyses)
+
+
+def corpus_identity(experiment: Experiment, name: str) -> dict:
+    """The corpus section `name` with every file path absolute, for config hashes: moving the experiment
+    file alone changes no hash, pointing it at other data does."""
+
+    def resolve(files):
+        if isinstance(files, str):
+            return os.path.normpath(experiment.base_dir / files)
+        if isinstance(files, dict):
+            return {key: resolve(value) for key, value in files.items()}
+        return files
+
+    corpus = dataclasses.asdict(experiment.corpora[name])
+    return {key: resolve(value) if key in ("train", "valid", "test") else value for key, value in corpus.items()}
 
 
 def raise_at(doc: YamlDocument, key_path: tuple, why: str) -> None:

@@ -1,4 +1,4 @@
-"""Results-store rows of one run, made from its `result.json` (or from why it has none).
+"""Results-store rows of one run, made from its `Result` (or from why it has none).
 
 Rows derive from the run's files, never from the live trial, so writing them again (a retried trial,
 a resumed study, a reused parent) replaces the same rows: the store's (run_id, eval) key does the rest.
@@ -9,62 +9,41 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from xattn_ray.study.config import Experiment
-from xattn_ray.study.runs import CODESWITCH_STAGES, RunSpec, config_hash, model_options, run_config, run_id, train_config
 from xattn_ray.store import make_row
+from xattn_ray.study.config import Experiment
+from xattn_ray.study.kinds import kind_of
+from xattn_ray.study.run_folder import Result
+from xattn_ray.study.runs import config_hash, run_id, train_config
+from xattn_ray.study.spec import RunSpec, model_options
 
 
 def run_fields(experiment: Experiment, spec: RunSpec) -> dict:
     """The columns every row of a run shares, known before it trains."""
-    if spec.stage in CODESWITCH_STAGES:
-        return _codeswitch_fields(experiment, spec)
-    run = run_config(experiment, spec)
-    pair = run.language_pair
-    parent_pair = None if spec.stage == "parent" else experiment.parent(run.parent).pair
-    side = None
-    if parent_pair is not None:
-        side = "source" if pair.src != parent_pair.split("-")[0] else "target"
+    kind = kind_of(experiment)
     hparams = {"train": dataclasses.asdict(train_config(experiment, spec)), "model": dataclasses.asdict(experiment.model),
-               "model_options": model_options(spec), "options": spec.options, "size": run.size, "lines": run.lines,
-               "tokenizer": dataclasses.asdict(experiment.tokenizer), "evaluation": dataclasses.asdict(experiment.evaluation)}
-    return dict(experiment=experiment.name, run_id=run_id(experiment, spec), stage=spec.stage, parent_pair=parent_pair,
-                pair=str(pair), src_lang=pair.src, tgt_lang=pair.tgt, side=side, policy=spec.policy, seed=spec.seed,
-                train_size=run.size, hparams=json.dumps(hparams, sort_keys=True, default=str),
-                config_hash=config_hash(experiment, spec))
+               "model_options": model_options(spec), "options": spec.options,
+               "tokenizer": dataclasses.asdict(experiment.tokenizer),
+               "evaluation": dataclasses.asdict(experiment.evaluation), **kind.hparams(experiment, spec)}
+    return dict(experiment=experiment.name, run_id=run_id(experiment, spec), stage=spec.stage, policy=spec.policy,
+                seed=spec.seed, hparams=json.dumps(hparams, sort_keys=True, default=str),
+                config_hash=config_hash(experiment, spec), **kind.row_fields(experiment, spec))
 
 
-def _codeswitch_fields(experiment: Experiment, spec: RunSpec) -> dict:
-    """A code-switching run's columns: its attention variant and training alphas; the pair is the study's
-    (`fr+de+cs-en`), each test row's `test_set` names its languages."""
-    study = experiment.codeswitch
-    hparams = {"train": dataclasses.asdict(train_config(experiment, spec)), "model": dataclasses.asdict(experiment.model),
-               "model_options": model_options(spec), "options": spec.options, "codeswitch": dataclasses.asdict(study),
-               "tokenizer": dataclasses.asdict(experiment.tokenizer), "evaluation": dataclasses.asdict(experiment.evaluation)}
-    pair = f"{'+'.join(study.sources)}-{study.pivot}"
-    alphas = spec.alphas or (None, None)
-    return dict(experiment=experiment.name, run_id=run_id(experiment, spec), stage=spec.stage,
-                parent_pair=None if spec.stage == "base" else pair, pair=pair, src_lang="+".join(study.sources),
-                tgt_lang=study.pivot, policy=spec.policy, seed=spec.seed, attention=spec.attention,
-                mono_alpha=alphas[0], cross_alpha=alphas[1], hparams=json.dumps(hparams, sort_keys=True, default=str),
-                config_hash=config_hash(experiment, spec))
-
-
-def outcome_rows(experiment: Experiment, spec: RunSpec, summary: dict, trial_id: str | None = None) -> list[dict]:
-    """A `train` row (how training went) and one `test` row per test set, from `result.json`."""
-    shared = dict(run_fields(experiment, spec), trainable_params=summary["trainable_params"],
-                  total_params=summary["total_params"], updates=summary["updates"],
-                  train_seconds=summary["train_seconds"],
-                  target_tokens_per_second=summary["target_tokens_per_second"],
-                  best_valid_loss=_finite(summary["best_valid_loss"]), stop_reason=summary["stop_reason"],
-                  checkpoint_uri=summary["checkpoint"], status=summary["status"], ray_trial_id=trial_id,
-                  error=summary["stop_reason"] if summary["status"] != "ok" else None)
-    rows = [make_row(**shared, eval="train", valid_curve=json.dumps(summary["valid_curve"]),
-                     bleu=summary.get("valid_bleu"), test_set="valid" if summary.get("valid_bleu") is not None else None)]
-    for name, test in summary["tests"].items():
-        rows.append(make_row(**shared, eval="test", test_set=name, bleu=test["bleu"], chrf=test["chrf"],
-                             bleu_signature=test["bleu_signature"], chrf_signature=test["chrf_signature"],
-                             n_evaluated=test["sentences"], hypotheses_uri=test["hypotheses"],
-                             references_uri=test.get("references")))
+def outcome_rows(experiment: Experiment, spec: RunSpec, result: Result, trial_id: str | None = None) -> list[dict]:
+    """A `train` row (how training went) and one `test` row per test set."""
+    shared = dict(run_fields(experiment, spec), trainable_params=result.trainable_params,
+                  total_params=result.total_params, updates=result.updates, train_seconds=result.train_seconds,
+                  target_tokens_per_second=result.target_tokens_per_second,
+                  best_valid_loss=_finite(result.best_valid_loss), stop_reason=result.stop_reason,
+                  checkpoint_uri=result.checkpoint, status=result.status, ray_trial_id=trial_id,
+                  error=None if result.ok else result.stop_reason)
+    rows = [make_row(**shared, eval="train", valid_curve=json.dumps([list(point) for point in result.valid_curve]),
+                     bleu=result.valid_bleu, test_set="valid" if result.valid_bleu is not None else None)]
+    for name, test in result.tests.items():
+        rows.append(make_row(**shared, eval="test", test_set=name, bleu=test.bleu, chrf=test.chrf,
+                             bleu_signature=test.bleu_signature, chrf_signature=test.chrf_signature,
+                             n_evaluated=test.sentences, hypotheses_uri=test.hypotheses,
+                             references_uri=test.references))
     return rows
 
 

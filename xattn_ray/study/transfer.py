@@ -1,0 +1,289 @@
+"""Transfer studies (Gheini et al. 2021): parents trained from scratch, children moved to a new language.
+
+A parent run trains a model on its pair. A child run loads its parent's best checkpoint, trains (or
+reuses from the cache) a SentencePiece model for the new language on the child's training text, keeps
+the parent's tokenizer for the side that does not change, builds the child with
+`engine.transfer.make_child` under its freeze policy, trains it and scores its test sets.
+
+    stages      parents (one run each, its own seed), then children: child x policy x size x grid
+                option values x seed (seeds innermost); a `search` section searches each such cell
+    analyses    forgetting, zero-shot stitching and lexicon induction on the finished children
+                (`study.analyses`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xattn_ray.data.corpus import (CleaningReport, ParallelText, clean_training_pairs, read_parallel,
+                                   resolve_corpus, slice_lines)
+from xattn_ray.data.options import LanguagePair, changed_side
+from xattn_ray.engine.batching import encode_pairs
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.policies import count_parameters
+from xattn_ray.engine.tokenizer import Tokenizer, train_tokenizer
+from xattn_ray.engine.train import TrainConfig, TrainingData
+from xattn_ray.engine.transfer import make_child
+from xattn_ray.errors import ConfigError
+from xattn_ray.study.config import ChildConfig, Experiment, ParentConfig, corpus_identity
+from xattn_ray.study.run_folder import Result
+from xattn_ray.study.spec import RunSpec, StagePlan, model_options
+from xattn_ray.study.summary import mean_std
+from xattn_ray.study.training import RunContext, text_test_set, train_and_score
+
+log = logging.getLogger(__name__)
+
+Run = ParentConfig | ChildConfig
+
+
+def run_name(run: Run) -> str:
+    return run.name if isinstance(run, ParentConfig) else run.run_name
+
+
+def experiment_runs(experiment: Experiment) -> list[Run]:
+    """Parents first, then children: the order in which they can train."""
+    return [*experiment.parents, *experiment.children]
+
+
+def run_config(experiment: Experiment, spec: RunSpec) -> Run:
+    """The parent or child section of `spec`, with the grid's size applied."""
+    runs = {p.name: p for p in experiment.parents} if spec.stage == "parent" else \
+        {c.run_name: c for c in experiment.children}
+    if spec.run not in runs:
+        raise ConfigError(f"experiment {experiment.name!r} has no {spec.stage} run named {spec.run!r} "
+                          f"({spec.stage} runs: {', '.join(runs) or 'none'})")
+    run = runs[spec.run]
+    return dataclasses.replace(run, size=spec.size) if spec.size is not None else run
+
+
+def run_corpus(experiment: Experiment, run: Run) -> str:
+    return run.corpus if isinstance(run, ParentConfig) else experiment.child_corpus(run)
+
+
+def child_side(experiment: Experiment, spec: RunSpec) -> str:
+    """The side of its parent's pair that a child run replaces: `source` or `target`."""
+    child = run_config(experiment, spec)
+    return changed_side(experiment.parent(child.parent).language_pair, child.language_pair)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a run reads, already checked: training pairs, validation pairs, named test sets."""
+
+    pair: LanguagePair
+    train: ParallelText
+    cleaning: CleaningReport
+    valid: ParallelText
+    tests: dict[str, ParallelText]
+
+
+def load_run_data(experiment: Experiment, run: Run, cache_dir: Path) -> RunData:
+    """Read, check and clean the data of `run`; any problem is a DataError naming the file."""
+    corpus_name = run_corpus(experiment, run)
+    corpus = resolve_corpus(corpus_name, experiment.corpora[corpus_name], experiment.base_dir, cache_dir)
+    pair = run.language_pair
+    train = read_parallel(*corpus.pair_files(corpus.train, pair, "train"))
+    train, cleaning = clean_training_pairs(slice_lines(train, run.training_slice), experiment.filters)
+    if cleaning.empty or cleaning.too_long or cleaning.bad_ratio:
+        log.info("%s: %s: dropped %d empty, %d too long, %d bad length ratio; kept %d training pairs",
+                 run_name(run), train.origin, cleaning.empty, cleaning.too_long, cleaning.bad_ratio,
+                 cleaning.kept)
+    valid = read_parallel(*corpus.pair_files(corpus.valid, pair, "valid"))
+    test_names = run.test_sets if run.test_sets is not None else list(corpus.tests)
+    tests = {name: read_parallel(*corpus.pair_files(corpus.tests[name], pair, f"test {name}"))
+             for name in test_names}
+    return RunData(pair=pair, train=train, cleaning=cleaning, valid=valid, tests=tests)
+
+
+class Transfer:
+    """The `StudyKind` of transfer studies."""
+
+    name = "transfer"
+
+    def stages(self, experiment: Experiment) -> list[StagePlan]:
+        grid = experiment.grid
+        names = sorted(grid.options)
+        children = []
+        for child in experiment.children:
+            for policy in grid.policies:
+                for size in grid.sizes or [None]:
+                    for values in itertools.product(*(grid.options[name] for name in names)):
+                        children += [RunSpec("child", child.run_name, seed, policy, size, dict(zip(names, values)))
+                                     for seed in grid.seeds]
+        parents = [RunSpec("parent", parent.name, parent.seed) for parent in experiment.parents]
+        return [StagePlan("parents", parents), StagePlan("children", children)]
+
+    def parent_spec(self, experiment: Experiment, spec: RunSpec) -> RunSpec | None:
+        if spec.stage == "parent":
+            return None
+        parent = experiment.parent(run_config(experiment, spec).parent)
+        return RunSpec("parent", parent.name, parent.seed)
+
+    def base_train_config(self, experiment: Experiment, spec: RunSpec) -> TrainConfig:
+        return experiment.train_config(run_config(experiment, spec))
+
+    def hash_payload(self, experiment: Experiment, spec: RunSpec) -> dict:
+        run = run_config(experiment, spec)
+        payload = {"pair": run.pair, "lines": run.lines, "size": run.size, "test_sets": run.test_sets,
+                   "corpus": corpus_identity(experiment, run_corpus(experiment, run))}
+        if spec.stage == "child":
+            payload["policy"] = {"name": spec.policy, **dataclasses.asdict(experiment.policy(spec.policy))}
+        return payload
+
+    def row_fields(self, experiment: Experiment, spec: RunSpec) -> dict:
+        run = run_config(experiment, spec)
+        pair = run.language_pair
+        parent_pair = None if spec.stage == "parent" else experiment.parent(run.parent).pair
+        side = None if parent_pair is None else ("source" if pair.src != parent_pair.split("-")[0] else "target")
+        return dict(parent_pair=parent_pair, pair=str(pair), src_lang=pair.src, tgt_lang=pair.tgt, side=side,
+                    train_size=run.size)
+
+    def hparams(self, experiment: Experiment, spec: RunSpec) -> dict:
+        run = run_config(experiment, spec)
+        return {"size": run.size, "lines": run.lines}
+
+    def run(self, context: RunContext) -> Result:
+        if context.spec.stage == "parent":
+            return _run_parent(context)
+        return _run_child(context)
+
+    def check_data(self, experiment: Experiment, cache: Path) -> list[str]:
+        runs = experiment_runs(experiment)
+        loaded = {run_name(run): load_run_data(experiment, run, cache) for run in runs}
+        lines = [f"{'run':<14} {'pair':<8} {'from':<22} {'train pairs':>11} {'dropped':>8} {'valid':>6}  tests"]
+        for run in runs:
+            data = loaded[run_name(run)]
+            origin = "scratch" if isinstance(run, ParentConfig) else f"{run.parent} ({_side_words(experiment, run)})"
+            dropped = data.cleaning.empty + data.cleaning.too_long + data.cleaning.bad_ratio
+            tests = ", ".join(f"{name} {len(text)}" for name, text in data.tests.items())
+            lines.append(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {len(data.train):>11} {dropped:>8} "
+                         f"{len(data.valid):>6}  {tests}")
+        return lines
+
+    def plan_lines(self, experiment: Experiment) -> list[str]:
+        grid, search = experiment.grid, experiment.search
+        cells = self.stages(experiment)[1].specs
+        axes = [f"{len(experiment.children)} children", f"{len(grid.policies)} policies ({', '.join(grid.policies)})"]
+        if grid.sizes:
+            axes.append(f"{len(grid.sizes)} sizes")
+        axes += [f"{len(values)} {name}" for name, values in grid.options.items()]
+        axes.append(f"{len(grid.seeds)} seeds")
+        trials = len(cells) * (search.samples if search else 1)
+        return [f"plan: {len(experiment.parents)} parent run(s), then {trials} child runs = {' x '.join(axes)}"
+                + (f" x {search.samples} {search.metric} search samples" if search else "")]
+
+    def summary_lines(self, results: list[Result], analyses: list[dict]) -> list[str]:
+        """BLEU on each run's first test set: a row per policy, a column per pair, mean ± std over seeds."""
+        cells: dict[tuple[str, str], list[float]] = {}
+        pairs: list[str] = []
+        for result in results:
+            if not result.ok or not result.tests:
+                continue
+            spec = result.spec
+            policy = spec.policy or "(parent)"
+            label = result.pair + "".join(f" {k}={v:.3g}" for k, v in sorted(spec.options.items()))
+            if spec.size is not None:
+                label += f" n={spec.size}"
+            if label not in pairs:
+                pairs.append(label)
+            cells.setdefault((policy, label), []).append(next(iter(result.tests.values())).bleu)
+        policies = sorted({policy for policy, _ in cells}, key=lambda p: (p != "(parent)", p))
+        width = max([len(p) for p in pairs] + [12])
+        lines = ["BLEU on each run's first test set (mean ± std over seeds)",
+                 f"{'policy':<10} " + " ".join(f"{pair:>{width}}" for pair in pairs)]
+        for policy in policies:
+            lines.append(f"{policy:<10} " + " ".join(f"{mean_std(cells.get((policy, pair), [])):>{width}}"
+                                                       for pair in pairs))
+        return lines + _analysis_lines(analyses)
+
+
+TRANSFER = Transfer()
+
+
+def _side_words(experiment: Experiment, child: ChildConfig) -> str:
+    """Which side of the parent's pair the child replaces, in words for `validate`'s table."""
+    parent, pair = experiment.parent(child.parent).language_pair, child.language_pair
+    if pair.src != parent.src and pair.tgt == parent.tgt:
+        return f"new src {pair.src}"
+    if pair.tgt != parent.tgt and pair.src == parent.src:
+        return f"new tgt {pair.tgt}"
+    return "both sides" if pair.src != parent.src else "same pair"
+
+
+def _run_parent(context: RunContext) -> Result:
+    """Train the parent from scratch and score its test sets."""
+    experiment, spec = context.experiment, context.spec
+    data = load_run_data(experiment, run_config(experiment, spec), context.cache)
+    spm_cache = context.cache / "spm"
+    src_tok = train_tokenizer(data.pair.src, data.train.src, experiment.tokenizer, spm_cache)
+    tgt_tok = train_tokenizer(data.pair.tgt, data.train.tgt, experiment.tokenizer, spm_cache)
+    torch.manual_seed(spec.seed)
+    model = Transformer(preset_config(experiment.model.preset, src_tok.vocab_size, tgt_tok.vocab_size,
+                                      **experiment.model.overrides(), **model_options(spec)))
+    return _train_and_score(context, None, None, model, data, src_tok, tgt_tok)
+
+
+def _run_child(context: RunContext) -> Result:
+    """Transfer the parent checkpoint to the child under its policy; train, score."""
+    experiment, spec = context.experiment, context.spec
+    child = run_config(experiment, spec)
+    policy = experiment.policy(spec.policy)
+    parent = load_model(context.parent_checkpoint)
+    parent_pair = experiment.parent(child.parent).language_pair
+    side = changed_side(parent_pair, child.language_pair)
+    data = load_run_data(experiment, child, context.cache)
+    spm_cache = context.cache / "spm"
+    if side == "source":
+        src_tok = train_tokenizer(data.pair.src, data.train.src, experiment.tokenizer, spm_cache)
+        tgt_tok = parent.tgt_tokenizer
+    else:
+        src_tok = parent.src_tokenizer
+        tgt_tok = train_tokenizer(data.pair.tgt, data.train.tgt, experiment.tokenizer, spm_cache)
+    new_vocab = src_tok.vocab_size if side == "source" else tgt_tok.vocab_size
+    torch.manual_seed(spec.seed)
+    built = make_child(parent.model, side, new_vocab, policy, spec.policy)
+    if model_options(spec):
+        built.model.set_dropout(**model_options(spec))
+    log.info("%s %s: %s", spec.run, spec.policy, count_parameters(built.model).summary())
+    return _train_and_score(context, str(parent_pair), side, built.model, data, src_tok, tgt_tok)
+
+
+def _train_and_score(context: RunContext, parent_pair: str | None, side: str | None, model: Transformer,
+                     data: RunData, src_tok: Tokenizer, tgt_tok: Tokenizer) -> Result:
+    max_positions = model.config.max_positions
+    training = TrainingData(encode_pairs(data.train.src, data.train.tgt, src_tok, tgt_tok, max_positions),
+                            encode_pairs(data.valid.src, data.valid.tgt, src_tok, tgt_tok, max_positions),
+                            src_tok, tgt_tok)
+    tests = {name: text_test_set(text.src, text.tgt, src_tok, max_positions) for name, text in data.tests.items()}
+    valid = text_test_set(data.valid.src, data.valid.tgt, src_tok, max_positions) if context.score_valid else None
+    return train_and_score(context, str(data.pair), parent_pair, side, model, training, tests, valid)
+
+
+def _analysis_lines(rows: list[dict]) -> list[str]:
+    """One line per analysed pair and policy, means over seeds (first test set for BLEU)."""
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        if row["eval"] == "bli":
+            key = ("lexicon induction P@1", f"{row['pair']} ({row['dictionary']}, {int(row['n_evaluated'])} words)",
+                   f"{row['policy']} {row['bli_method']}")
+            groups.setdefault(key, []).append(100 * row["bli_p1"])
+        else:
+            title = {"forgetting": "forgetting: parent's test BLEU with its embeddings plugged back",
+                     "zeroshot": "zero-shot BLEU of stitched models"}[row["eval"]]
+            reference = f", parent {row['reference_bleu']:.2f}" if row["eval"] == "forgetting" else ""
+            key = (title, f"{row['pair']} on {row['test_set']}{reference}", row["policy"])
+            groups.setdefault(key, []).append(row["bleu"])
+    lines = []
+    for title in sorted({key[0] for key in groups}):
+        lines.append(title)
+        for (_, subject, label), values in sorted((k, v) for k, v in groups.items() if k[0] == title):
+            lines.append(f"  {subject:<44} {label:<18} {statistics.mean(values):6.2f}")
+    return lines
