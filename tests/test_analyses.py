@@ -14,34 +14,10 @@ from xattn_ray.study.spec import RunSpec
 from xattn_ray.store import ResultsStore
 from xattn_ray.engine.transfer import graft_embeddings
 
-STUDY = """\
-name: ana
-corpora:
-  synth:
-    synthetic: {languages: 3, sentences: 400, seed: 3, valid: 30, test: 20}
-tokenizer: {vocab_size: 120}
-model: {preset: tiny}
-train: {lr: 0.003, warmup_updates: 5, max_tokens: 600, max_updates: 12, validate_every: 6, patience: 0}
-evaluation: {beam: 2, max_tokens: 2000}
-parents:
-  - {name: la-pv, pair: la-pv, corpus: synth, lines: [0, 250]}
-children:
-  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}
-  - {pair: la-lc, parent: la-pv, lines: [250, 400]}
-grid: {policies: [scratch, embed, xattn], seeds: [1]}
-analyses:
-  forgetting: true
-  lexicon: {children: [lb-pv]}
-  zeroshot:
-    - {body: la-lc, embeddings: lb-pv}
-"""
-
-
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, tiny_study):
     root = tmp_path_factory.mktemp("analyses")
-    (root / "ana.yaml").write_text(STUDY)
-    experiment = load_experiment(root / "ana.yaml")
+    experiment = load_experiment(tiny_study(root, "analyses"))  # ana.yaml: 3 languages, grid, analyses
     storage = root / "runs"
     parent = run(experiment, RunSpec("parent", "la-pv", 1), storage)
     for spec in all_specs(experiment)[1:]:

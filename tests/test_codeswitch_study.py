@@ -24,42 +24,6 @@ from test_runner import xattn_ray  # noqa: E402  (the CLI in a subprocess, as a 
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
-STUDY = """\
-name: {name}
-corpora:
-  synth:
-    synthetic: {{languages: 3, sentences: 1200, seed: 2, valid: 60, test: 30}}
-tokenizer: {{vocab_size: auto}}
-model: {{preset: tiny}}
-train: {{lr: 0.003, warmup_updates: 10, max_tokens: 1024, max_updates: 16, validate_every: 8, patience: 0}}
-child_train: {{lr: 0.002, warmup_updates: 4, max_tokens: 1024, max_updates: 8, validate_every: 4, patience: 0}}
-evaluation: {{beam: 1}}
-codeswitch:
-  corpus: synth
-  sources: [la, lb, lc]
-  pivot: pv
-  train_pairs: [[la, lb]]
-  test_pairs: [[lb, lc], [lc, la]]
-  base_lines: [0, 800]
-  lines: [800, 1200]
-  test_lines: 20
-{pretrain}
-grid:
-  policies: {policies}
-  attention: [standard, xlquery]
-  alphas: {alphas}
-  seeds: {seeds}
-"""
-PRETRAIN = "  pretrain: {lr: 0.002, warmup_updates: 2, max_tokens: 1024, max_updates: 6, validate_every: 3, patience: 0}"
-
-
-def write_study(folder: Path, name: str = "cs", pretrain: str = PRETRAIN, policies: str = "[body, bitfit]",
-                alphas: str = "[[0.3, 0.3]]", seeds: str = "[1]") -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, pretrain=pretrain, policies=policies, alphas=alphas, seeds=seeds))
-    return path
-
-
 def config_error(tmp_path: Path, text: str) -> str:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -79,8 +43,8 @@ def test_shipped_codeswitch_experiments_load(name):
     assert {"standard", "xlquery"} == set(experiment.grid.attention)
 
 
-def test_codeswitch_mistakes_are_one_line_errors_at_their_key(tmp_path):
-    good = write_study(tmp_path).read_text()
+def test_codeswitch_mistakes_are_one_line_errors_at_their_key(tmp_path, tiny_study):
+    good = tiny_study(tmp_path, "codeswitch").read_text()
     assert "codeswitch.pivot" in config_error(tmp_path, good.replace("pivot: pv", "pivot: lc"))
     assert "'lx' is not one of the sources" in config_error(tmp_path, good.replace("[lc, la]", "[lc, lx]"))
     assert "codeswitch.test_pairs" in config_error(tmp_path, good.replace("[lb, lc], [lc, la]", "[lb, la]"))
@@ -102,8 +66,8 @@ def test_attention_axes_belong_to_codeswitch_studies(tmp_path):
 # -- the plan ------------------------------------------------------------------------------------
 
 
-def test_plan_base_then_pretraining_per_alphas_then_the_grid(tmp_path):
-    experiment = load_experiment(write_study(tmp_path, alphas="[[0.3, 0.3], [0.6, 0.5]]", seeds="[1, 2]"))
+def test_plan_base_then_pretraining_per_alphas_then_the_grid(tmp_path, tiny_study):
+    experiment = load_experiment(tiny_study(tmp_path, "codeswitch", alphas="[[0.3, 0.3], [0.6, 0.5]]", seeds="[1, 2]"))
     assert [spec.stage for spec in stages(experiment)[0]] == ["base"]
     pretraining = stages(experiment)[1]
     assert [spec.alphas for spec in pretraining] == [(0.3, 0.3), (0.6, 0.5)]
@@ -120,14 +84,14 @@ def test_plan_base_then_pretraining_per_alphas_then_the_grid(tmp_path):
     assert RunSpec.from_dict(json.loads(json.dumps(xlquery.to_dict()))) == xlquery
 
 
-def test_only_what_a_run_depends_on_changes_its_hash(tmp_path):
-    first = load_experiment(write_study(tmp_path))
-    second = load_experiment(write_study(tmp_path, alphas="[[0.5, 0.5]]"))
+def test_only_what_a_run_depends_on_changes_its_hash(tmp_path, tiny_study):
+    first = load_experiment(tiny_study(tmp_path, "codeswitch"))
+    second = load_experiment(tiny_study(tmp_path, "codeswitch", alphas="[[0.5, 0.5]]"))
     standard = RunSpec("codeswitch", "cs", 1, "body", attention="standard")
     assert config_hash(first, standard) == config_hash(second, standard)
     assert config_hash(first, stages(first)[2][1]) != config_hash(second, stages(second)[2][1])
     # Without Q_cross pretraining an xlquery run starts from the base: another run, another id.
-    plain = load_experiment(write_study(tmp_path, pretrain=""))
+    plain = load_experiment(tiny_study(tmp_path, "codeswitch", pretrain=""))
     assert parent_spec(plain, stages(plain)[2][1]).stage == "base"
     assert run_id(plain, stages(plain)[2][1]) != run_id(first, stages(first)[2][1])
 
@@ -136,10 +100,10 @@ def test_only_what_a_run_depends_on_changes_its_hash(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_study):
     """Base, Q_cross pretraining, and body + bitfit fine-tuning of an xlquery model, run in order."""
     folder = tmp_path_factory.mktemp("cs")
-    experiment = load_experiment(write_study(folder))
+    experiment = load_experiment(tiny_study(folder, "codeswitch"))
     storage = folder / "storage"
     specs = stages(experiment)[0] + stages(experiment)[1] + \
         [spec for spec in stages(experiment)[2] if spec.attention == "xlquery"]
@@ -194,8 +158,8 @@ def test_bitfit_trains_only_biases_including_q_cross_and_body_no_embeddings(trai
 # -- the whole study on Ray ----------------------------------------------------------------------
 
 
-def test_codeswitch_study_on_ray_stores_attention_and_alphas_reuses_runs_and_runs_ddp(tmp_path):
-    study = write_study(tmp_path, policies="[bitfit]")
+def test_codeswitch_study_on_ray_stores_attention_and_alphas_reuses_runs_and_runs_ddp(tmp_path, tiny_study):
+    study = tiny_study(tmp_path, "codeswitch", policies="[bitfit]")
     first = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "[pretrain] 1 to train" in first.stdout and "[children] 2 to train" in first.stdout

@@ -102,10 +102,12 @@ def imports_of(module: Module, known: set[str]) -> list[Import]:
     tree = ast.parse(module.source, filename=module.name)
     found = []
     for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
         text = " ".join((ast.get_source_segment(module.source, node) or "").split())
         if isinstance(node, ast.Import):
             found += [Import(module.name, alias.name, node.lineno, text) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = absolute_base(module, node.level, node.module)
             if base is None:
                 continue  # a relative import above the top package: Python refuses it anyway
@@ -113,7 +115,8 @@ def imports_of(module: Module, known: set[str]) -> list[Import]:
                 # `from pkg import sub` imports the module pkg.sub when there is one, else a name of pkg.
                 candidate = f"{base}.{alias.name}"
                 found.append(Import(module.name, candidate if candidate in known else base, node.lineno, text))
-    return [Import(i.module, resolve(i.target, known), i.line, i.text) for i in found]
+    resolved = (Import(i.module, resolve(i.target, known), i.line, i.text) for i in found)
+    return list(dict.fromkeys(resolved))  # `from x import a, b`: one import of x, not two
 
 
 def absolute_base(module: Module, level: int, name: str | None) -> str | None:

@@ -13,28 +13,10 @@ from xattn_ray.study.runs import run, run_folder
 from xattn_ray.study.spec import RunSpec
 from xattn_ray.engine.policies import POLICIES
 
-TINY_STUDY = """\
-name: tiny
-corpora:
-  synth:
-    synthetic: {languages: 2, sentences: 400, seed: 3, valid: 30, test: 20}
-tokenizer: {vocab_size: 120}
-model: {preset: tiny}
-train: {lr: 0.003, warmup_updates: 5, max_tokens: 600, max_updates: 12, validate_every: 6, patience: 0}
-evaluation: {beam: 2, max_tokens: 2000}
-parents:
-  - {name: la-pv, pair: la-pv, corpus: synth, lines: [0, 250]}
-children:
-  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}
-  - {pair: la-lb, parent: la-pv, lines: [250, 400]}
-"""
-
-
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, tiny_study):
     root = tmp_path_factory.mktemp("study")
-    (root / "tiny.yaml").write_text(TINY_STUDY)
-    experiment = load_experiment(root / "tiny.yaml")
+    experiment = load_experiment(tiny_study(root))  # tiny.yaml
     parent = run(experiment, RunSpec("parent", "la-pv", 1), root / "runs")
     return root, experiment, parent
 

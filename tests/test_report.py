@@ -16,26 +16,12 @@ import pytest
 
 from xattn_ray.study.config import load_experiment
 from xattn_ray.study.transfer import load_run_data
-from xattn_ray.report import (bli_table, build_report, child_bleu, cost_table, forgetting_table, significance,
-                              table2, zeroshot_table)
+from xattn_ray.report.build import build_report
+from xattn_ray.report.significance import significance
+from xattn_ray.report.transfer import bli_table, child_bleu, cost_table, forgetting_table, table2, zeroshot_table
 from xattn_ray.store import ResultsStore, make_row
 
-STUDY = """\
-name: tiny
-corpora:
-  synth:
-    synthetic: {languages: 2, sentences: 400, seed: 3, valid: 30, test: 20}
-tokenizer: {vocab_size: 120}
-model: {preset: tiny}
-train: {lr: 0.003, warmup_updates: 5, max_tokens: 600, max_updates: 12, validate_every: 6, patience: 0}
-evaluation: {beam: 2, max_tokens: 2000}
-parents:
-  - {name: la-pv, pair: la-pv, corpus: synth, lines: [0, 250]}
-children:
-  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}
-  - {pair: la-lb, parent: la-pv, lines: [250, 400]}
-grid: {policies: [scratch, body, xattn], seeds: [1, 2]}
-"""
+GRID = "grid: {policies: [scratch, body, xattn], seeds: [1, 2]}"
 FIGURES = ("bleu_by_pair.png", "valid_curves.png", "bleu_vs_params.png")
 
 
@@ -46,10 +32,10 @@ def xattn_ray(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
+def study(tmp_path_factory, tiny_study) -> Path:
     """The folder holding tiny.yaml and its storage `st`, after the whole study has run."""
     folder = tmp_path_factory.mktemp("report")
-    (folder / "tiny.yaml").write_text(STUDY)
+    tiny_study(folder, grid=GRID)
     done = xattn_ray("run", "tiny.yaml", "--storage", "st", "--num-cpus", "2", cwd=folder, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return folder
@@ -158,7 +144,7 @@ def test_significance_reads_the_references_the_rows_name(rows, references):
 
 def test_report_never_decodes_and_writes_sections_and_png_figures(study, tmp_path):
     # In a fresh process, so that nothing a test imported before hides an import of the model.
-    script = ("import sys; from pathlib import Path; from xattn_ray.report import build_report; "
+    script = ("import sys; from pathlib import Path; from xattn_ray.report.build import build_report; "
               "from xattn_ray.store import ResultsStore; "
               f"build_report(ResultsStore({str(study / 'st' / 'results')!r}), 'tiny', Path({str(tmp_path)!r})); "
               "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('xattn_ray.engine.model', "

@@ -16,48 +16,25 @@ import pytest
 from xattn_ray.study.codeswitch import load_study_data
 from xattn_ray.study.config import load_experiment
 from xattn_ray.data.codeswitch import build_test_sets
-from xattn_ray.report import (build_report, codeswitch_bleu, codeswitch_cost_table, codeswitch_significance,
-                              codeswitch_table, codeswitch_test_set_table, codeswitch_verdicts)
+from xattn_ray.report.build import build_report
+from xattn_ray.report.codeswitch import (codeswitch_bleu, codeswitch_cost_table, codeswitch_table,
+                                         codeswitch_test_set_table)
+from xattn_ray.report.significance import codeswitch_significance, codeswitch_verdicts
 from xattn_ray.store import ResultsStore, make_row
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_report import xattn_ray  # noqa: E402  (the CLI in a subprocess, on a Ray instance of its own)
 
-STUDY = """\
-name: cstiny
-corpora:
-  synth:
-    synthetic: {languages: 3, sentences: 3000, seed: 1, valid: 100, test: 60}
-tokenizer: {vocab_size: auto}
-model: {preset: tiny}
-train: {lr: 0.003, warmup_updates: 20, max_tokens: 1024, max_updates: 40, validate_every: 20, patience: 0}
-child_train: {lr: 0.001, warmup_updates: 10, max_tokens: 1024, max_updates: 20, validate_every: 10, patience: 0}
-evaluation: {beam: 1}
-codeswitch:
-  corpus: synth
-  sources: [la, lb, lc]
-  pivot: pv
-  train_pairs: [[la, lb]]
-  test_pairs: [[lb, lc], [lc, la]]
-  base_lines: [0, 2000]
-  lines: [2000, 3000]
-  test_lines: 40
-grid:
-  policies: [body, bitfit]
-  attention: [standard, xlquery]
-  alphas: [[0.3, 0.3]]
-  seeds: [1, 2]
-"""
 VARIANTS = ["base", "body · standard", "body · xlquery 0.3/0.3", "bitfit · standard", "bitfit · xlquery 0.3/0.3"]
 TEST_SETS = ["test.mono.la", "test.mono.lb", "test.mono.lc", "test.seen.la+lb", "test.unseen.lb+lc",
              "test.unseen.lc+la"]
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
+def study(tmp_path_factory, tiny_study) -> Path:
     """The folder holding cstiny.yaml and its storage `st`, after the whole study has run."""
     folder = tmp_path_factory.mktemp("report-codeswitch")
-    (folder / "cstiny.yaml").write_text(STUDY)
+    tiny_study(folder, "codeswitch-report")
     done = xattn_ray("run", "cstiny.yaml", "--storage", "st", "--num-cpus", "2", cwd=folder, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return folder
@@ -224,7 +201,7 @@ def test_report_command_writes_the_codeswitch_sections_and_a_png(study):
 
 
 def test_report_never_imports_the_model(study, tmp_path):
-    script = ("import sys; from pathlib import Path; from xattn_ray.report import build_report; "
+    script = ("import sys; from pathlib import Path; from xattn_ray.report.build import build_report; "
               "from xattn_ray.store import ResultsStore; "
               f"build_report(ResultsStore({str(study / 'st' / 'results')!r}), 'cstiny', Path({str(tmp_path)!r})); "
               "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(('xattn_ray.engine.model', "

@@ -21,32 +21,6 @@ from xattn_ray.study.runs import all_specs
 from xattn_ray.errors import ConfigError
 from xattn_ray.store import ResultsStore
 
-STUDY = """\
-name: {name}
-corpora:
-  synth:
-    synthetic: {{languages: 2, sentences: 400, seed: 3, valid: 30, test: 20}}
-tokenizer: {{vocab_size: 120}}
-model: {{preset: tiny{model}}}
-train: {{lr: 0.003, warmup_updates: 5, max_tokens: {max_tokens}, max_updates: {updates}, validate_every: {every}, patience: 0}}
-evaluation: {{beam: 2, max_tokens: 2000}}
-parents:
-  - {{name: la-pv, pair: la-pv, corpus: synth, lines: [0, 250]}}
-children:
-{children}
-{extra}
-"""
-TWO_CHILDREN = "  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}\n  - {pair: la-lb, parent: la-pv, lines: [250, 400]}"
-
-
-def write_study(folder: Path, name: str = "tiny", children: str = TWO_CHILDREN, extra: str = "",
-                updates: int = 12, every: int = 6, max_tokens: int = 600, model: str = "") -> Path:
-    path = folder / f"{name}.yaml"
-    path.write_text(STUDY.format(name=name, children=children, extra=extra, updates=updates, every=every,
-                                 max_tokens=max_tokens, model=model))
-    return path
-
-
 def xattn_ray(*args, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "xattn_ray", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})})
@@ -80,9 +54,9 @@ def test_resource_plan_never_asks_for_more_than_exists():
     assert lone.trial_resources == {"CPU": 2.0} and lone.concurrent == 1  # a lone parent gets both CPUs
 
 
-def test_grid_runs_reuses_finished_runs_and_writes_rows_once(tmp_path):
+def test_grid_runs_reuses_finished_runs_and_writes_rows_once(tmp_path, tiny_study):
     """1 parent + 2 children x 2 policies on 2 CPUs; then a second seed trains only the 4 new runs."""
-    study = write_study(tmp_path, extra="grid: {policies: [body, xattn], seeds: [1]}")
+    study = tiny_study(tmp_path, grid="grid: {policies: [body, xattn], seeds: [1]}")
     first = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "[children] 4 to train, 0 finished earlier" in first.stdout
@@ -102,14 +76,8 @@ def test_grid_runs_reuses_finished_runs_and_writes_rows_once(tmp_path):
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 9)
 
 
-def test_analyses_stage_writes_its_rows_once_and_is_reused(tmp_path):
-    three = STUDY.replace("languages: 2", "languages: 3")
-    (tmp_path / "ana.yaml").write_text(three.format(
-        name="ana", updates=12, every=6, max_tokens=600, model="",
-        children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}\n  - {pair: la-lc, parent: la-pv, lines: [250, 400]}",
-        extra="grid: {policies: [scratch, xattn], seeds: [1]}\n"
-              "analyses:\n  forgetting: true\n  lexicon: {children: [lb-pv]}\n"
-              "  zeroshot:\n    - {body: la-lc, embeddings: lb-pv}\n"))
+def test_analyses_stage_writes_its_rows_once_and_is_reused(tmp_path, tiny_study):
+    tiny_study(tmp_path, "analyses", grid="grid: {policies: [scratch, xattn], seeds: [1]}")  # ana.yaml
     first = xattn_ray("run", "ana.yaml", "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
     assert "[analyses] 4 to run, 0 done earlier" in first.stdout  # forgetting x2, bli, zeroshot (xattn)
@@ -122,12 +90,12 @@ def test_analyses_stage_writes_its_rows_once_and_is_reused(tmp_path):
     assert len(ResultsStore(tmp_path / "st" / "results").read(experiment="ana")) == len(rows)
 
 
-def test_two_ddp_workers_follow_the_same_loss_curve_as_one(tmp_path):
+def test_two_ddp_workers_follow_the_same_loss_curve_as_one(tmp_path, tiny_study):
     """Same global batch (1 x 1200 tokens vs 2 x 600), no dropout: the validation losses agree."""
-    one = write_study(tmp_path, name="one", children="  []", max_tokens=1200, model=", dropout: 0.0, attention_dropout: 0.0",
-                      extra="resources: {workers: 1}")
-    two = write_study(tmp_path, name="two", children="  []", max_tokens=600, model=", dropout: 0.0, attention_dropout: 0.0",
-                      extra="resources: {workers: 2}")
+    one = tiny_study(tmp_path, name="one", children="  []", max_tokens=1200, model=", dropout: 0.0, attention_dropout: 0.0",
+                     extra="resources: {workers: 1}")
+    two = tiny_study(tmp_path, name="two", children="  []", max_tokens=600, model=", dropout: 0.0, attention_dropout: 0.0",
+                     extra="resources: {workers: 2}")
     for study in (one, two):  # 3 logical CPUs: a 2-worker trial holds its driver's CPU and one per worker
         result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "3", cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -166,8 +134,8 @@ def trial_processes(marker: str) -> list[int]:
     return found
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path):
-    study = write_study(tmp_path, children="  []", updates=300, every=20)
+def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, tiny_study):
+    study = tiny_study(tmp_path, children="  []", updates=300, every=20)
     marker = f"XATTN_TEST_STUDY={tmp_path}"
     process = subprocess.Popen([sys.executable, "-m", "xattn_ray", "run", str(study), "--storage", "st",
                                 "--num-cpus", "2", "--progress-every", "1000"], cwd=tmp_path,
@@ -195,8 +163,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path):
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 1)
 
 
-def test_a_killed_driver_is_resumed_without_retraining_finished_runs(tmp_path):
-    study = write_study(tmp_path, extra="grid: {policies: [body, xattn], seeds: [1]}", updates=200, every=20)
+def test_a_killed_driver_is_resumed_without_retraining_finished_runs(tmp_path, tiny_study):
+    study = tiny_study(tmp_path, grid="grid: {policies: [body, xattn], seeds: [1]}", updates=200, every=20)
     process = subprocess.Popen([sys.executable, "-m", "xattn_ray", "run", str(study), "--storage", "st",
                                 "--num-cpus", "2", "--progress-every", "1000"], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -226,10 +194,10 @@ def test_a_killed_driver_is_resumed_without_retraining_finished_runs(tmp_path):
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
 
 
-def test_optuna_search_per_grid_cell_records_the_best_of_each(tmp_path):
+def test_optuna_search_per_grid_cell_records_the_best_of_each(tmp_path, tiny_study):
     search = ("grid: {policies: [body, xattn], seeds: [1]}\n"
               "search:\n  space: {lr: {loguniform: [0.0005, 0.01]}}\n  samples: 2\n  metric: valid_loss\n")
-    study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search)
+    study = tiny_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search)
     assert len([spec for spec in all_specs(load_experiment(study)) if spec.stage == "child"]) == 2
     result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -243,12 +211,12 @@ def test_optuna_search_per_grid_cell_records_the_best_of_each(tmp_path):
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
 
 
-def test_asha_stops_weak_trials_of_a_search_and_records_them(tmp_path):
+def test_asha_stops_weak_trials_of_a_search_and_records_them(tmp_path, tiny_study):
     search = ("grid: {policies: [xattn], seeds: [1]}\n"
               "search:\n  space: {lr: {loguniform: [0.00001, 0.01]}}\n  samples: 4\n  scheduler: asha\n"
               "  grace_validations: 1\n")
-    study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search,
-                        updates=24, every=6)
+    study = tiny_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search,
+                       updates=24, every=6)
     result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = ResultsStore(tmp_path / "st" / "results").read(experiment="tiny")
@@ -266,9 +234,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path):
-    study = write_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
-                        extra="grid: {policies: [xattn], seeds: [1]}")
+def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path, tiny_study):
+    study = tiny_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
+                       grid="grid: {policies: [xattn], seeds: [1]}")
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     port, dashboard = "6391", "8271"
     ray = Path(sys.executable).parent / "ray"

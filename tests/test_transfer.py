@@ -9,6 +9,7 @@ from xattn_ray.engine.model import Transformer, preset_config
 from xattn_ray.engine.policies import POLICIES, Policy, PolicyError, count_parameters, group_sizes, trainable_names
 from xattn_ray.engine.tokenizer import PAD_ID
 from xattn_ray.engine.transfer import TransferError, make_child
+from xattn_ray.errors import XattnError
 
 FR_EN = LanguagePair("fr", "en")
 
@@ -120,8 +121,9 @@ def test_policy_summary_line_and_group_sizes():
 
 def test_a_pattern_matching_nothing_is_an_error():
     model = parent_model()
-    with pytest.raises(PolicyError, match=r"policy 'mine': pattern 'decoder.layers.\*.cros_attn.\*'"):
+    with pytest.raises(PolicyError, match=r"policy 'mine': pattern 'decoder.layers.\*.cros_attn.\*'") as caught:
         trainable_names(model, Policy(train=["new_embed", "decoder.layers.*.cros_attn.*"]), "source", "mine")
+    assert isinstance(caught.value, XattnError)  # the user's typo: one line at the command line, not a traceback
 
 
 def test_custom_policy_with_raw_patterns():
@@ -195,7 +197,6 @@ def test_graft_is_the_base_except_the_donors_embedding_group(tokenizers, side):
 @pytest.mark.parametrize("field, value", [("d_model", 64), ("max_positions", 64), ("heads", 4),
                                           ("encoder_layers", 3), ("decoder_layers", 1), ("ffn_dim", 128)])
 def test_graft_onto_another_architecture_names_the_field(tokenizers, field, value):
-    from xattn_ray.errors import XattnError
     from xattn_ray.engine.transfer import graft_embeddings
 
     base = loaded_model(tokenizers, "aa", "bb", seed=1)

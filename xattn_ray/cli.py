@@ -320,6 +320,7 @@ _RESULTS_TABLE_COLUMNS = ("experiment", "stage", "pair", "policy", "seed", "eval
 
 
 def _results(args: argparse.Namespace) -> int:
+    from xattn_ray.report.formats import csv_text, json_text, parquet_bytes, text_table
     from xattn_ray.store import ResultsStore
 
     if args.sql and (args.experiment or args.where or args.columns):
@@ -332,7 +333,7 @@ def _results(args: argparse.Namespace) -> int:
     if table.num_rows == 0:
         filtered = args.sql or args.experiment or args.where
         print(f"no results in {store.uri}" + (" match the query" if filtered else ""), file=sys.stderr)
-    output = {"table": _text_table, "csv": _csv_text, "json": _json_text, "parquet": _parquet_bytes}[args.format](table)
+    output = {"table": text_table, "csv": csv_text, "json": json_text, "parquet": parquet_bytes}[args.format](table)
     if args.out is None:
         sys.stdout.write(output)
     else:
@@ -343,7 +344,7 @@ def _results(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from xattn_ray.report import build_report
+    from xattn_ray.report.build import build_report
     from xattn_ray.store import ResultsStore
 
     path = build_report(ResultsStore(args.store or args.storage / "results"), args.experiment, args.out)
@@ -371,63 +372,3 @@ def _sql_name(name: str) -> str:
 def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
-
-def _text_table(table) -> str:
-    """Aligned columns for reading: numbers to the right, floats to 2 decimals, nulls blank."""
-    import pyarrow as pa
-
-    right = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) for t in table.schema.types]
-    lines = [table.column_names] + [[_table_cell(value) for value in row]
-                                    for row in zip(*(column.to_pylist() for column in table.columns))]
-    widths = [max(len(line[i]) for line in lines) for i in range(table.num_columns)]
-    return "".join("  ".join(cell.rjust(width) if numeric else cell.ljust(width)
-                             for cell, width, numeric in zip(line, widths, right)).rstrip() + "\n" for line in lines)
-
-
-def _table_cell(value) -> str:
-    from datetime import datetime
-
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return value.isoformat(timespec="seconds") if isinstance(value, datetime) else str(value)
-
-
-def _csv_text(table) -> str:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(table.column_names)
-    writer.writerows(zip(*(column.to_pylist() for column in table.columns)))  # None is written as an empty field
-    return buffer.getvalue()
-
-
-def _json_text(table) -> str:
-    """The rows as one JSON array of objects."""
-    import json
-    import math
-
-    records = [{name: None if isinstance(value, float) and not math.isfinite(value) else value  # JSON has no NaN
-                for name, value in row.items()} for row in table.to_pylist()]
-    return json.dumps(records, default=_json_default) + "\n"
-
-
-def _json_default(value):
-    """Values JSON has no type for: times become ISO text, decimals (DuckDB's sums) numbers."""
-    import decimal
-
-    if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value.isoformat() if hasattr(value, "isoformat") else str(value)
-
-
-def _parquet_bytes(table) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return sink.getvalue().to_pybytes()

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from xattn_ray.engine.batching import EncodedPairs
-from xattn_ray.errors import XattnError
-from xattn_ray.schema import Invalid
 from xattn_ray.engine.structured_dropout import FIRST, SEGMENT_ONE, SEGMENT_TWO
 from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, Tokenizer
+from xattn_ray.errors import XattnError
+from xattn_ray.schema import Invalid
 
 LanguagePairs = list[tuple[str, str]]  # ordered (L1, L2): L1's sentence first
 

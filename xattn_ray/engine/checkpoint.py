@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from xattn_ray.errors import XattnError
 from xattn_ray.engine.model import ModelConfig, Transformer, config_differences
 from xattn_ray.engine.tokenizer import Tokenizer
+from xattn_ray.errors import XattnError
 
 CHECKPOINT_FORMAT = 1
 

@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xattn_ray.engine.checkpoint import LoadedModel
-from xattn_ray.errors import DataError
 from xattn_ray.engine.policies import Side
 from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, WORD_START, Tokenizer, starts_word
+from xattn_ray.errors import DataError
 
 Dictionary = dict[str, set[str]]  # a word -> its gold translations
 Method = Literal["cosine", "dot", "csls"]

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAttention
 from xattn_ray.engine.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
-                                          StructuredDropout, is_code_switched)
+                                                 StructuredDropout, is_code_switched)
 from xattn_ray.engine.tokenizer import PAD_ID
 
 

@@ -20,6 +20,7 @@ from typing import Literal
 
 from torch import nn
 
+from xattn_ray.errors import XattnError
 from xattn_ray.schema import Invalid
 
 Side = Literal["source", "target"]
@@ -65,7 +66,7 @@ POLICIES: dict[str, Policy] = {
 }
 
 
-class PolicyError(ValueError):
+class PolicyError(XattnError, ValueError):  # a user's mistake: one line at the CLI, not a traceback
     """A policy that cannot apply to a model: a pattern that matches no parameter."""
 
 

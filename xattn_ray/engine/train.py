@@ -30,8 +30,8 @@ from torch import nn
 from xattn_ray.engine.batching import EncodedPairs, collate, make_batches
 from xattn_ray.engine.checkpoint import atomic_save, save_model
 from xattn_ray.engine.model import Transformer
-from xattn_ray.schema import Invalid
 from xattn_ray.engine.tokenizer import PAD_ID, Tokenizer
+from xattn_ray.schema import Invalid
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def train(model: nn.Module, data: TrainingData, config: TrainConfig, workdir: Pa
     torch.manual_seed(config.seed)
     progress = Progress()
     if resume_from is not None and (resume_from / LAST_CHECKPOINT).is_file():
-        progress = _restore(resume_from / "last.pt", core, optimizer)
+        progress = _restore(resume_from / LAST_CHECKPOINT, core, optimizer)
         log.info("resumed at update %d (epoch %d, batch %d)", progress.update, progress.epoch,
                  progress.batch_in_epoch)
     world_size = dist.get_world_size() if dist.is_initialized() else 1

@@ -20,10 +20,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from xattn_ray.engine.checkpoint import LoadedModel
-from xattn_ray.errors import XattnError
 from xattn_ray.engine.model import Transformer
-from xattn_ray.engine.structured_dropout import MaskAlphas
 from xattn_ray.engine.policies import NEW_EMBED, Policy, Side, embedding_group, freeze, select, trainable_names
+from xattn_ray.engine.structured_dropout import MaskAlphas
+from xattn_ray.errors import XattnError
 
 
 class TransferError(XattnError, ValueError):  # still a ValueError, as callers caught it before

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from xattn_ray.study.config import ResourcesConfig
 from xattn_ray.errors import ConfigError
+from xattn_ray.study.config import ResourcesConfig
 
 
 @dataclass(frozen=True)

@@ -15,24 +15,24 @@ Plain Python: the runner schedules the tasks as a Ray Tune stage; tests call `ru
 
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from xattn_ray.engine.checkpoint import LoadedModel, load_model
-from xattn_ray.data.options import LanguagePair
-from xattn_ray.study.config import Experiment
 from xattn_ray.data.corpus import read_parallel, resolve_corpus
+from xattn_ray.data.options import LanguagePair
+from xattn_ray.engine.checkpoint import LoadedModel, load_model
 from xattn_ray.engine.evaluate import score_test_set
 from xattn_ray.engine.lexicon import find_dictionary, lexicon_induction
+from xattn_ray.engine.transfer import graft_embeddings
+from xattn_ray.store import make_row
+from xattn_ray.study.config import Experiment
 from xattn_ray.study.records import run_fields
 from xattn_ray.study.run_folder import Result
 from xattn_ray.study.runs import parent_spec, run_folder, run_id
 from xattn_ray.study.spec import RunSpec
 from xattn_ray.study.transfer import child_side, run_config
-from xattn_ray.store import make_row
-from xattn_ray.engine.transfer import graft_embeddings
 
 
 @dataclass(frozen=True)

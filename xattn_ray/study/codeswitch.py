@@ -33,8 +33,7 @@ from pathlib import Path
 
 import torch
 
-from xattn_ray.data.codeswitch import (build_test_sets, build_training_set, encode_codeswitched,
-                                       encode_monolingual)
+from xattn_ray.data.codeswitch import build_test_sets, build_training_set, encode_codeswitched, encode_monolingual
 from xattn_ray.data.corpus import pair_fault, read_lines, resolve_corpus
 from xattn_ray.data.options import FilterConfig
 from xattn_ray.engine.batching import EncodedPairs

@@ -25,6 +25,7 @@ from xattn_ray.engine.train import TrainConfig
 from xattn_ray.errors import ConfigError
 from xattn_ray.schema import Invalid, YamlDocument, build, expand_environment, load_yaml
 
+
 class _RunFields:
     """What parent and child runs share: a language pair and a slice of the training split."""
 

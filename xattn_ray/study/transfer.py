@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from xattn_ray.data.corpus import (CleaningReport, ParallelText, clean_training_pairs, read_parallel,
-                                   resolve_corpus, slice_lines)
+from xattn_ray.data.corpus import (CleaningReport, ParallelText, clean_training_pairs, read_parallel, resolve_corpus,
+                                   slice_lines)
 from xattn_ray.data.options import LanguagePair, changed_side
 from xattn_ray.engine.batching import encode_pairs
 from xattn_ray.engine.checkpoint import load_model

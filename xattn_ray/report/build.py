@@ -1,0 +1,72 @@
+"""Writing an experiment's report: report.md, from the sections of its study kind, and the figures it shows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas
+
+from xattn_ray.errors import XattnError
+from xattn_ray.files import write_atomically
+from xattn_ray.report.codeswitch import codeswitch_sections
+from xattn_ray.report.figures import figures_section, write_figures
+from xattn_ray.report.markdown import markdown_table
+from xattn_ray.report.rows import ReferencesFor, is_codeswitch_study, missing_runs, references_from_uri
+from xattn_ray.report.transfer import transfer_sections
+from xattn_ray.store import ResultsStore
+
+
+def build_report(store: ResultsStore, experiment: str, out_dir: Path,
+                 references_for: ReferencesFor = references_from_uri) -> Path:
+    """Write `out_dir/report.md` and its figures for `experiment`; return the path of report.md.
+
+    `references_for(test row)` gives the reference lines the significance tests score against. An
+    experiment without rows is an `XattnError`, raised before anything is written.
+    """
+    frame = store.read(experiment)
+    if frame.empty:
+        raise XattnError(f"no results for experiment {experiment!r} in {store.uri}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(frame, out_dir)  # first: report.md, written last, links to them
+    path = out_dir / "report.md"
+    write_atomically(path, report_markdown(frame, figures, references_for).encode())
+    return path
+
+
+def report_markdown(frame: pandas.DataFrame, figures: list[str],
+                    references_for: ReferencesFor = references_from_uri) -> str:
+    """The whole report.md text; `figures` are file names beside it, in the order they are shown.
+
+    A code-switching study's results take the place of the transfer study's tables (which it has no rows for).
+    """
+    study_sections = codeswitch_sections if is_codeswitch_study(frame) else transfer_sections
+    sections = [_header(frame), *study_sections(frame, references_for), _missing_section(frame),
+                figures_section(figures)]
+    return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _header(frame: pandas.DataFrame) -> str:
+    experiment = frame["experiment"].iloc[0]
+    runs = frame[frame["eval"] == "train"].groupby("run_id")["status"].agg(lambda s: (s == "ok").all())
+    versions = sorted(frame["code_version"].dropna().unique())
+    signatures = sorted(frame.loc[frame["eval"] == "test", "bleu_signature"].dropna().unique())
+    lines = [f"# Report: {experiment}", "",
+             f"- training runs: {len(runs)} ({int(runs.sum())} finished, {int((~runs).sum())} failed or stopped)",
+             f"- code version{'s' if len(versions) != 1 else ''}: "
+             + (", ".join(f"`{v}`" for v in versions) or "unknown"),
+             f"- BLEU signature{'s' if len(signatures) != 1 else ''}: "
+             + (", ".join(f"`{s}`" for s in signatures) or "none")]
+    if len(versions) > 1:
+        lines.append("- rows come from more than one code version: compare numbers across them with care")
+    return "\n".join(lines)
+
+
+def _missing_section(frame: pandas.DataFrame) -> str:
+    missing = missing_runs(frame)
+    if missing.empty:
+        return ""
+    text = missing.astype({"seed": "Int64"}).fillna("").astype(str).set_index("run_id")
+    text["error"] = text["error"].map(lambda error: " ".join(error.split()).replace("|", "\\|"))
+    return "\n".join(["## Missing runs", "", "Failed or stopped; left out of every number above.", "",
+                      markdown_table(text)])

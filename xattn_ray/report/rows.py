@@ -1,0 +1,122 @@
+"""The stored rows a report counts, in the order it shows them, and the files those rows name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas
+
+from xattn_ray.store import codeswitch_kind
+
+# The paper's order: the baseline, the full fine-tuning reference, then the cheap policies.
+POLICY_ORDER = ("scratch", "body", "xattn", "randxattn")
+REFERENCE_POLICY = "body"  # every difference and significance test is against fine-tuning the body
+CODESWITCH_KINDS = ("mono", "seen", "unseen")  # single sentences, training pairs mixed, held-out pairs mixed
+REFERENCE_ATTENTION = "standard"  # every xlquery run is tested against standard attention (same policy and seed)
+
+ReferencesFor = Callable[[pandas.Series], "list[str] | None"]
+
+
+# --- stored files -------------------------------------------------------------------------------
+
+def references_from_uri(row: pandas.Series) -> list[str] | None:
+    """The reference lines a test row was scored against, from its `references_uri` file (None if unknown)."""
+    uri = row.get("references_uri")
+    if not isinstance(uri, str) or not uri:
+        return None
+    return read_lines(uri)
+
+
+def read_lines(path: str) -> list[str]:
+    """One line per sentence, as the pipeline writes them (each followed by a newline)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+
+
+# --- rows of any study --------------------------------------------------------------------------
+
+def ok_rows(frame: pandas.DataFrame, evaluation: str, stage: str | None = None) -> pandas.DataFrame:
+    """Rows of one evaluation (and stage) whose run finished: the only rows numbers come from."""
+    keep = (frame["eval"] == evaluation) & (frame["status"] == "ok")
+    if stage is not None:
+        keep &= frame["stage"] == stage
+    return frame[keep]
+
+
+def missing_runs(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """Runs with a failed or stopped row: stage, run_id, pair, policy, seed, eval, status, error."""
+    columns = ["stage", "run_id", "pair", "policy", "seed", "eval", "status", "error"]
+    rows = frame[frame["status"] != "ok"][columns]
+    return rows.drop_duplicates(["run_id", "eval"]).sort_values(["stage", "run_id", "eval"])
+
+
+def ordered_policies(policies) -> list[str]:
+    """scratch, body, xattn, randxattn, then any other policy alphabetically."""
+    present = set(policies)
+    return [p for p in POLICY_ORDER if p in present] + sorted(present.difference(POLICY_ORDER))
+
+
+# --- transfer studies ---------------------------------------------------------------------------
+
+def ordered_pairs(rows: pandas.DataFrame) -> list[str]:
+    """Child pairs grouped as the paper does: by parent, new sources before new targets, then by name."""
+    keys = rows[["parent_pair", "side", "pair"]].drop_duplicates().fillna("")
+    return list(dict.fromkeys(keys.sort_values(["parent_pair", "side", "pair"])["pair"]))
+
+
+def primary_test_sets(frame: pandas.DataFrame) -> dict[str, str]:
+    """Each child pair's first test set by name: the one Table 2, the tests and the figures use."""
+    tests = ok_rows(frame, "test", "child")
+    return {pair: min(names) for pair, names in tests.groupby("pair")["test_set"]}
+
+
+def primary_child_tests(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """The child test rows on each pair's primary test set."""
+    tests = ok_rows(frame, "test", "child")
+    first = primary_test_sets(frame)
+    return tests[tests["test_set"] == tests["pair"].map(first)]
+
+
+# --- code-switching studies ---------------------------------------------------------------------
+
+def is_codeswitch_study(frame: pandas.DataFrame) -> bool:
+    """Whether the rows are a code-switching study's: it has fine-tuning runs of stage `codeswitch`."""
+    return bool((frame["stage"] == "codeswitch").any())
+
+
+def variant_label(run) -> str:
+    """How the report names a run's variant: `base`, `body · standard`, `body · xlquery 0.3/0.3` (training
+    alphas), `pretrain · xlquery 0.3/0.3` (Q_cross pretraining). `run`: a row from `itertuples`."""
+    if run.stage == "base":
+        return "base"
+    label = f"{run.policy if run.stage == 'codeswitch' else run.stage} · {run.attention}"
+    return label + (f" {run.mono_alpha:g}/{run.cross_alpha:g}" if pandas.notna(run.mono_alpha) else "")
+
+
+def with_variants(rows: pandas.DataFrame) -> pandas.DataFrame:
+    """`rows` with a `variant` column (`variant_label`)."""
+    return rows.assign(variant=[variant_label(run) for run in rows.itertuples()])
+
+
+def ordered_variants(rows: pandas.DataFrame) -> list[str]:
+    """The variants of `rows` (`with_variants`) in reading order: the base, Q_cross pretraining, then by
+    policy (body first), standard attention before xlquery, and by alphas."""
+    keys = rows.drop_duplicates("variant")
+    policy_rank = {policy: i for i, policy in enumerate(ordered_policies(keys["policy"].dropna()))}
+    keys = keys.assign(stage_rank=keys["stage"].map({"base": 0, "pretrain": 1, "codeswitch": 2}),
+                       policy_rank=keys["policy"].map(policy_rank),
+                       xlquery=keys["attention"] != REFERENCE_ATTENTION)
+    return list(keys.sort_values(["stage_rank", "policy_rank", "xlquery", "mono_alpha", "cross_alpha"])["variant"])
+
+
+def ordered_test_sets(tests: pandas.DataFrame) -> list[str]:
+    """The test sets of `tests`: mono, then seen, then unseen, each kind by name."""
+    rank = {kind: i for i, kind in enumerate(CODESWITCH_KINDS)}
+    return sorted(set(tests["test_set"]), key=lambda name: (rank.get(codeswitch_kind(name), len(rank)), name))
+
+
+def codeswitch_tests(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """The finished test rows (the base's and the fine-tuning runs'), with their `variant` and test set `kind`."""
+    tests = with_variants(ok_rows(frame, "test"))
+    return tests.assign(kind=tests["test_set"].map(codeswitch_kind))
