@@ -4,7 +4,7 @@ Both sides train the same runs to the same number of updates (fixed work, so wal
 
   (a) `xattn-ray run` on a local Ray instance: one trial per run, as many at once as CPUs (one thread
       each), Ray's start-up included;
-  (b) a plain Python loop calling `pipeline.run_child` for each run in turn, with all CPUs as threads.
+  (b) a plain Python loop calling `study.runs.run` for each run in turn, with all CPUs as threads.
 
 With no overhead and perfect thread scaling (a) and (b) take the same time; the script prints the
 wall-time ratio (a)/(b) (target <= 1.10 for trials of about a minute on 2 CPUs) and the overhead per
@@ -26,9 +26,8 @@ from pathlib import Path
 import torch
 
 from xattn_ray.study.config import load_experiment
-from xattn_ray.study.training import run_child, run_parent
-from xattn_ray.runner.plan import child_specs, parent_specs
-from xattn_ray.study.runs import parent_spec, run_directory
+from xattn_ray.study.kinds import kind_of
+from xattn_ray.study.runs import run
 
 STUDY = """\
 name: overhead
@@ -63,8 +62,9 @@ def main() -> None:
     # The shared parent, trained once; each side gets its own copy of the storage with it.
     prepared = args.workdir / "prepared"
     torch.set_num_threads(cpus)
-    run_parent(experiment, parent_specs(experiment)[0], prepared)
-    specs = child_specs(experiment)
+    parents, children = kind_of(experiment).stages(experiment)
+    run(experiment, parents.specs[0], prepared)
+    specs = children.specs
 
     plain_storage, ray_storage = args.workdir / "plain", args.workdir / "ray"
     shutil.copytree(prepared, plain_storage)
@@ -72,8 +72,7 @@ def main() -> None:
 
     start = time.perf_counter()
     for spec in specs:
-        parent = run_directory(plain_storage, experiment, parent_spec(experiment, spec)) / "best.pt"
-        run_child(experiment, spec, plain_storage, parent)
+        run(experiment, spec, plain_storage)
     plain = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 
 from xattn_ray.engine.batching import encode_pairs
-from xattn_ray.study.config import load_experiment
-from xattn_ray.study.run_data import load_run_data
 from xattn_ray.engine.evaluate import score_test_set
 from xattn_ray.engine.model import Transformer, preset_config
 from xattn_ray.engine.tokenizer import train_tokenizer
 from xattn_ray.engine.train import TrainConfig, TrainingData, train
+from xattn_ray.study.config import load_experiment
+from xattn_ray.study.transfer import load_run_data
 
 EXPERIMENT = Path(__file__).resolve().parents[1] / "quickstart.yaml"
 
@@ -51,8 +51,8 @@ def main() -> None:
             continue
         torch.manual_seed(1)
         model = Transformer(preset_config(preset, src_tok.vocab_size, tgt_tok.vocab_size))
-        training = TrainingData(encode_pairs(data.train, src_tok, tgt_tok, model.config.max_positions),
-                                encode_pairs(data.valid, src_tok, tgt_tok, model.config.max_positions),
+        training = TrainingData(encode_pairs(data.train.src, data.train.tgt, src_tok, tgt_tok, model.config.max_positions),
+                                encode_pairs(data.valid.src, data.valid.tgt, src_tok, tgt_tok, model.config.max_positions),
                                 src_tok, tgt_tok)
         config = TrainConfig(lr=lr, warmup_updates=warmup, max_tokens=2048, max_seconds=seconds,
                              validate_every=200, patience=0)
