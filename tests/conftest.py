@@ -1,21 +1,8 @@
-"""Shared test helpers: where the real data beside the project lives."""
+"""Shared fixtures: real toy tokenizers and the tiny studies the tests write (paths and the CLI: support.py)."""
 
 from pathlib import Path
 
 import pytest
-
-# `../shared/data` relative to the project root: Multi30k and MUSE, never copied into the repository.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-requires_multi30k = pytest.mark.skipif(
-    not (SHARED_DATA / "multi30k" / "train.fr.gz").is_file(),
-    reason=f"real Multi30k data not found at {SHARED_DATA / 'multi30k'} (the shared data folder beside the project)",
-)
-
-requires_muse = pytest.mark.skipif(
-    not (SHARED_DATA / "muse" / "de-fr.0-5000.txt").is_file(),
-    reason=f"real MUSE dictionaries not found at {SHARED_DATA / 'muse'} (the shared data folder beside the project)",
-)
 
 
 @pytest.fixture(scope="session")

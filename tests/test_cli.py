@@ -1,19 +1,8 @@
 """The `xattn-ray` command as a user runs it: a subprocess, its output, its exit status."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from conftest import requires_multi30k
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def xattn_ray(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xattn_ray", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+from support import EXPERIMENTS, requires_multi30k, xattn_ray
 
 
 def test_validate_quickstart_generates_the_family_once_and_prints_the_runs(tmp_path):

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from support import PROJECT
+
 PACKAGE = "xattn_ray"
-PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
+PACKAGE_DIR = PROJECT / PACKAGE
 
 # -- the rules: the single statement of the layering ---------------------------------------------
 #

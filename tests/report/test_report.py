@@ -5,7 +5,6 @@ runs once for the module through `xattn-ray run`, as a user would; every test re
 """
 
 import math
-import os
 import shutil
 import struct
 import subprocess
@@ -21,14 +20,10 @@ from xattn_ray.report.significance import significance
 from xattn_ray.report.transfer import bli_table, child_bleu, cost_table, forgetting_table, table2, zeroshot_table
 from xattn_ray.store import ResultsStore, make_row
 
+from support import xattn_ray
+
 GRID = "grid: {policies: [scratch, body, xattn], seeds: [1, 2]}"
 FIGURES = ("bleu_by_pair.png", "valid_curves.png", "bleu_vs_params.png")
-
-
-def xattn_ray(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    # RAY_ADDRESS=local: a study of its own, even while a `ray start` head (another test's) runs on this machine.
-    return subprocess.run([sys.executable, "-m", "xattn_ray", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, "RAY_ADDRESS": "local"})
 
 
 @pytest.fixture(scope="module")

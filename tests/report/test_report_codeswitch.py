@@ -22,8 +22,7 @@ from xattn_ray.report.codeswitch import (codeswitch_bleu, codeswitch_cost_table,
 from xattn_ray.report.significance import codeswitch_significance, codeswitch_verdicts
 from xattn_ray.store import ResultsStore, make_row
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_report import xattn_ray  # noqa: E402  (the CLI in a subprocess, on a Ray instance of its own)
+from support import xattn_ray
 
 VARIANTS = ["base", "body · standard", "body · xlquery 0.3/0.3", "bitfit · standard", "bitfit · xlquery 0.3/0.3"]
 TEST_SETS = ["test.mono.la", "test.mono.lb", "test.mono.lc", "test.seen.la+lb", "test.unseen.lb+lc",

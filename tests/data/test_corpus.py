@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, requires_multi30k
+from support import EXPERIMENTS, SHARED_DATA, requires_multi30k
 from xattn_ray.data.options import FilterConfig, TrainingSlice
 from xattn_ray.study.config import load_experiment
 from xattn_ray.data.corpus import ParallelText, clean_training_pairs, read_lines, read_parallel, slice_lines
@@ -145,7 +145,7 @@ def test_run_data_reports_a_misaligned_file(tmp_path):
 
 @requires_multi30k
 def test_multi30k_parent_and_child_slices_are_disjoint():
-    experiment = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "multi30k.yaml")
+    experiment = load_experiment(EXPERIMENTS / "multi30k.yaml")
     cache = Path("/nonexistent-cache")  # file corpora never touch the cache
     parent = load_run_data(experiment, experiment.parents[0], cache)
     child = load_run_data(experiment, experiment.children[0], cache)

@@ -18,7 +18,9 @@ from xattn_ray.schema import Invalid, build, load_yaml
 from xattn_ray.engine.tokenizer import (AUTO_VOCAB_SIZE_CANDIDATES, BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer,
                                  TokenizerOptions, choose_vocab_size, starts_word, train_tokenizer)
 
-MULTI30K = Path(__file__).resolve().parents[2] / "shared" / "data" / "multi30k"
+from support import SHARED_DATA
+
+MULTI30K = SHARED_DATA / "multi30k"
 
 ODD_LINES = [
     "Un garçon à vélo, près d'une église.",

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from support import EXPERIMENTS
+
 from xattn_ray.data.options import LanguagePair
 from xattn_ray.study.config import load_experiment
 from xattn_ray.errors import ConfigError
@@ -152,5 +154,5 @@ def test_environment_variables_in_paths(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["quickstart.yaml", "multi30k.yaml"])
 def test_shipped_experiments_load(name):
-    experiment = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / name)
+    experiment = load_experiment(EXPERIMENTS / name)
     assert experiment.parents and experiment.children

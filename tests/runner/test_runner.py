@@ -21,9 +21,8 @@ from xattn_ray.study.runs import all_specs
 from xattn_ray.errors import ConfigError
 from xattn_ray.store import ResultsStore
 
-def xattn_ray(*args, cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xattn_ray", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})})
+from support import PROJECT, xattn_ray
+
 
 
 def summaries(storage: Path, name: str) -> dict[str, dict]:
@@ -288,12 +287,11 @@ def test_wmt_paper_study_validates_with_data_paths_as_parameters(tmp_path):
             for lang in pair.split("-"):
                 with gzip.open(tmp_path / pair / f"{split}.{lang}.gz", "wt") as file:
                     file.write("".join(f"{lang} sentence {i}\n" for i in range(20)))
-    project = Path(__file__).resolve().parents[1]
-    result = xattn_ray("validate", project / "experiments" / "wmt-paper.yaml", "--storage", tmp_path / "st",
+    result = xattn_ray("validate", PROJECT / "experiments" / "wmt-paper.yaml", "--storage", tmp_path / "st",
                        cwd=tmp_path, env={"XATTN_WMT": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert "24 child runs = 6 children x 4 policies" in result.stdout
-    experiment = load_experiment(project / "experiments" / "wmt-paper.yaml")
+    experiment = load_experiment(PROJECT / "experiments" / "wmt-paper.yaml")
     assert experiment.model.preset == "base" and experiment.resources.workers == 8
 
 
@@ -302,7 +300,7 @@ def test_cluster_yaml_passes_the_cluster_launchers_schema():
     import yaml
     from ray.autoscaler._private.util import prepare_config, validate_config
 
-    config = prepare_config(yaml.safe_load((Path(__file__).resolve().parents[1] / "cluster.yaml").read_text()))
+    config = prepare_config(yaml.safe_load((PROJECT / "cluster.yaml").read_text()))
     validate_config(config)
     assert config["available_node_types"]["head"]["resources"] == {"CPU": 0}  # no trials on the head
     assert {"gpu-8x-a100", "gpu-1x-spot"} <= set(config["available_node_types"])

@@ -5,7 +5,6 @@ the last test runs a whole study through `xattn-ray run` on a local Ray instance
 """
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,7 @@ from xattn_ray.study.runs import config_hash, parent_spec, run, run_folder, run_
 from xattn_ray.study.spec import RunSpec
 from xattn_ray.store import ResultsStore
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_runner import xattn_ray  # noqa: E402  (the CLI in a subprocess, as a user runs it)
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+from support import EXPERIMENTS, xattn_ray
 
 def config_error(tmp_path: Path, text: str) -> str:
     path = tmp_path / "bad.yaml"

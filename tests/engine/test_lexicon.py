@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SHARED_DATA, requires_muse
+from support import SHARED_DATA, requires_muse
 from xattn_ray.errors import DataError
 from xattn_ray.engine.lexicon import (METHODS, compose, csls_scores, find_dictionary, induce_lexicon, lexicon_induction,
                                read_dictionary, whole_words)

@@ -25,7 +25,8 @@ from xattn_ray.data.fetch import (
 )
 from xattn_ray.errors import FetchError
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from support import SHARED_DATA
+
 
 
 class _Silent:
