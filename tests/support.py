@@ -24,11 +24,17 @@ requires_muse = pytest.mark.skipif(
 
 
 def xattn_ray(*args, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
-              ) -> subprocess.CompletedProcess:
+              input: str | bytes | None = None) -> subprocess.CompletedProcess:
     """`xattn-ray ARGS` in a subprocess; its output is captured as text.
 
     RAY_ADDRESS=local gives each command a Ray instance of its own even while another test's `ray start`
-    head runs on this machine; `env` adds to (or overrides) the environment.
+    head runs on this machine; `env` adds to (or overrides) the environment. `input` is standard input:
+    text, or bytes given to the command as they are (e.g. bytes that are not UTF-8).
     """
-    return subprocess.run([sys.executable, "-m", "xattn_ray", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, "RAY_ADDRESS": "local", **(env or {})})
+    text = not isinstance(input, bytes)
+    done = subprocess.run([sys.executable, "-m", "xattn_ray", *map(str, args)], input=input, capture_output=True,
+                          text=text, cwd=cwd, timeout=timeout,
+                          env={**os.environ, "RAY_ADDRESS": "local", **(env or {})})
+    if not text:  # the output is still read as text, as for every other command
+        done.stdout, done.stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    return done

@@ -296,9 +296,10 @@ def test_results_sql_runs_the_query_as_given(filled_store, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--sql", "SELEC 1"], "xattn-ray: error: results query: Parser Error: syntax error at or near"),
-    (["--where", "polcy = 'xattn'"], 'xattn-ray: error: results query: Binder Error: Referenced column "polcy"'),
-    (["--columns", "bleu,nope"], 'xattn-ray: error: results query: Binder Error: Referenced column "nope"'),
+    (["--sql", "SELEC 1"], "xattn-ray: error: --sql: Parser Error: syntax error at or near"),
+    (["--where", "polcy = 'xattn'"], 'xattn-ray: error: --where: Binder Error: Referenced column "polcy"'),
+    (["--columns", "bleu,nope"], "xattn-ray: error: unknown results column 'nope'"),
+    (["--columns", "bleu", "--where", "seed = 1) OR (1 = 1"], "xattn-ray: error: --where: Parser Error"),
     (["--sql", "SELECT 1", "--where", "seed = 1"], "xattn-ray: error: --sql is a whole query"),
     (["--sql", "SELECT 1", "--experiment", "m30k"], "xattn-ray: error: --sql is a whole query"),
 ])
@@ -311,10 +312,23 @@ def test_results_mistakes_are_one_line_and_exit_2(filled_store, capsys, args, me
 
 def test_results_of_an_empty_store_is_a_note_and_exit_0(tmp_path, capsys):
     empty = str(tmp_path / "nothing-yet")
+    (tmp_path / "nothing-yet").mkdir()  # a store folder no run has written to yet
     for fmt, expected in (("table", "experiment"), ("csv", "schema_version,experiment"), ("json", "[]")):
         status, out, err = results(capsys, "--store", empty, "--format", fmt)
         assert status == 0 and out.startswith(expected) and len(out.splitlines()) == 1
         assert err == f"no results in {empty}\n"
+
+
+def test_results_of_a_missing_store_is_one_line_and_exit_2(tmp_path, capsys):
+    missing = tmp_path / "no-such-store"
+    status, out, err = results(capsys, "--store", str(missing))
+    assert (status, out, err) == (2, "", f"xattn-ray: error: results store {missing} does not exist\n")
+    status, out, err = results(capsys, "--storage", str(tmp_path))  # the default store, STORAGE/results
+    assert (status, out, err) == (2, "", f"xattn-ray: error: results store {tmp_path / 'results'} does not exist\n")
+    (tmp_path / "a-file").write_text("")
+    status, _, err = results(capsys, "--store", str(tmp_path / "a-file"))
+    assert (status, err) == (2, f"xattn-ray: error: results store {tmp_path / 'a-file'} is not a folder\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]  # reading created nothing
 
 
 def test_results_out_replaces_a_file(filled_store, capsys, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from pathlib import Path
 
 from xattn_ray.errors import XattnError
@@ -28,8 +29,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line errors: `xattn-ray: error: ...` and exit 2, no usage block."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix("xattn-ray").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"xattn-ray: error: {where}{message} (see `{self.prog} --help`)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xattn-ray", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="xattn-ray", description=__doc__.splitlines()[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -94,9 +104,10 @@ def _build_parser() -> argparse.ArgumentParser:
                                           "(default: STORAGE/results)")
     location.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="study folder (default: %(default)s)")
     results.add_argument("--experiment", help="rows of this experiment only")
-    results.add_argument("--where", help="SQL condition on the rows, e.g. \"policy = 'xattn' AND seed = 1\"")
-    results.add_argument("--sql", help="a whole DuckDB query over the table `results`, instead of "
-                                       "--experiment, --where and --columns")
+    results.add_argument("--where", help="SQL condition on the rows (one expression), e.g. "
+                                         "\"policy = 'xattn' AND seed = 1\"")
+    results.add_argument("--sql", help="one DuckDB SELECT over the table `results` (read-only: no files, no "
+                                       "settings), instead of --experiment, --where and --columns")
     results.add_argument("--columns", help="comma-separated columns (default: a readable set for `table`, "
                                            "every column otherwise)")
     results.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
@@ -160,6 +171,8 @@ def _print_resources(experiment) -> None:
 def _data_synth(args: argparse.Namespace) -> int:
     from xattn_ray.data.synthetic import FamilySpec, generate_family
 
+    if args.out.exists() and not args.out.is_dir():
+        raise XattnError(f"--out {args.out}: a file is there; give a folder to create")
     spec = FamilySpec(languages=args.languages, sentences=args.sentences, seed=args.seed,
                       valid=args.valid, test=args.test)
     out = generate_family(spec, args.out)
@@ -176,9 +189,9 @@ def _data_fetch(args: argparse.Namespace) -> int:
             raise XattnError("--pairs applies to `muse` only")
         files = fetch.fetch_multi30k(args.dest, **_base_url(args))
     else:
-        if not args.pairs:
+        pairs = [pair.strip() for pair in (args.pairs or "").split(",") if pair.strip()]
+        if not pairs:
             raise XattnError("`data fetch muse` needs --pairs (e.g. --pairs de-fr,fr-en)")
-        pairs = [pair.strip() for pair in args.pairs.split(",") if pair.strip()]
         files = fetch.fetch_muse(pairs, args.dest, **_base_url(args))
     downloaded = sum(f.downloaded for f in files)
     print(f"{args.dataset}: {downloaded} downloaded, {len(files) - downloaded} already present, in {args.dest}")
@@ -190,6 +203,7 @@ def _base_url(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from xattn_ray.runner.stages import EXIT_INTERRUPTED
     from xattn_ray.runner.study import run_study
     from xattn_ray.runner.summary import format_summary
     from xattn_ray.study.config import load_experiment
@@ -207,6 +221,16 @@ def _run(args: argparse.Namespace) -> int:
                        num_cpus=args.num_cpus, progress_interval=args.progress_every)
     print(format_summary(result))
     print(f"results store: {store} (xattn-ray results --store {store} --experiment {experiment.name})")
+    if result.interrupted:
+        import shlex
+
+        options = {"--storage": args.storage if args.storage != DEFAULT_STORAGE else None, "--store": args.store,
+                   "--address": args.address, "--num-cpus": args.num_cpus}
+        again = shlex.join(["xattn-ray", "run", str(args.experiment)] + [
+            part for name, value in options.items() if value is not None for part in (name, str(value))])
+        print(f"xattn-ray: interrupted: {len(result.unfinished)} run(s) unfinished; continue with "
+              f"`{again} --resume`", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 1 if result.unfinished else 0
 
 
@@ -214,7 +238,7 @@ def _train(args: argparse.Namespace) -> int:
     from xattn_ray.study.config import ChildConfig, load_experiment
     from xattn_ray.study.runs import parent_spec, run, run_folder
     from xattn_ray.study.spec import RunSpec
-    from xattn_ray.study.transfer import experiment_runs, run_name
+    from xattn_ray.study.transfer import check_parent_checkpoint, experiment_runs, run_name
 
     experiment = load_experiment(args.experiment)
     if experiment.codeswitch is not None:
@@ -223,7 +247,6 @@ def _train(args: argparse.Namespace) -> int:
     runs = {run_name(entry): entry for entry in experiment_runs(experiment)}
     if args.run not in runs:
         raise XattnError(f"{args.experiment}: no run named {args.run!r} (runs: {', '.join(runs)})")
-    checkpoint = None
     if isinstance(runs[args.run], ChildConfig):
         if not args.policy:
             raise XattnError(f"run {args.run!r} is a child: give --policy (e.g. xattn)")
@@ -235,11 +258,15 @@ def _train(args: argparse.Namespace) -> int:
             raise XattnError(f"parent checkpoint {checkpoint} not found: train the parent first "
                              f"(xattn-ray train {args.experiment} --run {parent.run} --seed {parent.seed}) "
                              f"or give --parent-checkpoint")
+        if args.parent_checkpoint:  # checked before any work; a model other than the parent's trains elsewhere
+            check_parent_checkpoint(experiment, spec, args.parent_checkpoint)
+    elif args.policy:
+        raise XattnError(f"run {args.run!r} is a parent: it trains from scratch, without --policy")
+    elif args.parent_checkpoint:
+        raise XattnError(f"run {args.run!r} is a parent: it trains from scratch, without --parent-checkpoint")
     else:
-        if args.policy:
-            raise XattnError(f"run {args.run!r} is a parent: it trains from scratch, without --policy")
         spec = RunSpec("parent", args.run, args.seed)
-    result = run(experiment, spec, args.storage, parent_checkpoint=checkpoint, resume=args.resume)
+    result = run(experiment, spec, args.storage, parent_checkpoint=args.parent_checkpoint, resume=args.resume)
     policy = f", {spec.policy}" if spec.policy else ""
     print(f"{spec.run} ({result.pair}{policy}, seed {spec.seed}): "
           f"{result.stop_reason} after {result.updates} updates, {result.train_seconds:.0f} s, "
@@ -252,20 +279,51 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _translate(args: argparse.Namespace) -> int:
+    import math
+
+    _at_least("--beam", args.beam, 1)
+    _at_least("--max-tokens", args.max_tokens, 1)
+    if not math.isfinite(args.length_penalty):
+        raise XattnError(f"--length-penalty {args.length_penalty}: must be a finite number")
+
     from xattn_ray.engine.checkpoint import load_model
     from xattn_ray.engine.decode import translate
 
     loaded = load_model(args.checkpoint)
-    lines = sys.stdin.read().split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
+    lines = _stdin_lines()  # all of it, checked, before the first line is translated
     for hypothesis in translate(loaded.model, loaded.src_tokenizer, loaded.tgt_tokenizer, lines, beam=args.beam,
                                 length_penalty=args.length_penalty, max_tokens=args.max_tokens):
         print(hypothesis)
     return 0
 
 
+def _at_least(option: str, value: int, minimum: int) -> None:
+    """An XattnError naming `option` unless `value` >= `minimum`."""
+    if value < minimum:
+        raise XattnError(f"{option} {value}: must be at least {minimum}")
+
+
+def _stdin_lines() -> list[str]:
+    """Standard input's lines without their terminators; bytes that are not UTF-8 are an error naming the line."""
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise XattnError(f"standard input, line {line}: not UTF-8 text (byte {data[err.start]:#04x})") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # universal newlines, as text mode reads
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def _stitch(args: argparse.Namespace) -> int:
+    if args.out.is_dir():
+        raise XattnError(f"--out {args.out}: a folder; give the checkpoint file to write")
+    for option, path in (("--body", args.body), ("--embeddings", args.embeddings)):
+        if args.out.exists() and path.exists() and args.out.samefile(path):
+            raise XattnError(f"--out {args.out} is the {option} checkpoint: write the stitched model to a new file")
+
     from xattn_ray.engine.checkpoint import load_model, save_model
     from xattn_ray.engine.transfer import graft_embeddings
 
@@ -287,13 +345,14 @@ def _policies(args: argparse.Namespace) -> int:
 
     import torch
 
-    from xattn_ray.engine.model import Transformer, preset_config
+    from xattn_ray.engine.model import PRESETS, Transformer, preset_config
     from xattn_ray.engine.policies import GROUPS, POLICIES, ParameterCount, group_sizes, trainable_names
 
-    try:
-        config = preset_config(args.preset, args.src_vocab, args.tgt_vocab)
-    except ValueError as err:
-        raise XattnError(str(err)) from None
+    if args.preset not in PRESETS:
+        raise XattnError(f"--preset {args.preset!r}: no such preset (known: {', '.join(PRESETS)})")
+    _at_least("--src-vocab", args.src_vocab, 1)
+    _at_least("--tgt-vocab", args.tgt_vocab, 1)
+    config = preset_config(args.preset, args.src_vocab, args.tgt_vocab)
     with torch.device("meta"):  # shapes only: a base model's weights are never allocated
         model = Transformer(config)
     sizes = dict(model.named_parameters())
@@ -317,11 +376,12 @@ def _policies(args: argparse.Namespace) -> int:
 # What `results --format table` shows unless --columns says otherwise: which run, which figure, the scores.
 _RESULTS_TABLE_COLUMNS = ("experiment", "stage", "pair", "policy", "seed", "eval", "test_set", "bleu", "chrf",
                           "reference_bleu", "bli_p1", "status")
+_RESULTS_ORDER = ("experiment", "stage", "pair", "policy", "seed", "eval", "test_set")
 
 
 def _results(args: argparse.Namespace) -> int:
     from xattn_ray.report.formats import csv_text, json_text, parquet_bytes, text_table
-    from xattn_ray.store import ResultsStore
+    from xattn_ray.store import QueryError, ResultsStore
 
     if args.sql and (args.experiment or args.where or args.columns):
         raise XattnError("--sql is a whole query: put the experiment, condition and columns inside it "
@@ -329,7 +389,15 @@ def _results(args: argparse.Namespace) -> int:
     if args.format == "parquet" and args.out is None:
         raise XattnError("--format parquet needs --out FILE")
     store = ResultsStore(args.store or args.storage / "results")
-    table = store.sql_table(args.sql or _results_query(args))
+    if args.out is not None and args.out.is_dir():
+        raise XattnError(f"--out {args.out} is a folder: give a file name")
+    if args.out is not None and store.holds(args.out):  # reading the store never writes into it
+        raise XattnError(f"--out {args.out} is inside the results store {store.uri}: write it elsewhere")
+    store.check_exists()
+    try:
+        table = store.sql_table(args.sql) if args.sql else _results_query(store, args)
+    except QueryError as err:  # only --sql or --where is user text DuckDB reads; the other parts are checked
+        raise XattnError(f"{'--sql' if args.sql else '--where'}: {err}") from None
     if table.num_rows == 0:
         filtered = args.sql or args.experiment or args.where
         print(f"no results in {store.uri}" + (" match the query" if filtered else ""), file=sys.stderr)
@@ -347,28 +415,17 @@ def _report(args: argparse.Namespace) -> int:
     from xattn_ray.report.build import build_report
     from xattn_ray.store import ResultsStore
 
-    path = build_report(ResultsStore(args.store or args.storage / "results"), args.experiment, args.out)
+    store = ResultsStore(args.store or args.storage / "results")
+    store.check_exists()
+    path = build_report(store, args.experiment, args.out)
     print(f"wrote {path}")
     return 0
 
 
-def _results_query(args: argparse.Namespace) -> str:
-    """The query that --experiment, --where and --columns describe, rows in a stable order."""
+def _results_query(store, args: argparse.Namespace):
+    """The rows --experiment, --where and --columns describe, in a stable order, as a pyarrow table."""
     if args.columns:
-        columns = ", ".join(_sql_name(name.strip()) for name in args.columns.split(",") if name.strip())
+        columns = [name.strip() for name in args.columns.split(",") if name.strip()]
     else:
-        columns = ", ".join(_RESULTS_TABLE_COLUMNS) if args.format == "table" else "*"
-    conditions = [f"experiment = {_sql_text(args.experiment)}"] if args.experiment else []
-    if args.where:
-        conditions.append(f"({args.where})")
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    return f"SELECT {columns} FROM results{where} ORDER BY experiment, stage, pair, policy, seed, eval, test_set"
-
-
-def _sql_name(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _sql_text(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
+        columns = list(_RESULTS_TABLE_COLUMNS) if args.format == "table" else None
+    return store.select(args.experiment, args.where, columns, order_by=_RESULTS_ORDER)

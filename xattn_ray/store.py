@@ -12,6 +12,11 @@ beside its final name and renamed into place, so a reader sees a whole file or n
 what was there, and writing a run's evaluation again (a retried or resumed trial) replaces its rows
 instead of adding to them. Nothing deletes rows. Readers list the files, then read them through the
 one `SCHEMA`; `ResultsStore.sql` puts DuckDB over the rows as a table named `results`.
+
+Queries are read-only and see the rows and nothing else: the rows are loaded first, then DuckDB runs
+in memory with external access off and its configuration locked, so no query reads or writes a file,
+a URL or an extension, and no query can switch that back on. A query is one SELECT; a condition
+(`ResultsStore.select(where=...)`) is parsed as one expression, never pasted into SQL text.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import re
 import subprocess
 import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +96,7 @@ SCHEMA = pa.schema([
     pa.field("hparams", pa.string()),  # JSON of the run's full resolved config
     pa.field("config_hash", pa.string()),  # hash of `hparams`, the first half of `run_id`
     pa.field("checkpoint_uri", pa.string()),  # the model the row's numbers come from
+    pa.field("parent_checkpoint_sha256", pa.string()),  # sha256 of the checkpoint the run started from
     pa.field("status", pa.string(), nullable=False),  # ok / failed / stopped
     pa.field("error", pa.string()),  # what went wrong, for a failed run
     pa.field("ray_trial_id", pa.string()),
@@ -113,6 +119,10 @@ def codeswitch_kind(test_set: str) -> str:
 
 class StoreError(XattnError):
     """A row that does not fit the schema, a store that cannot be opened, or a query that fails."""
+
+
+class QueryError(StoreError):
+    """A query or condition the caller wrote that is refused or fails: its text is at fault, not the store."""
 
 
 def make_row(**fields: Any) -> dict[str, Any]:
@@ -229,19 +239,67 @@ class ResultsStore:
         """`table(experiment, filters)` as a pandas DataFrame."""
         return self.table(experiment, filters).to_pandas()
 
+    def check_exists(self) -> None:
+        """Raise `StoreError` unless the store's folder is there (a store no study wrote to is not)."""
+        try:
+            kind = self._fs.get_file_info(self._root).type
+        except (pa.ArrowException, OSError) as err:
+            raise StoreError(f"cannot open results store {self.uri}: {_one_line(err)}") from None
+        if kind == pafs.FileType.NotFound:
+            raise StoreError(f"results store {self.uri} does not exist")
+        if kind != pafs.FileType.Directory:
+            raise StoreError(f"results store {self.uri} is not a folder")
+
+    def holds(self, path: str | os.PathLike) -> bool:
+        """Whether the local `path` is inside this store's folder (where only writers of rows may write)."""
+        if not isinstance(self._fs, pafs.LocalFileSystem):
+            return False
+        return Path(path).resolve().is_relative_to(Path(self._root).resolve())
+
     def sql_table(self, query: str) -> pa.Table:
-        """The answer to a DuckDB `query` over the stored rows, which it sees as the table `results`."""
-        results = self.table()
-        with duckdb.connect(":memory:") as connection:  # in memory: nothing a query does outlives the call
-            connection.execute("SET TimeZone = 'UTC'")  # times come back in UTC, as they were written
-            connection.register("results", results)
+        """The answer to one DuckDB SELECT `query` over the stored rows, which it sees as the table `results`.
+
+        Anything but exactly one SELECT (a COPY, ATTACH, SET, PRAGMA, CREATE, a second statement) is a
+        `QueryError`, and so is a SELECT that reaches past the rows (`read_text`, `read_parquet`, `glob`).
+        """
+        with duckdb.connect(":memory:") as parser:
             try:
-                answer = connection.sql(query)
-                if answer is None:
-                    raise StoreError(f"results query {query!r} gives no table: ask with SELECT")
-                return answer.to_arrow_table()
+                statements = parser.extract_statements(query)
             except duckdb.Error as err:
-                raise StoreError(f"results query: {_one_line(err)}") from None
+                raise QueryError(_one_line(err)) from None
+        kinds = [statement.type.name for statement in statements]
+        if kinds != ["SELECT"]:
+            got = f"{len(kinds)} statements" if len(kinds) != 1 else kinds[0]
+            raise QueryError(f"only one SELECT over the table `results` is allowed (got {got})")
+        with _query_connection(self.table()) as connection:
+            return _answer(lambda: connection.sql(query))
+
+    def select(self, experiment: str | None = None, where: str | None = None, columns: list[str] | None = None,
+               order_by: Iterable[str] = ()) -> pa.Table:
+        """The rows (of one experiment, if given) where the SQL condition `where` holds, sorted, some columns.
+
+        `where` is parsed as one expression (`policy = 'xattn' AND seed > 1`, subqueries over `results`
+        included): text that is not one expression, or that fails, is a `QueryError`; an unknown name
+        in `columns` or `order_by` is a `StoreError`.
+        """
+        for name in [*(columns or ()), *order_by]:
+            if name not in SCHEMA.names:
+                close = difflib.get_close_matches(name, SCHEMA.names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise StoreError(f"unknown results column {name!r}{hint}")
+        try:
+            condition = duckdb.SQLExpression(where) if where is not None else None
+        except duckdb.Error as err:
+            raise QueryError(_one_line(err)) from None
+
+        def answer() -> duckdb.DuckDBPyRelation:
+            rows = connection.table("results")
+            rows = rows.filter(condition) if condition is not None else rows
+            rows = rows.sort(*map(duckdb.ColumnExpression, order_by)) if order_by else rows
+            return rows.project(*map(duckdb.ColumnExpression, columns)) if columns else rows
+
+        with _query_connection(self.table(experiment)) as connection:
+            return _answer(answer)
 
     def sql(self, query: str) -> pandas.DataFrame:
         """`sql_table(query)` as a pandas DataFrame."""
@@ -333,6 +391,28 @@ def _filter_expression(filters: ds.Expression | list | None) -> ds.Expression | 
 def _flush_to_disk(path: str) -> None:
     with open(path, "rb") as file:
         os.fsync(file.fileno())
+
+
+@contextlib.contextmanager
+def _query_connection(rows: pa.Table) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB that sees `rows` as the table `results`, and nothing outside this process."""
+    with duckdb.connect(":memory:") as connection:  # in memory: nothing a query does outlives the call
+        connection.execute("SET TimeZone = 'UTC'")  # times come back in UTC, as they were written
+        connection.register("results", rows)
+        # The rows are in; from here no query reaches a file, a URL, an extension or a Python variable
+        # (DuckDB's replacement scans), and the lock keeps any query from switching these back.
+        connection.execute("SET python_enable_replacements = false")
+        connection.execute("SET enable_external_access = false")
+        connection.execute("SET lock_configuration = true")
+        yield connection
+
+
+def _answer(relation: Callable[[], duckdb.DuckDBPyRelation]) -> pa.Table:
+    """The table of the relation that `relation()` builds; DuckDB's errors become one-line `QueryError`s."""
+    try:
+        return relation().to_arrow_table()
+    except duckdb.Error as err:
+        raise QueryError(_one_line(err)) from None
 
 
 def _one_line(err: BaseException) -> str:

@@ -103,13 +103,13 @@ EXPERIMENT = """\
 name: toy
 corpora:
   toy:
-    languages: [fr, en]
+    languages: [fr, en, de]
     train: data/train.{lang}
     valid: data/valid.{lang}
     test:
       t1: data/test.{lang}
 parents: [{name: fr-en, pair: fr-en, corpus: toy, lines: [0, 4]}]
-children: [{pair: en-fr, parent: fr-en, lines: [4, 6]}]
+children: [{pair: de-en, parent: fr-en, lines: [4, 6]}]
 """
 
 
@@ -117,9 +117,9 @@ def test_run_data_cleans_training_but_never_test_data(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     write_corpus(data, {
-        "train": {"fr": ["a", "", "c", "d", "e", "f"], "en": ["A", "B", "C", "D", "E", "F"]},
-        "valid": {"fr": ["v"], "en": ["V"]},
-        "test": {"fr": ["  spaced  ", ""], "en": ["x", "y"]},
+        "train": {"fr": ["a", "", "c", "d", "e", "f"], "en": ["A", "B", "C", "D", "E", "F"], "de": list("123456")},
+        "valid": {"fr": ["v"], "en": ["V"], "de": ["w"]},
+        "test": {"fr": ["  spaced  ", ""], "en": ["x", "y"], "de": ["z", ""]},
     })
     (tmp_path / "exp.yaml").write_text(EXPERIMENT)
     experiment = load_experiment(tmp_path / "exp.yaml")
@@ -128,8 +128,8 @@ def test_run_data_cleans_training_but_never_test_data(tmp_path):
     assert parent_data.train.src == ["a", "c", "d"] and parent_data.cleaning.empty == 1
     assert parent_data.tests["t1"].src == ["  spaced  ", ""]  # untouched
     child_data = load_run_data(experiment, child, tmp_path / "cache")
-    assert child_data.train.src == ["E", "F"] and child_data.train.tgt == ["e", "f"]
-    assert run_name(child) == "en-fr"
+    assert child_data.train.src == ["5", "6"] and child_data.train.tgt == ["E", "F"]
+    assert run_name(child) == "de-en"
 
 
 def test_run_data_reports_a_misaligned_file(tmp_path):

@@ -123,29 +123,69 @@ def _stat(path: Path):
         stat = path.stat()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except OSError as err:  # no permission, a name too long, ...
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     if not path.is_file():
         raise DataError(f"{path}: not a regular file")
     return stat
 
 
+# A line longer than this is not a sentence (sentences are well under a kilobyte; the length filters drop
+# training pairs of over 250 words): it is a file that is not a corpus, or a gzip bomb's single huge line.
+MAX_LINE_CHARS = 1_000_000
+# gzip compresses text 3 to 5 times; past GZIP_FLOOR bytes of text, a file that inflates more than
+# MAX_GZIP_RATIO times is a bomb (gzip reaches ~1000x on repeated bytes), stopped before it fills memory.
+GZIP_FLOOR = 16 << 20
+MAX_GZIP_RATIO = 100
+_CHUNK = 4 << 20
+
+
 @functools.lru_cache(maxsize=64)
 def _read_lines_cached(path: str, _mtime_ns: int, _size: int) -> tuple[str, ...]:
-    # Keyed by modification time and size too, so a rewritten file is read again.
+    # Keyed by modification time and size too, so a rewritten file is read again. The file is read in
+    # chunks (a gzip file inflated as it streams), so no more than a chunk and its lines are in memory
+    # beyond the lines themselves, and the caps above are checked as the text arrives.
+    lines: list[str] = []
+    pending = b""  # the unfinished last line of the chunks so far
+    inflated = 0
     try:
-        raw = gzip.decompress(Path(path).read_bytes()) if path.endswith(".gz") else Path(path).read_bytes()
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+            for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                inflated += len(chunk)
+                if stream is not raw and inflated > GZIP_FLOOR and inflated > MAX_GZIP_RATIO * raw.tell():
+                    raise DataError(f"{path}: inflates more than {MAX_GZIP_RATIO} times its compressed size "
+                                    f"(a gzip bomb?); refusing to read on")
+                data = pending + chunk
+                cut = data.rfind(b"\n") + 1
+                pending = data[cut:]
+                lines += _decoded_lines(path, data[:cut], len(lines) + 1)
+                if len(pending) > 4 * MAX_LINE_CHARS:  # bytes: a character is at most 4 of them
+                    raise DataError(f"{path}:{len(lines) + 1}: line longer than {MAX_LINE_CHARS:,} characters")
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise DataError(f"{path}: not a valid gzip file ({err})") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if pending:  # a last line without a final newline
+        lines += _decoded_lines(path, pending + b"\n", len(lines) + 1)
+    return tuple(line[:-1] if line.endswith("\r") else line for line in lines)
+
+
+def _decoded_lines(path: str, block: bytes, first_line: int) -> list[str]:
+    """The lines of `block` (whole lines, each ending in '\\n'), checked for UTF-8 and length."""
     try:
-        text = raw.decode("utf-8")
+        text = block.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = raw.count(b"\n", 0, err.start) + 1
-        line_start = raw.rfind(b"\n", 0, err.start) + 1
+        line = first_line + block.count(b"\n", 0, err.start)
+        line_start = block.rfind(b"\n", 0, err.start) + 1
         raise DataError(f"{path}:{line}: invalid UTF-8 at byte {err.start - line_start} of the line "
                         f"({err.reason})") from None
     lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the file's final newline ends the last line; it does not start a new one
-    return tuple(line[:-1] if line.endswith("\r") else line for line in lines)
+    lines.pop()  # the block's final newline ends its last line; it does not start a new one
+    if lines and max(map(len, lines)) > MAX_LINE_CHARS:
+        number = next(i for i, line in enumerate(lines) if len(line) > MAX_LINE_CHARS)
+        raise DataError(f"{path}:{first_line + number}: line longer than {MAX_LINE_CHARS:,} characters")
+    return lines
 
 
 def read_parallel(src_path: Path, tgt_path: Path) -> ParallelText:

@@ -86,6 +86,8 @@ _MUSE_SPLITS = ("0-5000", "5000-6500")
 _CHUNK_BYTES = 1 << 16
 # Seconds a single connect or read may block; a stalled server fails instead of hanging the run.
 _SOCKET_TIMEOUT_S = 30.0
+# What a mirror's address may start with: the schemes urllib downloads from.
+_SCHEMES = ("https", "http", "ftp", "file")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class FetchedFile:
 
 def fetch_multi30k(dest: Path, base_url: str = MULTI30K_BASE_URL) -> list[FetchedFile]:
     """Fetch the 22 Multi30k task-1 files into `dest` (created if missing), in name order."""
+    _check_base_url(base_url)
+    _make_folder(dest)
     return [
         fetch_file(_join_url(base_url, name), dest, sha256)
         for name, sha256 in MULTI30K_SHA256.items()
@@ -109,9 +113,12 @@ def fetch_muse(
 ) -> list[FetchedFile]:
     """Fetch the train and test dictionaries of each pair (like "de-fr") into `dest`.
 
-    Every pair is checked before anything is downloaded, so a typo costs no traffic.
+    Every pair, the base URL and the destination are checked before anything is downloaded, so a
+    typo costs no traffic.
     """
     names = [name for pair in pairs for name in _muse_file_names(pair)]
+    _check_base_url(base_url)
+    _make_folder(dest)
     return [fetch_file(_join_url(base_url, name), dest, MUSE_SHA256[name]) for name in names]
 
 
@@ -121,7 +128,7 @@ def fetch_file(url: str, dest: Path, sha256: str) -> FetchedFile:
     A file already there with that checksum is kept without any request; otherwise the file is
     downloaded and verified before it replaces whatever was at the final path.
     """
-    dest.mkdir(parents=True, exist_ok=True)
+    _make_folder(dest)
     path = dest / _file_name(url)
     if path.is_file():
         if _sha256_of_file(path) == sha256:
@@ -142,6 +149,23 @@ def _muse_file_names(pair: str) -> list[str]:
             f"no recorded checksums for MUSE pair {pair!r}; known pairs: {', '.join(known)}"
         )
     return names
+
+
+def _check_base_url(base_url: str) -> None:
+    """A FetchError unless `base_url` starts with a scheme urllib downloads from (a bare host or path is a typo)."""
+    if urllib.parse.urlsplit(base_url).scheme.lower() not in _SCHEMES:
+        raise FetchError(f"base URL {base_url!r} must start with one of "
+                         f"{', '.join(scheme + '://' for scheme in _SCHEMES)}")
+
+
+def _make_folder(dest: Path) -> None:
+    """Create the destination folder (and its parents) unless it exists; a FetchError if it cannot be one."""
+    if dest.exists() and not dest.is_dir():
+        raise FetchError(f"{dest}: a file is there; the destination must be a folder")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FetchError(f"cannot create the destination folder {dest}: {err.strerror or err}") from None
 
 
 def _join_url(base_url: str, name: str) -> str:

@@ -6,16 +6,28 @@ and everything under data/ takes them as arguments, never the experiment itself.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from xattn_ray.data.synthetic import FamilySpec
 from xattn_ray.engine.policies import Side
 from xattn_ray.engine.transfer import TransferError
-from xattn_ray.schema import Invalid
+from xattn_ray.schema import Invalid, check_file_name
 
 # A split's files: a template with `{lang}` ("data/train.{lang}.gz", a multi-parallel set) or one path
 # per language ({fr: train.fr, en: train.en}, a pair of aligned files).
 SplitFiles = str | dict[str, str]
+
+# A language code names files (`{lang}` in templates, tokenizer models) and is half of a run's default
+# name, so it is one file-name segment without '-' (which separates a pair) or '.': e.g. en, pt_br.
+_LANGUAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,15}")
+
+
+def check_language(code: str, key: str | tuple | None) -> None:
+    """Raise Invalid(key, ...) unless `code` is a usable language code."""
+    if not _LANGUAGE.fullmatch(code):
+        raise Invalid(key, f"{code!r} is not a language code: use 1 to 16 letters, digits and '_', "
+                           f"starting with a letter or digit (e.g. en, pt_br)")
 
 
 @dataclass(frozen=True)
@@ -30,6 +42,8 @@ class LanguagePair:
         parts = text.split("-")
         if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
             raise Invalid("pair", f"expected two different languages written 'src-tgt', got {text!r}")
+        for code in parts:
+            check_language(code, "pair")
         return cls(parts[0], parts[1])
 
     def __str__(self) -> str:
@@ -65,6 +79,17 @@ class CorpusConfig:
             if self.test:
                 raise Invalid("test", "a synthetic corpus names no files (they are generated)")
             return
+        for i, code in enumerate(self.languages or []):
+            check_language(code, ("languages", i))
+        if len(set(self.languages or [])) != len(self.languages or []):
+            raise Invalid("languages", "lists a language twice")
+        for split in ("train", "valid"):
+            for code in getattr(self, split) if isinstance(getattr(self, split), dict) else []:
+                check_language(code, (split, code))
+        for name, files in self.test.items():
+            check_file_name(name, ("test", name))  # names the files of a run's translations
+            for code in files if isinstance(files, dict) else []:
+                check_language(code, ("test", name, code))
         if self.train is None:
             raise Invalid(None, "a corpus needs `train` files (or `synthetic:` to generate them)")
         if self.valid is None:

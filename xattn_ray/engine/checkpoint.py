@@ -4,24 +4,38 @@ A checkpoint is one file holding the model config, the weights, and the serializ
 models of both sides (a few hundred KB), so a checkpoint copied alone to another machine of a cluster
 rebuilds its model and tokenizers. Only plain types are stored, so loading uses
 `torch.load(weights_only=True)`, which executes no code from the file.
+
+Every file a user names may be anything: loading checks what it reads (`read_checkpoint`, then the
+config, the weights' names and shapes, the tokenizers) and tells what is wrong in one line naming the
+file, a `CheckpointError`, before any model is built from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import re
 import tempfile
+import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from xattn_ray.engine.model import ModelConfig, Transformer, config_differences
 from xattn_ray.engine.tokenizer import Tokenizer
 from xattn_ray.errors import XattnError
+from xattn_ray.schema import Invalid
 
 CHECKPOINT_FORMAT = 1
+MODEL_KEYS = ("model_config", "state_dict", "tokenizers")  # besides `format`; `extra` is optional
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 class CheckpointError(XattnError):
@@ -37,18 +51,24 @@ class LoadedModel:
 
 
 def atomic_save(payload: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    """torch.save to a temporary file beside `path`, then rename: readers never see half a file.
+
+    A folder that cannot be written (permissions, a full disk, `path` a folder) is a CheckpointError.
+    """
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(handle, "wb") as file:
             torch.save(payload, file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)  # gone already when the rename happened
 
 
 def save_model(path: Path, model: Transformer, src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
@@ -63,27 +83,152 @@ def save_model(path: Path, model: Transformer, src_tokenizer: Tokenizer, tgt_tok
     }, path)
 
 
+def read_checkpoint(path: Path, required: tuple[str, ...]) -> dict[str, Any]:
+    """The dict that torch.save wrote to `path`, which must hold every key of `required`.
+
+    Loaded with `weights_only=True`: a file holding other objects than tensors and plain data is
+    refused, never executed. Whatever else the file is (missing, a folder, empty, cut short, not
+    torch's, another dict) is a CheckpointError naming it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file")
+    try:
+        with path.open("rb") as file:
+            start = file.read(len(_ZIP_MAGIC))
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {err.strerror or err}") from None
+    if not start:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickles: the error below says it all
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError, OSError, ...
+        # weights_only names the class it would have had to import; any other failure is a parse error
+        if isinstance(err, pickle.UnpicklingError) and (refused := _REFUSED_GLOBAL.search(str(err))):
+            raise CheckpointError(f"{path}: refused: it holds a `{refused.group(1)}` object, which no checkpoint "
+                                  f"holds; loading never runs code from a file") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: {_unreadable(start)}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a checkpoint: it holds a {type(payload).__name__}, not a dict")
+    missing = [key for key in required if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: no {', '.join(missing)} in the checkpoint (it holds "
+                              f"{_keys(payload)})")
+    return payload
+
+
+def _unreadable(start: bytes) -> str:
+    """Why torch could not parse a file that begins with `start`."""
+    return ("a torch file cut short or damaged" if start == _ZIP_MAGIC
+            else "not a file that torch.save wrote")
+
+
+def _keys(payload: dict) -> str:
+    """The first keys of a dict, for an error message."""
+    keys = [repr(key) for key in list(payload)[:6]]
+    return ", ".join(keys) + (", ..." if len(payload) > 6 else "") if keys else "nothing"
+
+
+def load_weights(path: Path, model: nn.Module, weights: Any, key: str) -> None:
+    """`model.load_state_dict(weights)`, after checking that `weights` (entry `key` of the checkpoint at
+    `path`) holds a tensor of the right shape for every parameter and buffer and nothing else."""
+    check_weights(path, model.state_dict(), weights, key)
+    model.load_state_dict(weights)
+
+
+def check_weights(path: Path, expected: dict[str, torch.Tensor], weights: Any, key: str) -> None:
+    """A CheckpointError unless `weights` (entry `key` of the checkpoint at `path`) has exactly the names
+    of `expected`, each a tensor of the same shape."""
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: {key} is a {type(weights).__name__}, not a dict of tensors")
+    problems = []
+    missing = [name for name in expected if name not in weights]
+    unexpected = [str(name) for name in weights if name not in expected]
+    wrong = [f"{name} {_shape(weights[name])} instead of {tuple(tensor.shape)}" for name, tensor in expected.items()
+             if name in weights and _shape(weights[name]) != tuple(tensor.shape)]
+    for kind, names in (("missing", missing), ("unexpected", unexpected), ("of the wrong shape", wrong)):
+        if names:
+            problems.append(f"{len(names)} {kind} (first: {names[0]})")
+    if problems:
+        raise CheckpointError(f"{path}: {key} does not fit the model: {'; '.join(problems)}")
+
+
+def _shape(value: Any) -> tuple[int, ...] | str:
+    """A tensor's shape, or what the value is instead."""
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
 def load_model(path: Path, expected: ModelConfig | None = None) -> LoadedModel:
     """Rebuild the model and tokenizers saved at `path`.
 
     With `expected`, a checkpoint of another architecture is a CheckpointError that names each
-    differing field (e.g. `d_model: expected 256, found 512`).
+    differing field (e.g. `d_model: expected 256, found 512`). So is a file that is no model
+    checkpoint of this format, or whose config, weights or tokenizers do not fit together.
     """
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint not found") from None
-    except Exception as err:  # a truncated or foreign file: say so in one line
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an xattn-ray checkpoint of format {CHECKPOINT_FORMAT}")
-    config = ModelConfig(**payload["model_config"])
+    payload = read_checkpoint(path, ())
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        found = f"format {payload['format']!r}" if "format" in payload else f"no format (it holds {_keys(payload)})"
+        raise CheckpointError(f"{path}: not an xattn-ray model checkpoint of format {CHECKPOINT_FORMAT}: {found}")
+    missing = [key for key in MODEL_KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: no {', '.join(missing)} in the checkpoint")
+    config = _model_config(path, payload["model_config"])
     if expected is not None and (differences := config_differences(expected, config)):
         raise CheckpointError(f"{path}: architecture differs from the experiment's: {'; '.join(differences)}")
+    extra = payload.get("extra", {})
+    if not isinstance(extra, dict):
+        raise CheckpointError(f"{path}: extra is a {type(extra).__name__}, not a dict")
+    src_tokenizer = _tokenizer(path, payload["tokenizers"], "source")
+    tgt_tokenizer = _tokenizer(path, payload["tokenizers"], "target")
+    with torch.device("meta"):  # shapes only: weights that do not fit are found before memory is spent
+        shapes = Transformer(config).state_dict()
+    check_weights(path, shapes, payload["state_dict"], "state_dict")
     model = Transformer(config)
     model.load_state_dict(payload["state_dict"])
-    return LoadedModel(model=model,
-                       src_tokenizer=Tokenizer.from_bytes(payload["tokenizers"]["source"]),
-                       tgt_tokenizer=Tokenizer.from_bytes(payload["tokenizers"]["target"]),
-                       extra=payload["extra"])
+    return LoadedModel(model=model, src_tokenizer=src_tokenizer, tgt_tokenizer=tgt_tokenizer, extra=extra)
+
+
+def _model_config(path: Path, raw: Any) -> ModelConfig:
+    """The ModelConfig a checkpoint stores, checked field by field, and buildable."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: model_config is a {type(raw).__name__}, not a dict")
+    types = typing.get_type_hints(ModelConfig)
+    unknown = sorted(str(name) for name in raw if name not in types)
+    if unknown:
+        raise CheckpointError(f"{path}: model_config has unknown fields: {', '.join(unknown)}")
+    required = [f.name for f in dataclasses.fields(ModelConfig)
+                if f.default is dataclasses.MISSING and f.name not in raw]
+    if required:
+        raise CheckpointError(f"{path}: model_config lacks {', '.join(required)}")
+    for name, value in raw.items():
+        # bool is an int to Python, never a size or a probability here
+        wanted = {int: (int,), float: (int, float)}.get(types[name], (object,))
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            raise CheckpointError(f"{path}: model_config: {name} must be a number, got {value!r}")
+    try:
+        config = ModelConfig(**raw)
+        with torch.device("meta"):  # builds every layer (xlquery's alphas are checked there), allocates nothing
+            Transformer(config)
+    except Invalid as err:
+        raise CheckpointError(f"{path}: model_config: {err.key}: {err.why}" if isinstance(err.key, str)
+                              else f"{path}: model_config: {err.why}") from None
+    except (ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path}: model_config: {str(err).splitlines()[0]}") from None
+    return config
+
+
+def _tokenizer(path: Path, blobs: Any, side: str) -> Tokenizer:
+    """The `side` tokenizer a checkpoint stores."""
+    blob = blobs.get(side) if isinstance(blobs, dict) else None
+    if not (isinstance(blob, dict) and isinstance(blob.get("language"), str) and isinstance(blob.get("model"), bytes)
+            and blob["model"] and isinstance(blob.get("metadata"), dict)):
+        raise CheckpointError(f"{path}: tokenizers.{side} is missing or malformed (it needs a language, the "
+                              f"SentencePiece model's bytes and metadata)")
+    try:
+        return Tokenizer.from_bytes(blob)
+    except RuntimeError:  # SentencePiece's parse error
+        raise CheckpointError(f"{path}: tokenizers.{side}: not a SentencePiece model") from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -150,6 +151,10 @@ def translate_ids(model: Transformer, tgt_tokenizer: Tokenizer, sources: Sequenc
     `beam` 1 is greedy search; outputs are at most `max_len_a * source length + max_len_b` tokens
     long (`max_output_lengths`).
     """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    if not math.isfinite(length_penalty):  # a NaN score would rank hypotheses arbitrarily
+        raise ValueError(f"length_penalty must be a finite number, got {length_penalty}")
     device = next(model.parameters()).device
     outputs: list[list[int]] = [[] for _ in sources]
     for batch in _length_sorted_batches([len(source) for source in sources], max_tokens):

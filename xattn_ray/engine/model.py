@@ -40,6 +40,7 @@ from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAtten
 from xattn_ray.engine.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
                                                  StructuredDropout, is_code_switched)
 from xattn_ray.engine.tokenizer import PAD_ID
+from xattn_ray.schema import Invalid
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,20 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         # The alphas are checked (MaskAlphas) where they are used: when an xlquery encoder is built.
+        # Invalid is a ValueError naming the field, so an experiment file's `model:` error names its key.
         if self.attention not in ("standard", "xlquery"):
-            raise ValueError(f"attention must be 'standard' or 'xlquery', got {self.attention!r}")
+            raise Invalid("attention", f"must be 'standard' or 'xlquery', got {self.attention!r}")
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "ffn_dim", "heads", "encoder_layers",
+                     "decoder_layers"):
+            if getattr(self, name) < 1:
+                raise Invalid(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.max_positions < 3:  # BOS, one token, EOS
+            raise Invalid("max_positions", f"must be at least 3, got {self.max_positions}")
+        if self.d_model % self.heads:
+            raise Invalid("heads", f"d_model {self.d_model} is not divisible by {self.heads} heads")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise Invalid(name, f"a dropout probability must be in [0, 1), got {getattr(self, name)!r}")
 
     @property
     def training_alphas(self) -> MaskAlphas:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xattn_ray.engine.batching import EncodedPairs, collate, make_batches
-from xattn_ray.engine.checkpoint import atomic_save, save_model
+from xattn_ray.engine.checkpoint import atomic_save, load_weights, read_checkpoint, save_model
 from xattn_ray.engine.model import Transformer
 from xattn_ray.engine.tokenizer import PAD_ID, Tokenizer
 from xattn_ray.schema import Invalid
@@ -61,13 +61,31 @@ class TrainConfig:
     seed: int = 1
 
     def __post_init__(self) -> None:
+        # Every check is one the loop would otherwise fail on (or silently misbehave on) mid-run.
+        for name in ("lr", "adam_eps", "max_tokens", "update_freq", "validate_every"):
+            if not getattr(self, name) > 0:  # `not >`: nan fails too
+                raise Invalid(name, f"must be positive, got {getattr(self, name)!r}")
+        for name in ("warmup_updates", "warmup_init_lr", "end_lr", "weight_decay", "clip_norm", "max_updates",
+                     "max_epochs", "max_seconds", "patience"):
+            if not getattr(self, name) >= 0:
+                raise Invalid(name, f"must not be negative, got {getattr(self, name)!r}")
+        for name in ("lr", "warmup_init_lr", "end_lr", "adam_eps", "weight_decay", "max_seconds", "clip_norm"):
+            if not math.isfinite(getattr(self, name)):
+                raise Invalid(name, f"must be a finite number, got {getattr(self, name)!r}")
+        if self.schedule == "inverse_sqrt" and self.warmup_updates == 0:
+            raise Invalid("warmup_updates", "the inverse_sqrt schedule scales lr by sqrt(warmup_updates / update): "
+                                            "with 0 the learning rate stays 0; use at least 1")
+        if not 0 <= self.label_smoothing < 1:
+            raise Invalid("label_smoothing", f"must be in [0, 1), got {self.label_smoothing!r}")
+        for i, beta in enumerate(self.adam_betas):
+            if not 0 <= beta < 1:
+                raise Invalid(("adam_betas", i), f"must be in [0, 1), got {beta!r}")
         if self.schedule == "polynomial" and self.max_updates <= 0:
             raise Invalid("max_updates", "the polynomial schedule decays to `end_lr` at max_updates; set it")
         if not (self.max_updates or self.max_epochs or self.max_seconds or self.patience):
             raise Invalid(None, "set at least one of max_updates, max_epochs, max_seconds, patience")
-        for name in ("lr", "max_tokens", "update_freq", "validate_every"):
-            if getattr(self, name) <= 0:
-                raise Invalid(name, "must be positive")
+        if not 0 <= self.seed < 2**32:  # numpy's and Python's seeding range
+            raise Invalid("seed", f"must be in [0, 2**32), got {self.seed!r}")
 
 
 class Reporter(Protocol):
@@ -309,8 +327,8 @@ def _save_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer
 
 
 def _restore(path: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> Progress:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    state = read_checkpoint(path, ("model", "optimizer", "progress", "torch_rng"))
+    load_weights(path, model, state["model"], "model")
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return Progress(**state["progress"])

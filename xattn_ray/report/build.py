@@ -1,4 +1,8 @@
-"""Writing an experiment's report: report.md, from the sections of its study kind, and the figures it shows."""
+"""Writing an experiment's report: report.md, from the sections of its study kind, and the figures it shows.
+
+Everything is built in memory first and written only once all of it exists, each file atomically:
+a report that fails half-way leaves the folder as it was.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import pandas
 from xattn_ray.errors import XattnError
 from xattn_ray.files import write_atomically
 from xattn_ray.report.codeswitch import codeswitch_sections
-from xattn_ray.report.figures import figures_section, write_figures
+from xattn_ray.report.figures import figures_section, render_figures
 from xattn_ray.report.markdown import markdown_table
 from xattn_ray.report.rows import ReferencesFor, is_codeswitch_study, missing_runs, references_from_uri
 from xattn_ray.report.transfer import transfer_sections
@@ -21,17 +25,24 @@ def build_report(store: ResultsStore, experiment: str, out_dir: Path,
     """Write `out_dir/report.md` and its figures for `experiment`; return the path of report.md.
 
     `references_for(test row)` gives the reference lines the significance tests score against. An
-    experiment without rows is an `XattnError`, raised before anything is written.
+    experiment without rows, or an `out_dir` that is a file, is an `XattnError`, raised before
+    anything is written; the files are written only once every one of them is built.
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise XattnError(f"{out_dir}: a file is there; the report needs a folder")
     frame = store.read(experiment)
     if frame.empty:
         raise XattnError(f"no results for experiment {experiment!r} in {store.uri}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figures = write_figures(frame, out_dir)  # first: report.md, written last, links to them
-    path = out_dir / "report.md"
-    write_atomically(path, report_markdown(frame, figures, references_for).encode())
-    return path
+    figures = render_figures(frame)
+    files = {**figures, "report.md": report_markdown(frame, list(figures), references_for).encode()}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise XattnError(f"cannot create {out_dir}: {err.strerror or err}") from None
+    for name, data in files.items():  # report.md last: the figures it links to are there before it
+        write_atomically(out_dir / name, data)
+    return out_dir / "report.md"
 
 
 def report_markdown(frame: pandas.DataFrame, figures: list[str],
@@ -48,11 +59,13 @@ def report_markdown(frame: pandas.DataFrame, figures: list[str],
 
 def _header(frame: pandas.DataFrame) -> str:
     experiment = frame["experiment"].iloc[0]
-    runs = frame[frame["eval"] == "train"].groupby("run_id")["status"].agg(lambda s: (s == "ok").all())
+    train = frame[frame["eval"] == "train"]
+    runs = (train["status"] == "ok").groupby(train["run_id"]).all()  # a run finished when all its rows are ok
     versions = sorted(frame["code_version"].dropna().unique())
     signatures = sorted(frame.loc[frame["eval"] == "test", "bleu_signature"].dropna().unique())
     lines = [f"# Report: {experiment}", "",
-             f"- training runs: {len(runs)} ({int(runs.sum())} finished, {int((~runs).sum())} failed or stopped)",
+             f"- training runs: {len(runs)} ({int(runs.sum())} finished, {int((~runs).sum())} failed or stopped)"
+             if len(runs) else "- training runs: none recorded (the store holds no `train` rows of this experiment)",
              f"- code version{'s' if len(versions) != 1 else ''}: "
              + (", ".join(f"`{v}`" for v in versions) or "unknown"),
              f"- BLEU signature{'s' if len(signatures) != 1 else ''}: "
@@ -66,7 +79,9 @@ def _missing_section(frame: pandas.DataFrame) -> str:
     missing = missing_runs(frame)
     if missing.empty:
         return ""
-    text = missing.astype({"seed": "Int64"}).fillna("").astype(str).set_index("run_id")
+    # Seeds as whole numbers, blank where a row has none (an analysis row): Int64 cannot hold the blank.
+    seeds = missing["seed"].map(lambda seed: "" if pandas.isna(seed) else str(int(seed)))
+    text = missing.assign(seed=seeds).fillna("").astype(str).set_index("run_id")
     text["error"] = text["error"].map(lambda error: " ".join(error.split()).replace("|", "\\|"))
     return "\n".join(["## Missing runs", "", "Failed or stopped; left out of every number above.", "",
                       markdown_table(text)])

@@ -67,6 +67,9 @@ def _codeswitch_section(frame: pandas.DataFrame) -> str:
     runs = codeswitch_run_bleu(frame)
     if runs.empty:
         return f"{title}\n\nNo finished runs."
+    if not (codeswitch_tests(frame)["stage"] == "codeswitch").any():
+        title += ("\n\nNo fine-tuning run finished: every one failed or stopped (see Missing runs); "
+                  "only the runs they start from are shown.")
     lines = [title, "", "sacreBLEU; for each run the mean over its test sets of each kind: single sentences of one "
              "source language (mono), code-switched pairs mixed in training (seen), pairs never mixed in training "
              "(unseen); then mean ± standard deviation over seeds. `base` is the model every run starts from, "

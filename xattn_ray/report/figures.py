@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
-from pathlib import Path
 
 import pandas
 
-from xattn_ray.files import write_atomically
 from xattn_ray.report.codeswitch import codeswitch_bleu
 from xattn_ray.report.rows import (CODESWITCH_KINDS, codeswitch_tests, is_codeswitch_study, ok_rows, ordered_pairs,
                                    ordered_policies, ordered_variants, primary_child_tests)
@@ -21,21 +20,20 @@ CAPTIONS = {"bleu_by_pair.png": "BLEU by child pair and policy (error bars: stan
                                 "(error bars: standard deviation over seeds)"}
 
 
-def write_figures(frame: pandas.DataFrame, out_dir: Path) -> list[str]:
-    """Write the figures the rows allow into `out_dir`; return their file names."""
+def render_figures(frame: pandas.DataFrame) -> dict[str, bytes]:
+    """The PNG figures the rows allow, by file name, in the order the report shows them; nothing is written."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display, safe in any process
-    written = []
+    rendered = {}
     drawings = ((("bleu_by_kind.png", _bleu_by_kind),) if is_codeswitch_study(frame) else
                 (("bleu_by_pair.png", _bleu_by_pair), ("valid_curves.png", _valid_curves),
                  ("bleu_vs_params.png", _bleu_vs_params)))
     for name, draw in drawings:
         figure = draw(frame)
         if figure is not None:
-            _save_figure(figure, out_dir / name)
-            written.append(name)
-    return written
+            rendered[name] = _png(figure)
+    return rendered
 
 
 def figures_section(figures: list[str]) -> str:
@@ -161,10 +159,8 @@ def _bleu_vs_params(frame: pandas.DataFrame):
     return figure
 
 
-def _save_figure(figure, path: Path) -> None:
-    """Render a PNG in memory and write it atomically; then free the figure."""
-    import io
-
+def _png(figure) -> bytes:
+    """The figure as PNG bytes; the figure is freed."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -172,4 +168,4 @@ def _save_figure(figure, path: Path) -> None:
         figure.savefig(buffer, format="png", dpi=FIGURE_DPI, bbox_inches="tight")
     finally:
         plt.close(figure)
-    write_atomically(path, buffer.getvalue())
+    return buffer.getvalue()

@@ -21,16 +21,21 @@ ReferencesFor = Callable[[pandas.Series], "list[str] | None"]
 # --- stored files -------------------------------------------------------------------------------
 
 def references_from_uri(row: pandas.Series) -> list[str] | None:
-    """The reference lines a test row was scored against, from its `references_uri` file (None if unknown)."""
+    """The reference lines a test row was scored against, from its `references_uri` file (None if unknown,
+    or if the file is gone or unreadable: the report then says the test could not be run)."""
     uri = row.get("references_uri")
     if not isinstance(uri, str) or not uri:
         return None
     return read_lines(uri)
 
 
-def read_lines(path: str) -> list[str]:
-    """One line per sentence, as the pipeline writes them (each followed by a newline)."""
-    text = Path(path).read_text(encoding="utf-8")
+def read_lines(path: str) -> list[str] | None:
+    """One line per sentence, as the pipeline writes them (each followed by a newline); None when the file is
+    gone or not UTF-8 text (a store moved, or a file edited by hand): the report says what it could not test."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
     return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 

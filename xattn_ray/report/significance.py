@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pandas
 
@@ -112,10 +111,10 @@ def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline
     for system in [baseline, *others]:
         uri = runs.at[system, "hypotheses_uri"]
         if references is None:
-            notes[system] = "no reference file recorded (references_uri)"
-        elif not isinstance(uri, str) or not os.path.isfile(uri):
-            notes[system] = f"hypotheses file missing: {uri}"
-        elif len(hypotheses := read_lines(uri)) != len(references):
+            notes[system] = "no readable reference file (references_uri)"
+        elif not isinstance(uri, str) or (hypotheses := read_lines(uri)) is None:
+            notes[system] = f"hypotheses file missing or unreadable: {uri}"
+        elif len(hypotheses) != len(references):
             notes[system] = f"{len(hypotheses)} hypotheses for {len(references)} references"
         else:
             systems.append((system, hypotheses))

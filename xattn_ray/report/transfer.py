@@ -29,6 +29,8 @@ def child_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
     two highest means of its pair; ties at second place are all best).
     """
     tests = primary_child_tests(frame)
+    if tests.empty:  # every child failed, or none ran: no cells (and no arithmetic on empty text columns)
+        return pandas.DataFrame(columns=["pair", "policy", "test_set", "mean", "std", "seeds", "vs_body", "best"])
     summary = (tests.groupby(["pair", "policy", "test_set"])["bleu"]
                .agg(mean="mean", std="std", seeds="count").reset_index())
     body = summary[summary["policy"] == REFERENCE_POLICY].set_index("pair")["mean"]
@@ -69,7 +71,9 @@ def parent_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
 
 def _table2_section(frame: pandas.DataFrame) -> str:
     if primary_child_tests(frame).empty:
-        return "## Table 2: BLEU of child models\n\nNo finished child runs."
+        tried = (frame["stage"] == "child").any()
+        return "## Table 2: BLEU of child models\n\nNo finished child runs" + (
+            ": every one failed or stopped (see Missing runs)." if tried else ".")
     first = primary_test_sets(frame)
     names = sorted(set(first.values()))
     where = (f"test set `{names[0]}`" if len(names) == 1 else "each pair's first test set by name ("

@@ -14,7 +14,7 @@ import torch
 from ray import tune
 
 from xattn_ray.runner.progress import ProgressTable
-from xattn_ray.runner.stages import cluster_resources, one_line
+from xattn_ray.runner.stages import INTERRUPTION, cluster_resources, root_cause
 from xattn_ray.runner.trial import TrialContext
 from xattn_ray.store import ResultsStore, make_row
 from xattn_ray.study.analyses import AnalysisTask, analysis_tasks, run_task, task_fields, task_id, task_marker
@@ -47,12 +47,12 @@ def run_analyses(experiment: Experiment, specs: list[RunSpec], storage: Path, st
         tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(cluster_resources().get("CPU", 1))),
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name="analyses", storage_path=str(storage / experiment.name / "tune"), verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=1),
+                                  failure_config=tune.FailureConfig(max_failures=1), stop=INTERRUPTION,
                                   callbacks=[ProgressTable("analyses", progress_interval)]))
     for result in tuner.fit():
         task = AnalysisTask.from_dict(result.config["task"])
         if result.error is not None:
-            why = one_line(result.error)
+            why = root_cause(result.error)
             unfinished[task_id(experiment, task)] = why
             store.write([make_row(**task_fields(experiment, task), eval=task.kind, status="failed", error=why)])
 

@@ -138,7 +138,8 @@ def run_search(experiment: Experiment, storage: Path, store: ResultsStore, plan:
         done[key] = done.get(key, 0) + 1
     cells = []
     for cell in grid_cells(experiment):
-        if runnable(experiment, cell, store, unfinished) and done.get(run_id(experiment, cell), 0) < search.samples:
+        if (runnable(experiment, cell, storage, store, unfinished)
+                and done.get(run_id(experiment, cell), 0) < search.samples):
             cells.append(cell)
     print(f"[search] {len(cells)} grid cells to search ({search.samples} {search.metric} trials each), "
           f"{len(grid_cells(experiment)) - len(cells)} done earlier", flush=True)

@@ -1,25 +1,64 @@
 """One stage of a study as one Ray Tune run: a trial per run that is not finished yet.
 
-Finished runs are reused, never retrained (their rows are written again, which replaces them); a run
-whose parent did not finish is recorded as failed without starting. A trial that Tune gives up on
-(after its retries) is recorded with the root cause of its error; one a scheduler stopped is recorded
-as `stopped`, which is expected and not a failure of the study.
+Finished runs are reused (their rows are written again, which replaces them) unless their parent's
+checkpoint changed since they started from it: such a stale run's folder is set aside and it trains
+again. A run whose parent has no successful result is recorded as failed, waiting on its parent,
+without starting. A trial that Tune gives up on (after its retries) is recorded with the root cause of
+its error; one a scheduler stopped, or Ctrl-C (`INTERRUPTION`), is recorded as `stopped`.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 from ray import tune
+from ray.tune import Stopper
 
 from xattn_ray.runner.plan import ResourcePlan
 from xattn_ray.runner.progress import ProgressTable
 from xattn_ray.runner.trial import MAX_FAILURES, TrialContext, run_trial
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import Experiment
-from xattn_ray.study.records import outcome_rows, unfinished_rows
-from xattn_ray.study.runs import parent_spec, run_folder, run_id
+from xattn_ray.study.records import outcome_rows, stale_rows, unfinished_rows
+from xattn_ray.study.runs import run_folder, run_id, set_aside, stale_reason, unfinished_parent
 from xattn_ray.study.spec import RunSpec
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
+INTERRUPTED = "interrupted by Ctrl-C; --resume continues it from its last checkpoint"
+
+
+class Interruption(Stopper):
+    """Ctrl-C during a study, as a Tune stopper of every stage.
+
+    Tune's own SIGINT handler ends `Tuner.fit()` as if the run were complete, so the study could not
+    tell an interruption from the end of a stage (docs/ray-facts.md); the study installs `handle`
+    instead (with TUNE_DISABLE_SIGINT_HANDLER=1). The first Ctrl-C makes `stop_all` true: Tune stops
+    every trial (each keeps its last checkpoint) and the study starts nothing more. A second Ctrl-C
+    exits at once.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False  # trials stop one by one only by their own stopping rules
+
+    def stop_all(self) -> bool:
+        return self.requested
+
+    def handle(self, signum, frame) -> None:
+        """The SIGINT handler. It writes with os.write: a signal handler must not re-enter print."""
+        if self.requested:
+            os.write(2, b"\ninterrupted again: exiting now\n")
+            os._exit(EXIT_INTERRUPTED)  # at once: no cleanup that could hang; Ray's processes share our fate
+        self.requested = True
+        os.write(2, b"\ninterrupt: stopping the running trials at their last checkpoints; Ctrl-C again "
+                    b"to exit at once\n")
+
+
+INTERRUPTION = Interruption()  # one per process, like the SIGINT handler that sets it
 
 
 def cluster_resources() -> dict[str, float]:
@@ -28,12 +67,14 @@ def cluster_resources() -> dict[str, float]:
     return {key: value for key, value in ray.cluster_resources().items() if key in ("CPU", "GPU")}
 
 
-def runnable(experiment: Experiment, spec: RunSpec, store: ResultsStore, unfinished: dict[str, str]) -> bool:
-    """Whether the run `spec` starts from finished; if not, it is recorded as failed with the reason."""
-    parent = parent_spec(experiment, spec)
-    if parent is None or run_id(experiment, parent) not in unfinished:
+def runnable(experiment: Experiment, spec: RunSpec, storage: Path, store: ResultsStore,
+             unfinished: dict[str, str]) -> bool:
+    """Whether the run `spec` may start: its parent (if any) has a successful result in its folder.
+    If not, it is recorded as failed, waiting on its parent, and does not start."""
+    waiting = unfinished_parent(storage, experiment, spec)
+    if waiting is None:
         return True
-    why = f"{parent.stage} run {run_id(experiment, parent)} did not finish"
+    why = f"waiting on its parent: {waiting}"
     unfinished[run_id(experiment, spec)] = why
     store.write(unfinished_rows(experiment, spec, "failed", why))
     return False
@@ -42,17 +83,22 @@ def runnable(experiment: Experiment, spec: RunSpec, store: ResultsStore, unfinis
 def run_stage(stage: str, experiment: Experiment, specs: list[RunSpec], storage: Path, store: ResultsStore,
               plan: ResourcePlan, progress_interval: float, unfinished: dict[str, str]) -> None:
     """One Tune run over the runnable `specs`, skipping finished runs (whose rows are written again)."""
-    pending = []
-    specs = [spec for spec in specs if runnable(experiment, spec, store, unfinished)]
+    pending, reused = [], 0
     for spec in specs:
         result = run_folder(storage, experiment, spec).result()
-        if result is None:
-            pending.append(spec)
-        else:
+        if result is not None and (why := stale_reason(storage, experiment, spec, result)):
+            store.write(stale_rows(experiment, spec, result, why))
+            moved = set_aside(storage, experiment, spec)
+            print(f"[{stage}] {run_id(experiment, spec)}: {why}; it trains again (earlier files: {moved})",
+                  flush=True)
+            result = None
+        if result is not None:
+            reused += 1
             store.write(outcome_rows(experiment, spec, result))
             if not result.ok:
                 unfinished[run_id(experiment, spec)] = result.stop_reason
-    reused = len(specs) - len(pending)
+        elif runnable(experiment, spec, storage, store, unfinished):
+            pending.append(spec)
     print(f"[{stage}] {len(pending)} to train, {reused} finished earlier (reused)", flush=True)
     if pending:
         tune_stage(stage, experiment, {"spec": tune.grid_search([spec.to_dict() for spec in pending])}, storage,
@@ -80,7 +126,7 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=stage, storage_path=str(storage / experiment.name / "tune"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                                  callbacks=[ProgressTable(stage, progress_interval)]))
+                                  stop=INTERRUPTION, callbacks=[ProgressTable(stage, progress_interval)]))
     results = tuner.fit()
     for result in results:
         spec = RunSpec.from_dict(result.config["spec"])
@@ -88,8 +134,11 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
             continue
         identifier = run_id(experiment, spec)
         if result.error is not None:
-            why = one_line(result.error)
+            why = root_cause(result.error)
             status = "failed"
+            unfinished[identifier] = why
+        elif INTERRUPTION.requested:
+            why, status = INTERRUPTED, "stopped"
             unfinished[identifier] = why
         else:  # a scheduler (ASHA) ended it: expected, recorded, not a failure of the study
             why = "stopped early by the scheduler"
@@ -103,6 +152,19 @@ def trial_id(result) -> str | None:
     return metrics.get("trial_id")
 
 
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:500]
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# The line a Python traceback ends with: `ValueError: ...`, `xattn_ray.errors.XattnError: ...`.
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
+ERROR_LENGTH = 1000  # a root cause longer than this is cut, with a mark
+
+
+def root_cause(error: BaseException) -> str:
+    """Why a trial failed, in plain text: the exception raised in the trial (`Type: message`), not the
+    remote traceback Ray wraps around it, which is coloured and names Ray's frames first."""
+    while getattr(error, "cause", None) is not None:  # RayTaskError: the trial's own exception
+        error = error.cause
+    lines = [line.strip() for line in _ANSI.sub("", str(error)).splitlines() if line.strip()]
+    # A wrapper whose text is a traceback (Ray Train's TrainingFailedError): its last exception line.
+    last = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), None)
+    text = last if last is not None and len(lines) > 1 else f"{type(error).__name__}: {' '.join(lines)}"
+    return text if len(text) <= ERROR_LENGTH else text[:ERROR_LENGTH - 1] + "…"

@@ -8,23 +8,30 @@
       3. analyses: forgetting, zero-shot stitching, lexicon induction on the finished children;
       4. the finished runs' results, for the summary (rows of reused runs were written again: idempotent).
 
-A run is finished when its folder holds `result.json` (written last). Finished runs are reused, never
-retrained: adding a policy or a seed to a finished study trains only what is new. A run with
-checkpoints but no result was interrupted; `resume=True` continues it from its last checkpoint.
+A run is finished when its folder holds `result.json` (written last). Finished runs are reused:
+adding a policy or a seed to a finished study trains only what is new; only a run whose parent's
+checkpoint changed since it started trains again. A run with checkpoints but no result was
+interrupted; `resume=True` continues it from its last checkpoint.
+
+Ctrl-C stops every running trial (each keeps its last checkpoint), starts nothing more and ends the
+study with `StudyResult.interrupted`; a second Ctrl-C exits at once (`stages.Interruption`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 from xattn_ray.errors import XattnError
 from xattn_ray.runner.analyses import run_analyses
+from xattn_ray.runner.local_ray import start_local_ray
 from xattn_ray.runner.plan import plan_resources
 from xattn_ray.runner.search import run_search, searched_specs
-from xattn_ray.runner.stages import cluster_resources, run_stage
+from xattn_ray.runner.stages import INTERRUPTION, cluster_resources, run_stage
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import Experiment
 from xattn_ray.study.kinds import kind_of
@@ -47,10 +54,15 @@ class StudyResult:
     results: dict[str, Result]
     unfinished: dict[str, str]  # run id (or analysis task id) -> why
     analyses: list[dict]  # the study's analysis rows from the results store
+    interrupted: bool = False  # Ctrl-C ended it: runs left in `unfinished` continue with --resume
+
+
+NOT_STARTED = "not started: the study was interrupted"
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start a local Ray instance (the embedded default)."""
+    """Join the cluster at `address`, or start a local Ray instance (the embedded default: on 127.0.0.1
+    only, with token authentication; runner/local_ray.py)."""
     import ray
 
     os.environ.update(RAY_ENV)
@@ -63,8 +75,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
     else:
-        # "local": always a new instance, never a cluster some other command left running here.
-        ray.init(address="local", num_cpus=num_cpus, runtime_env={"env_vars": RAY_ENV}, log_to_driver=False)
+        start_local_ray(num_cpus, runtime_env={"env_vars": RAY_ENV})  # on 127.0.0.1, with token authentication
 
 
 def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: bool = False,
@@ -76,25 +87,48 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
     if experiment.search is not None:  # the children are the search's to create
         stages = [stage for stage in stages if stage.name != "children"]
     _refuse_unfinished(experiment, storage, [spec for stage in stages for spec in stage.specs], resume)
-    connect(address, num_cpus)
-    plan = plan_resources(experiment.resources, cluster_resources(), autoscaling=address is not None)
-    log.info("%s", plan.describe(cluster_resources()))
     store = ResultsStore(store_uri)
     unfinished: dict[str, str] = {}
-    for stage in stages:
-        if stage.specs:
-            run_stage(stage.name, experiment, stage.specs, storage, store, plan, progress_interval, unfinished)
-    if experiment.search is not None:
-        run_search(experiment, storage, store, plan, progress_interval, unfinished)
-    run_analyses(experiment, known_specs(experiment, storage), storage, store, progress_interval, unfinished)
-    results = {}
-    for spec in known_specs(experiment, storage):
-        result = run_folder(storage, experiment, spec).result()
-        if result is not None:
-            results[run_id(experiment, spec)] = result
-    analyses = store.read(experiment=experiment.name)
-    analyses = analyses[(analyses["stage"] == "analysis") & (analyses["status"] == "ok")]
-    return StudyResult(experiment, results, unfinished, analyses.to_dict("records"))
+    with _interruptible():
+        connect(address, num_cpus)
+        plan = plan_resources(experiment.resources, cluster_resources(), autoscaling=address is not None)
+        log.info("%s", plan.describe(cluster_resources()))
+        # After Ctrl-C no stage starts: a stage's runs start from the runs of the stages before it.
+        for stage in stages:
+            if stage.specs and not INTERRUPTION.requested:
+                run_stage(stage.name, experiment, stage.specs, storage, store, plan, progress_interval, unfinished)
+        if experiment.search is not None and not INTERRUPTION.requested:
+            run_search(experiment, storage, store, plan, progress_interval, unfinished)
+        if not INTERRUPTION.requested:
+            run_analyses(experiment, known_specs(experiment, storage), storage, store, progress_interval, unfinished)
+        results = {}
+        for spec in known_specs(experiment, storage):
+            result = run_folder(storage, experiment, spec).result()
+            if result is not None:
+                results[run_id(experiment, spec)] = result
+            elif INTERRUPTION.requested:
+                unfinished.setdefault(run_id(experiment, spec), NOT_STARTED)
+        analyses = store.read(experiment=experiment.name)
+        analyses = analyses[(analyses["stage"] == "analysis") & (analyses["status"] == "ok")]
+        return StudyResult(experiment, results, unfinished, analyses.to_dict("records"), INTERRUPTION.requested)
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C goes to `INTERRUPTION` while the study runs, instead of Tune's handler (which would end a
+    stage as if it were complete) or a KeyboardInterrupt (which would leave trials running)."""
+    INTERRUPTION.requested = False
+    previous_variable = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous_handler = signal.signal(signal.SIGINT, INTERRUPTION.handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        if previous_variable is None:
+            del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = previous_variable
 
 
 def known_specs(experiment: Experiment, storage: Path) -> list[RunSpec]:

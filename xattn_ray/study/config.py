@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from xattn_ray.data.options import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
-from xattn_ray.engine.model import PRESETS
-from xattn_ray.engine.policies import POLICIES, Policy
+from xattn_ray.data.options import (CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice, changed_side,
+                                    check_language)
+from xattn_ray.engine.model import PRESETS, preset_config
+from xattn_ray.engine.policies import POLICIES, Policy, PolicyError, Side, embedding_group, select
 from xattn_ray.engine.tokenizer import TokenizerOptions
 from xattn_ray.engine.train import TrainConfig
-from xattn_ray.errors import ConfigError
-from xattn_ray.schema import Invalid, YamlDocument, build, expand_environment, load_yaml
+from xattn_ray.errors import ConfigError, XattnError
+from xattn_ray.schema import Invalid, YamlDocument, build, check_file_name, expand_environment, load_yaml
+
+MAX_SEED = 2**32  # seeds are in [0, 2**32): the range numpy and Python seed from
 
 
 class _RunFields:
@@ -36,6 +39,8 @@ class _RunFields:
     def __post_init__(self) -> None:
         LanguagePair.parse(self.pair)
         TrainingSlice(self.lines, self.size)
+        if self.name is not None:
+            check_file_name(self.name, "name")  # run ids, and so run folders, start with it
 
     @property
     def language_pair(self) -> LanguagePair:
@@ -58,6 +63,10 @@ class ParentConfig(_RunFields):
     test_sets: list[str] | None = None  # names from the corpus's `test`; None: all
     seed: int = 1  # children of every grid seed start from this parent
     train: TrainConfig | None = None  # this parent's own training options; None: the experiment's `train`
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_seed(self.seed, "seed")
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,11 @@ class ModelSection:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise Invalid("preset", f"unknown preset {self.preset!r} (known: {', '.join(PRESETS)})")
+        try:  # the model's own checks (heads divide d_model, dropout in [0, 1), ...); vocabularies come later
+            preset_config(self.preset, 1, 1, **self.overrides())
+        except Invalid as err:
+            # Blame the key the file sets; a preset's own value is not the user's to fix.
+            raise Invalid(err.key if err.key in self.overrides() else None, err.why) from None
 
     def overrides(self) -> dict[str, int | float]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
@@ -114,6 +128,12 @@ class EvaluationConfig:
     def __post_init__(self) -> None:
         if self.beam < 1:
             raise Invalid("beam", "must be at least 1")
+        if self.max_tokens < 1:
+            raise Invalid("max_tokens", "must be at least 1")
+        if self.max_len_a < 0 or self.max_len_b < 0:
+            raise Invalid("max_len_a" if self.max_len_a < 0 else "max_len_b", "must not be negative")
+        if self.max_len_a == 0 and self.max_len_b < 1:
+            raise Invalid("max_len_b", "with max_len_a 0, hypotheses need max_len_b of at least 1 token")
 
 
 # Training options a grid axis or a search space may vary (numbers of the children's `TrainConfig`).
@@ -127,6 +147,11 @@ TUNABLE_FIELDS = TUNABLE_TRAIN_FIELDS + TUNABLE_MODEL_FIELDS
 def _check_tunable(name: str) -> None:
     if name not in TUNABLE_FIELDS:
         raise Invalid(name, f"not a tunable option (tunable: {', '.join(TUNABLE_FIELDS)})")
+
+
+def _check_seed(seed: int, key: str | tuple) -> None:
+    if not 0 <= seed < MAX_SEED:
+        raise Invalid(key, f"a seed must be in [0, 2**32), got {seed}")
 
 
 @dataclass(frozen=True)
@@ -154,10 +179,16 @@ class GridConfig:
                 raise Invalid("alphas", f"entry {i}: keep probabilities must be in [0, 1], got [{mono}, {cross}]")
         if self.sizes is not None and (not self.sizes or min(self.sizes) < 1):
             raise Invalid("sizes", "list positive training sizes")
+        if self.sizes is not None and len(set(self.sizes)) != len(self.sizes):
+            raise Invalid("sizes", "lists a value twice")  # two identical trials would share one run folder
+        for i, seed in enumerate(self.seeds):
+            _check_seed(seed, ("seeds", i))
         for name, values in self.options.items():
             _check_tunable(name)
             if not values:
-                raise Invalid(name, "list at least one value")
+                raise Invalid(("options", name), "list at least one value")
+            if len(set(values)) != len(values):
+                raise Invalid(("options", name), "lists a value twice")  # as for sizes: one folder, two trials
 
 
 @dataclass(frozen=True)
@@ -202,6 +233,9 @@ class SearchConfig:
             raise Invalid("samples", "must be at least 1")
         if self.scheduler == "asha" and self.metric != "valid_loss":
             raise Invalid("scheduler", "ASHA compares trials during training, so it needs metric valid_loss")
+        if self.grace_validations < 1:
+            raise Invalid("grace_validations", "must be at least 1")
+        _check_seed(self.seed, "seed")
 
 
 @dataclass(frozen=True)
@@ -220,6 +254,9 @@ class ResourcesConfig:
             raise Invalid("cpus_per_worker", "must be at least 1")
         if self.gpus_per_worker < 0:
             raise Invalid("gpus_per_worker", "must not be negative")
+        if self.gpus_per_worker > 1 and not self.gpus_per_worker.is_integer():
+            raise Invalid("gpus_per_worker", "Ray takes a fraction of one GPU or whole GPUs, "
+                                             f"not {self.gpus_per_worker}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise Invalid("max_concurrent", "must be at least 1")
 
@@ -288,6 +325,10 @@ class CodeSwitchStudy:
     pretrain: TrainConfig | None = None  # Q_cross pretraining; None: Q_cross starts as a copy of Q
 
     def __post_init__(self) -> None:
+        for i, code in enumerate(self.sources):
+            check_language(code, ("sources", i))
+        check_language(self.pivot, "pivot")
+        _check_seed(self.seed, "seed")
         if len(self.sources) < 2 or len(set(self.sources)) != len(self.sources):
             raise Invalid("sources", "list at least two different source languages")
         if self.pivot in self.sources:
@@ -339,6 +380,11 @@ class Experiment:
     # Where the file was read from: relative data paths resolve against it.
     base_dir: Path = field(default=Path("."), init=False, compare=False)
 
+    def __post_init__(self) -> None:
+        check_file_name(self.name, "name")  # the study's folder under --storage
+        for name in self.policies:
+            check_file_name(name, ("policies", name))  # part of run ids
+
     def parent(self, name: str) -> ParentConfig:
         return next(p for p in self.parents if p.name == name)
 
@@ -389,12 +435,18 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
     for name, values in experiment.grid.options.items():
         for i, value in enumerate(values):
             _check_option(doc, ("grid", "options", name, i), child_train, name, value)
+    if experiment.search is not None:
+        _check_search_space(experiment.search, child_train, doc)
     run_names: dict[str, tuple] = {}
     runs = [(("parents", i), p.name, p.corpus, p) for i, p in enumerate(experiment.parents)]
     for i, child in enumerate(experiment.children):
         if child.parent not in {p.name for p in experiment.parents}:
             known = ", ".join(p.name for p in experiment.parents)
             raise_at(doc, ("children", i, "parent"), f"no parent named {child.parent!r} (parents: {known})")
+        try:
+            changed_side(experiment.parent(child.parent).language_pair, child.language_pair)
+        except XattnError as err:
+            raise_at(doc, ("children", i, "pair"), str(err))
         runs.append((("children", i), child.run_name, experiment.child_corpus(child), child))
     for key_path, name, corpus_name, run in runs:
         if name in run_names:
@@ -416,6 +468,7 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
                     known = ", ".join(corpus.test) or "none"
                     raise_at(doc, key_path + ("test_sets",),
                              f"corpus {corpus_name!r} has no test set {test_name!r} (it has: {known})")
+    _check_policies(experiment, doc)
 
 
 def _check_codeswitch(experiment: Experiment, doc: YamlDocument) -> None:
@@ -498,6 +551,79 @@ def _check_option(doc: YamlDocument, key_path: tuple, train: TrainConfig, name: 
         apply_options(train, {name: value})
     except Invalid as err:
         raise_at(doc, key_path, err.why)
+
+
+def _check_search_space(search: SearchConfig, train: TrainConfig, doc: YamlDocument) -> None:
+    """Every value a search domain can give must make a valid config: its bounds and choices are checked
+    like grid values (no negative learning rate or warmup). Within the bounds every value is valid, as
+    each option's valid range is an interval."""
+    for name, domain in search.space.items():
+        at = ("search", "space", name)
+        if domain.choice is not None:
+            for i, value in enumerate(domain.choice):
+                _check_option(doc, at + ("choice", i), train, name, value)
+            if len(set(domain.choice)) != len(domain.choice):
+                raise_at(doc, at + ("choice",), "lists a value twice")
+        elif domain.randint is not None:
+            low, high = domain.randint  # [low, high)
+            for i, value in enumerate((low, high - 1)):
+                _check_option(doc, at + ("randint", i), train, name, value)
+        else:
+            key = "uniform" if domain.uniform is not None else "loguniform"
+            for i, value in enumerate(domain.uniform or domain.loguniform):
+                if isinstance(getattr(train, name, None), int):
+                    value = int(value)  # what apply_options makes of a drawn value
+                _check_option(doc, at + (key, i), train, name, value)
+
+
+def _check_policies(experiment: Experiment, doc: YamlDocument) -> None:
+    """The policies apply to the model they will meet: every pattern of a user's policy matches a
+    parameter, and no policy touches a child's unchanged side (its embeddings stay frozen and, on the
+    target side, tied to the output layer), so a policy that trains or re-initialises only that side is
+    an error here rather than a crash, or silent damage, inside a trial after the parent trained."""
+    import torch
+
+    from xattn_ray.engine.model import Transformer
+
+    def where(name: str, key: str, j: int) -> tuple:
+        if name in experiment.policies:
+            return ("policies", name, key, j)
+        return ("grid", "policies", experiment.grid.policies.index(name))
+
+    attentions = experiment.grid.attention if experiment.codeswitch is not None else ["standard"]
+    for attention in attentions:
+        with torch.device("meta"):  # names only: no weights are allocated
+            model = Transformer(preset_config(experiment.model.preset, 8, 8, **experiment.model.overrides(),
+                                              attention=attention))
+        names = [name for name, _ in model.named_parameters()]
+        for name, policy in experiment.policies.items():  # each pattern names something, used or not
+            for key in ("train", "reinit"):
+                for j, entry in enumerate(getattr(policy, key)):
+                    try:
+                        select(names, [entry], "source", name)
+                    except PolicyError as err:
+                        raise_at(doc, ("policies", name, key, j), f"{err} in a {attention} model")
+    if experiment.codeswitch is not None:
+        return  # no side changes in a code-switching study: nothing is left frozen by transfer
+    for i, child in enumerate(experiment.children):
+        side = changed_side(experiment.parent(child.parent).language_pair, child.language_pair)
+        unchanged: Side = "target" if side == "source" else "source"
+        frozen = set(select(names, [embedding_group(unchanged)], None, ""))
+        for name in experiment.grid.policies:
+            policy = experiment.policy(name)
+            if policy.init != "parent":
+                continue  # a random start trains everything; nothing is transferred to protect
+            what = f"policy {name!r} on child {child.run_name!r} (new {side})"
+            for j, entry in enumerate(policy.train):
+                if set(select(names, [entry], side, name)) <= frozen:
+                    raise_at(doc, where(name, "train", j),
+                             f"{what}: {entry!r} selects only the unchanged {unchanged} embeddings, which "
+                             f"stay frozen under transfer")
+            for j, entry in enumerate(policy.reinit):
+                if set(select(names, [entry], side, name)) & frozen:
+                    raise_at(doc, where(name, "reinit", j),
+                             f"{what}: {entry!r} would re-initialise the unchanged {unchanged} embeddings, "
+                             f"which stay frozen under transfer")
 
 
 def apply_options(train: TrainConfig, options: dict[str, float]) -> TrainConfig:

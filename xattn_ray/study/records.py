@@ -35,7 +35,8 @@ def outcome_rows(experiment: Experiment, spec: RunSpec, result: Result, trial_id
                   total_params=result.total_params, updates=result.updates, train_seconds=result.train_seconds,
                   target_tokens_per_second=result.target_tokens_per_second,
                   best_valid_loss=_finite(result.best_valid_loss), stop_reason=result.stop_reason,
-                  checkpoint_uri=result.checkpoint, status=result.status, ray_trial_id=trial_id,
+                  checkpoint_uri=result.checkpoint, parent_checkpoint_sha256=result.parent_checkpoint_sha256,
+                  status=result.status, ray_trial_id=trial_id,
                   error=None if result.ok else result.stop_reason)
     rows = [make_row(**shared, eval="train", valid_curve=json.dumps([list(point) for point in result.valid_curve]),
                      bleu=result.valid_bleu, test_set="valid" if result.valid_bleu is not None else None)]
@@ -45,6 +46,12 @@ def outcome_rows(experiment: Experiment, spec: RunSpec, result: Result, trial_id
                              n_evaluated=test.sentences, hypotheses_uri=test.hypotheses,
                              references_uri=test.references))
     return rows
+
+
+def stale_rows(experiment: Experiment, spec: RunSpec, result: Result, why: str) -> list[dict]:
+    """The rows of a finished run that trains again because its parent changed: its numbers, marked
+    `stopped` with why, so no report counts them; the new run's rows replace them."""
+    return [{**row, "status": "stopped", "error": why} for row in outcome_rows(experiment, spec, result)]
 
 
 def unfinished_rows(experiment: Experiment, spec: RunSpec, status: str, error: str,

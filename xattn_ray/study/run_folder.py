@@ -5,7 +5,8 @@
         best.pt                       the model with the lowest validation loss, with its tokenizers
         hypotheses.<test set>.txt     translations of a test set, one per line
         references.<test set>.txt     the references they were scored against, same order
-        result.json                   written last: its presence marks the run finished
+        result.json                   written last: its presence marks the run finished; it names
+                                      the parent checkpoint the run started from by its sha256
         analyses/<task id>.done       an analysis of this run whose rows are stored
 
 A run with `last.pt` but no `result.json` was interrupted; `--resume` continues it.
@@ -62,6 +63,9 @@ class Result:
     valid_bleu: float | None  # only when asked for (a search optimising BLEU)
     checkpoint: str  # the best checkpoint
     status: str  # ok | failed (a non-finite loss)
+    # sha256 of the checkpoint the run started from (its parent's best.pt); None for a run from scratch,
+    # and in results written before runs recorded it
+    parent_checkpoint_sha256: str | None = None
 
     @property
     def ok(self) -> bool:

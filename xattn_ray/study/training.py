@@ -40,6 +40,7 @@ class RunContext:
     train_config: TrainConfig
     folder: RunFolder
     parent_checkpoint: Path | None  # the model a child run starts from; None for a run from scratch
+    parent_checkpoint_sha256: str | None  # what `result.json` records of it: stale children are retrained
     cache: Path  # generated data and tokenizers, shared by every run of every study
     reporter: Reporter | None = None
     resume: bool = False  # continue from the folder's last checkpoint when there is one
@@ -100,7 +101,8 @@ def train_and_score(context: RunContext, pair: str, parent_pair: str | None, sid
         best_valid_loss=progress.best_valid_loss,
         valid_curve=[(m["update"], m["valid_loss"]) for m in progress.history],
         trainable_params=counts.trainable, total_params=counts.total, tests=scores, valid_bleu=valid_bleu,
-        checkpoint=str(outcome.best_checkpoint), status="failed" if outcome.failed else "ok")
+        checkpoint=str(outcome.best_checkpoint), status="failed" if outcome.failed else "ok",
+        parent_checkpoint_sha256=context.parent_checkpoint_sha256)
     if rank == 0:
         folder.write_result(result)
     return result

@@ -27,7 +27,7 @@ from xattn_ray.data.corpus import (CleaningReport, ParallelText, clean_training_
 from xattn_ray.data.options import LanguagePair, changed_side
 from xattn_ray.engine.batching import encode_pairs
 from xattn_ray.engine.checkpoint import load_model
-from xattn_ray.engine.model import Transformer, preset_config
+from xattn_ray.engine.model import Transformer, config_differences, preset_config
 from xattn_ray.engine.policies import count_parameters
 from xattn_ray.engine.tokenizer import Tokenizer, train_tokenizer
 from xattn_ray.engine.train import TrainConfig, TrainingData
@@ -72,6 +72,22 @@ def child_side(experiment: Experiment, spec: RunSpec) -> str:
     """The side of its parent's pair that a child run replaces: `source` or `target`."""
     child = run_config(experiment, spec)
     return changed_side(experiment.parent(child.parent).language_pair, child.language_pair)
+
+
+def check_parent_checkpoint(experiment: Experiment, spec: RunSpec, path: Path) -> None:
+    """A checkpoint given by hand as the parent of the child run `spec` must load, have the experiment's
+    architecture and translate the parent's pair; a one-line error says which does not hold."""
+    loaded = load_model(path)
+    config = loaded.model.config
+    expected = preset_config(experiment.model.preset, config.src_vocab_size, config.tgt_vocab_size,
+                             **experiment.model.overrides())
+    if differences := config_differences(expected, config):
+        raise ConfigError(f"{path}: architecture differs from the model of experiment {experiment.name!r}: "
+                          f"{'; '.join(differences)}")
+    pair = experiment.parent(run_config(experiment, spec).parent).language_pair
+    found = f"{loaded.src_tokenizer.language}-{loaded.tgt_tokenizer.language}"
+    if found != str(pair):
+        raise ConfigError(f"{path}: a {found} model, but run {spec.run!r} starts from a {pair} parent")
 
 
 @dataclass(frozen=True)
