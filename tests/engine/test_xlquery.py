@@ -101,8 +101,9 @@ def test_alphas_must_be_probabilities():
         MaskAlphas(mono=1.5, cross=0.3)
     with pytest.raises(Invalid, match="got -0.1"):
         Transformer(preset_config("tiny", 10, 12, attention="xlquery", eval_cross_alpha=-0.1))
-    with pytest.raises(ValueError, match="attention must be 'standard' or 'xlquery'"):
+    with pytest.raises(Invalid, match="must be 'standard' or 'xlquery', got 'cross'") as info:
         preset_config("tiny", 10, 12, attention="cross")
+    assert info.value.key == "attention"  # an experiment file's error names `model.attention`
 
 
 # --- the joint softmax --------------------------------------------------------------------------
