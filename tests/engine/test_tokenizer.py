@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import io
 import itertools
 import multiprocessing
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,11 +154,108 @@ def test_training_is_deterministic(tmp_path: Path) -> None:
     assert first.to_bytes() == second.to_bytes()
 
 
-def test_max_sentences_trains_on_an_even_sample(tmp_path: Path) -> None:
-    text = synthetic_text(1, num_lines=3000)
-    tokenizer = train_tokenizer("fr", text, TokenizerOptions(vocab_size=500, max_sentences=1000), tmp_path)
+class LinesFile:
+    """A text file read as a corpus reader streams it: every `iter()` re-opens the file; passes are counted."""
+
+    def __init__(self, path: Path, lines: list[str]) -> None:
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        self.path = path
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.passes += 1
+        with open(self.path, encoding="utf-8") as lines:
+            for line in lines:
+                yield line.rstrip("\n")
+
+
+def test_a_streamed_text_gives_the_model_of_the_same_lines_in_a_list(tmp_path: Path) -> None:
+    text, options = synthetic_text(1), TokenizerOptions(vocab_size=500)
+    from_list = train_tokenizer("fr", text, options, tmp_path / "list")
+    streamed = LinesFile(tmp_path / "train.fr", text)
+    from_file = train_tokenizer("fr", streamed, options, tmp_path / "file")
+    assert from_file.to_bytes() == from_list.to_bytes()
+    assert streamed.passes == 2  # hashed, then sampled
+    assert train_tokenizer("fr", streamed, options, tmp_path / "list").to_bytes() == from_list.to_bytes()
+    assert streamed.passes == 3  # a cache hit only hashes it
+
+
+def test_a_text_within_max_sentences_is_trained_on_whole_and_in_order(tmp_path: Path) -> None:
+    text, options = synthetic_text(1), TokenizerOptions(vocab_size=500)
+    tokenizer = train_tokenizer("fr", LinesFile(tmp_path / "train.fr", text), options, tmp_path)
+    # SentencePiece given exactly these lines, as before streaming: the same models, so caches stay valid.
+    assert tokenizer.to_bytes()["model"] == tokenizer_module._train_model(text, 500, options)
+    assert tokenizer.metadata["num_sentences"] == tokenizer.metadata["num_training_sentences"] == 1500
+
+
+def test_the_text_hash_is_unchanged_by_streaming() -> None:
+    # Values of the in-memory hash before streaming: models cached under them are still found.
+    lines = ["Un garçon à vélo.", "", "a b"]
+    assert (tokenizer_module._TextDigest.of(lines).sha256
+            == "50be4a9299072bc9f8d1c1c177ba386a7481f60a88c9aa2b0a5e332dbafc1b63")
+    assert (tokenizer_module._TextDigest.of(iter(["a", "b"])).sha256
+            == "cf6ab613e3942391f88ed698557e1680f160bd10e88c6b668c50360c10930e2b")
+
+
+def test_evenly_spaced_sample_keeps_the_corpus_order() -> None:
+    lines = [str(position) for position in range(10)]
+    assert tokenizer_module._evenly_spaced(iter(lines), 10, 4) == ["0", "2", "5", "7"]
+    assert tokenizer_module._evenly_spaced(iter(lines), 10, 10) == lines
+    assert tokenizer_module._evenly_spaced(iter(lines), 10, 1) == ["0"]
+
+
+def test_a_text_beyond_max_sentences_trains_on_an_evenly_spaced_sample(tmp_path: Path) -> None:
+    text, options = synthetic_text(1, num_lines=3000), TokenizerOptions(vocab_size=500, max_sentences=700)
+    streamed = LinesFile(tmp_path / "train.fr", text)
+    tokenizer = train_tokenizer("fr", streamed, options, tmp_path / "one")
+    assert streamed.passes == 2
     assert tokenizer.metadata["num_sentences"] == 3000
-    assert tokenizer.metadata["num_training_sentences"] == 1000
+    assert tokenizer.metadata["num_training_sentences"] == 700
+    sample = [text[index * 3000 // 700] for index in range(700)]  # in corpus order
+    assert tokenizer.to_bytes()["model"] == tokenizer_module._train_model(sample, 500, options)
+    again = train_tokenizer("fr", LinesFile(tmp_path / "again.fr", text), options, tmp_path / "two")
+    assert again.to_bytes() == tokenizer.to_bytes()
+
+
+def test_auto_vocab_size_is_chosen_on_the_sample(tmp_path: Path) -> None:
+    # Every other line is noise that would change the alphabet and the counts; the sample leaves it all out.
+    lines = frequent_chars_and_rare_pairs()
+    noise = [f"x{index} q{index * 7} zz" for index in range(len(lines))]
+    text = [line for pair in zip(lines, noise) for line in pair]
+    options = dataclasses.replace(WITH_BYTES, max_sentences=len(lines))
+    tokenizer = train_tokenizer("zh", LinesFile(tmp_path / "train.zh", text), options, tmp_path)
+    assert tokenizer.metadata["num_training_sentences"] == len(text) // 2
+    search_dir = tmp_path / "search"
+    search_dir.mkdir()
+    vocab_size, search = choose_vocab_size(lines, options, search_dir)
+    assert tokenizer.vocab_size == vocab_size == 600
+    assert tokenizer.metadata["auto_search"] == [list(tried) for tried in search]
+    assert tokenizer.to_bytes()["model"] == (search_dir / "600.model").read_bytes()
+
+
+def test_a_one_pass_iterator_is_refused(tmp_path: Path) -> None:
+    text = synthetic_text(1)
+    for one_pass in (iter(text), (line for line in text)):
+        with pytest.raises(TypeError, match="re-iterable"):
+            train_tokenizer("fr", one_pass, TokenizerOptions(vocab_size=500), tmp_path)
+
+
+class GrowingText:
+    """A text that gains a line every time it is read, like a corpus file rewritten during training."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.passes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.passes += 1
+        return iter(self.lines + ["Kato mira."] * self.passes)
+
+
+def test_a_text_that_changes_between_passes_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"text of 'fr' changed .* 1502 lines"):
+        train_tokenizer("fr", GrowingText(synthetic_text(1)), TokenizerOptions(vocab_size=500), tmp_path)
+    assert model_files(tmp_path) == [] and list(tmp_path.glob(".*")) == []
 
 
 def test_serialised_tokenizer_survives_a_weights_only_checkpoint(tmp_path: Path) -> None:

@@ -12,6 +12,11 @@ vocabulary size for neural machine translation"), so that the model sees enough 
 Text round-trips: byte fallback spells any character outside the vocabulary as UTF-8 bytes, and the
 identity normalisation keeps characters as they are, so `decode(encode(lines)) == lines` except that
 runs of spaces collapse to one and leading and trailing spaces are dropped.
+
+The training text may be far larger than memory (tens of millions of sentences): it is streamed, never
+held whole. One pass hashes it for the cache key; only on a cache miss does a second pass draw the
+sample that is trained on, at most `max_sentences` (default 2M) lines evenly spaced through the text.
+The `auto` search trains and counts pieces on that same sample.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,24 +149,31 @@ def starts_word(piece: str) -> bool:
     return piece.startswith(WORD_START)
 
 
-def train_tokenizer(language: str, lines: Sequence[str], options: TokenizerOptions,
+def train_tokenizer(language: str, lines: Iterable[str], options: TokenizerOptions,
                     cache_dir: Path) -> Tokenizer:
     """The tokenizer of `language` trained on `lines`, from the cache or trained into it.
+
+    `lines` is a sequence, or any re-iterable object whose every `iter(lines)` yields the same lines
+    again from the first (e.g. one that re-opens the corpus files). It is iterated at most twice: once
+    to hash it (all a cache hit needs), and on a cache miss once more to draw the training sample.
 
     Safe for concurrent callers in any number of processes: the first trains under a per-model file
     lock while the others wait and then load its result; a model appears in the cache complete or
     not at all.
     """
     _check_language_code(language)
-    if not any(line.strip() for line in lines):
+    if isinstance(lines, Iterator):  # a second `iter()` would find it spent
+        raise TypeError(f"the text of {language!r} must be re-iterable (a list, or an object whose iter() "
+                        f"starts again), not a one-pass {type(lines).__name__}")
+    text = _TextDigest.of(lines)
+    if not text.has_text:
         raise DataError(f"no training text for language {language!r}: its sentence list is empty")
-    text_sha256 = _text_digest(lines)
-    entry = _CacheEntry.of(cache_dir, language, _cache_key(language, options, text_sha256))
+    entry = _CacheEntry.of(cache_dir, language, _cache_key(language, options, text.sha256))
     if not entry.model.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with _exclusive_lock(entry.lock):
             if not entry.model.exists():  # another process may have trained it while we waited
-                _train_into_cache(language, lines, options, text_sha256, entry)
+                _train_into_cache(language, lines, text, options, entry)
     return entry.load()
 
 
@@ -171,14 +183,40 @@ def _check_language_code(language: str) -> None:
         raise ConfigError(f"language code {language!r} must consist of letters, digits, '_' and '-'")
 
 
-def _text_digest(lines: Sequence[str]) -> str:
-    """SHA-256 of the sentences; each is length-prefixed so that ["a b"] and ["a", "b"] differ."""
-    digest = hashlib.sha256()
-    for line in lines:
-        data = line.encode("utf-8")
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-    return digest.hexdigest()
+class _TextDigest:
+    """A text summed up line by line: its SHA-256, its number of lines, whether it has any words.
+
+    Each line is length-prefixed in the hash so that ["a b"] and ["a", "b"] differ.
+    """
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self.num_lines = 0
+        self.has_text = False  # some line is more than spaces
+
+    @classmethod
+    def of(cls, lines: Iterable[str]) -> _TextDigest:
+        """The digest of `lines`, read once and kept nowhere."""
+        digest = cls()
+        for _ in digest.read(lines):
+            pass
+        return digest
+
+    def read(self, lines: Iterable[str]) -> Iterator[str]:
+        """Each line of `lines`, added to the digest as it passes."""
+        for line in lines:
+            data = line.encode("utf-8")
+            self._sha256.update(len(data).to_bytes(8, "little"))
+            self._sha256.update(data)
+            self.num_lines += 1
+            if not self.has_text and line.strip():
+                self.has_text = True
+            yield line
+
+    @property
+    def sha256(self) -> str:
+        """The hexadecimal SHA-256 of the lines read so far."""
+        return self._sha256.hexdigest()
 
 
 def _cache_key(language: str, options: TokenizerOptions, text_sha256: str) -> str:
@@ -226,10 +264,10 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def _train_into_cache(language: str, lines: Sequence[str], options: TokenizerOptions,
-                      text_sha256: str, entry: _CacheEntry) -> None:
+def _train_into_cache(language: str, lines: Iterable[str], text: _TextDigest, options: TokenizerOptions,
+                      entry: _CacheEntry) -> None:
     """Train the model in a temporary folder beside the cache, then rename it into place."""
-    sentences = _training_sentences(lines, options.max_sentences)
+    sentences = _training_sample(language, lines, text, options.max_sentences)
     with tempfile.TemporaryDirectory(dir=entry.model.parent, prefix=f".{entry.model.stem}-") as tmp:
         workdir = Path(tmp)
         if options.vocab_size == "auto":
@@ -250,8 +288,8 @@ def _train_into_cache(language: str, lines: Sequence[str], options: TokenizerOpt
             "options": dataclasses.asdict(options),
             "vocab_size": vocab_size,
             "auto_search": [[size, share] for size, share in search],
-            "text_sha256": text_sha256,
-            "num_sentences": len(lines),
+            "text_sha256": text.sha256,
+            "num_sentences": text.num_lines,
             "num_training_sentences": len(sentences),
             "sentencepiece_version": spm.__version__,
         }
@@ -275,23 +313,50 @@ def _log_auto_choice(language: str, vocab_size: int, search: list[tuple[int, flo
                        options.auto_min_count, tried, vocab_size)
 
 
-def _training_sentences(lines: Sequence[str], max_sentences: int) -> Sequence[str]:
-    """At most `max_sentences` of `lines`, evenly spaced, so that a sorted corpus is still sampled whole."""
-    if len(lines) <= max_sentences:
-        return lines
-    return [lines[index * len(lines) // max_sentences] for index in range(max_sentences)]
+def _training_sample(language: str, lines: Iterable[str], text: _TextDigest, max_sentences: int) -> list[str]:
+    """The sentences to train on, from a second pass over `lines`, which must still be the `text` hashed.
+
+    The model is cached under the first pass's hash, so a text that changed in between (a corpus file
+    rewritten meanwhile) is refused rather than cached under a hash that is not its own.
+    """
+    reread = _TextDigest()
+    sample = _evenly_spaced(reread.read(lines), text.num_lines, max_sentences)
+    if reread.sha256 != text.sha256:
+        raise DataError(f"the training text of {language!r} changed while its tokenizer was trained "
+                        f"(read again, it has {reread.num_lines} lines and another hash)")
+    return sample
+
+
+def _evenly_spaced(lines: Iterable[str], num_lines: int, size: int) -> list[str]:
+    """`size` of the `num_lines` lines, evenly spaced and in order (all when there are no more); reads all.
+
+    The lines at positions ⌊i·num_lines/size⌋ are kept, so that a corpus sorted or concatenated from
+    several sources is still sampled whole; the sample is deterministic, so models are reproducible.
+    """
+    if num_lines <= size:
+        return list(lines)
+    sample: list[str] = []
+    wanted = 0  # the position of the next line to keep; past the end once the sample is full
+    for position, line in enumerate(lines):
+        if position == wanted:
+            sample.append(line)
+            wanted = len(sample) * num_lines // size
+    return sample
 
 
 def choose_vocab_size(lines: Sequence[str], options: TokenizerOptions,
                       workdir: Path) -> tuple[int, list[tuple[int, float]]]:
     """The `auto` vocabulary size of `lines` and the (size, share of frequent types) of every size tried.
 
+    Trains and counts pieces on at most `options.max_sentences` of `lines`, evenly spaced (`train_tokenizer`
+    passes the sample it trains on, which is then used whole).
+
     The share of frequent types falls as the size grows (more, rarer pieces), so a binary search over
     `AUTO_VOCAB_SIZE_CANDIDATES` finds the largest passing size in a few trainings. A size that the
     text cannot fill counts as failing. If no size passes, the smallest trainable one is returned.
     Trial models stay in `workdir` as `<size>.model`, where `train_tokenizer` reuses the chosen one.
     """
-    sentences = _training_sentences(lines, options.max_sentences)
+    sentences = _evenly_spaced(lines, len(lines), options.max_sentences)
     candidates = AUTO_VOCAB_SIZE_CANDIDATES
     shares: dict[int, float] = {}
     # Invariant: candidates[:low] pass or are smaller than the alphabet; candidates[high:] fail.
