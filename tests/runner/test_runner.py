@@ -39,7 +39,7 @@ def assert_exactly_once(store: Path, name: str, runs: int) -> None:
 
 
 def test_resource_plan_never_asks_for_more_than_exists():
-    from xattn_ray.study.config import ResourcesConfig
+    from xattn_ray.study.sweep import ResourcesConfig
 
     assert plan_resources(ResourcesConfig(), {"CPU": 2}).concurrent == 2
     assert plan_resources(ResourcesConfig(cpus_per_worker=2), {"CPU": 5}).concurrent == 2

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from xattn_ray.runner.search import CellSearch, cell_of
-from xattn_ray.study.config import SearchConfig, SearchDomain
+from xattn_ray.study.sweep import SearchConfig, SearchDomain
 from xattn_ray.study.spec import RunSpec
 
 SEARCH = SearchConfig(space={"lr": SearchDomain(loguniform=(1e-4, 1e-3))}, samples=2)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 
 from xattn_ray.errors import ConfigError
-from xattn_ray.study.config import ResourcesConfig
+from xattn_ray.study.sweep import ResourcesConfig
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from ray.tune.search.optuna import OptunaSearch
 from xattn_ray.runner.plan import ResourcePlan
 from xattn_ray.runner.stages import runnable, tune_stage
 from xattn_ray.store import ResultsStore
-from xattn_ray.study.config import Experiment, SearchConfig
+from xattn_ray.study.config import Experiment
+from xattn_ray.study.sweep import SearchConfig
 from xattn_ray.study.kinds import kind_of
 from xattn_ray.study.run_folder import Result
 from xattn_ray.study.runs import existing_folders, run_folder, run_id

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from xattn_ray.study.config import TUNABLE_MODEL_FIELDS
+from xattn_ray.study.sweep import TUNABLE_MODEL_FIELDS
 
 # Transfer studies train parents and children; code-switching studies a base model, optionally a
 # Q_cross pretraining run, and the code-switched fine-tuning runs.
