@@ -139,7 +139,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocabularies {VOCAB}/{VOCAB}")
 
     for preset, n_batches in (("small", 4), ("base", 2)):
-        batches = [collate(pairs, b) for b in make_batches(pairs, 2048, seed=0, epoch=0)[:n_batches]]
+        batches = [collate(pairs, b) for b in make_batches(pairs, 2048, seed=0, epoch=0).group(0, n_batches)]
         ours = Transformer(preset_config(preset, VOCAB, VOCAB))
         theirs = marian_like(ours)
         ours_tps = training_throughput(ours, batches, marian=False, repeats=repeats, fused=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from xattn_ray.data.shards import pair_shard
 from xattn_ray.engine.batching import encode_pairs
 from xattn_ray.engine.evaluate import score_test_set
 from xattn_ray.engine.model import Transformer, preset_config
@@ -39,10 +40,10 @@ def main() -> None:
     experiment = load_experiment(EXPERIMENT)
     cache = args.storage / "cache"
     data = load_run_data(experiment, experiment.parents[0], cache)
-    src_tok = train_tokenizer(data.pair.src, data.train.src, experiment.tokenizer, cache / "spm")
-    tgt_tok = train_tokenizer(data.pair.tgt, data.train.tgt, experiment.tokenizer, cache / "spm")
+    src_tok = train_tokenizer(data.pair.src, data.train.side(0), experiment.tokenizer, cache / "spm")
+    tgt_tok = train_tokenizer(data.pair.tgt, data.train.side(1), experiment.tokenizer, cache / "spm")
     test = data.tests["test"]
-    print(f"pair {data.pair}: {len(data.train)} training pairs, vocabularies {src_tok.vocab_size}/{tgt_tok.vocab_size}, "
+    print(f"pair {data.pair}: {data.train.scan().kept} training pairs, vocabularies {src_tok.vocab_size}/{tgt_tok.vocab_size}, "
           f"{torch.get_num_threads()} threads")
     # Short warmups: a budget of minutes holds only a few hundred updates of the small model.
     for preset, seconds, lr, warmup in (("tiny", args.tiny_seconds, 3e-3, 100),
@@ -51,7 +52,7 @@ def main() -> None:
             continue
         torch.manual_seed(1)
         model = Transformer(preset_config(preset, src_tok.vocab_size, tgt_tok.vocab_size))
-        training = TrainingData(encode_pairs(data.train.src, data.train.tgt, src_tok, tgt_tok, model.config.max_positions),
+        training = TrainingData(pair_shard(data.train, src_tok, tgt_tok, model.config.max_positions, cache),
                                 encode_pairs(data.valid.src, data.valid.tgt, src_tok, tgt_tok, model.config.max_positions),
                                 src_tok, tgt_tok)
         config = TrainConfig(lr=lr, warmup_updates=warmup, max_tokens=2048, max_seconds=seconds,

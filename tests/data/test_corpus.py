@@ -1,6 +1,7 @@
 """Reading, validating, slicing and cleaning parallel corpora; every error names the file (and line)."""
 
 import gzip
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from support import EXPERIMENTS, SHARED_DATA, requires_multi30k
 from xattn_ray.data.options import FilterConfig, TrainingSlice
 from xattn_ray.study.config import load_experiment
-from xattn_ray.data.corpus import ParallelText, clean_training_pairs, read_lines, read_parallel, slice_lines
+from xattn_ray.data.corpus import file_facts, read_lines, read_parallel, training_text
 from xattn_ray.study.transfer import experiment_runs, load_run_data, run_name
 from xattn_ray.errors import DataError
 
@@ -67,30 +68,73 @@ def test_empty_split(tmp_path):
         read_parallel(tmp_path / "t.fr", tmp_path / "t.en")
 
 
-def test_slices_and_sizes():
-    text = ParallelText([f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)], origin="x")
-    part = slice_lines(text, TrainingSlice(lines=(4, 9), size=3))
-    assert part.src == ["s4", "s5", "s6"] and part.tgt == ["t4", "t5", "t6"]
-    assert slice_lines(text, TrainingSlice()).src == text.src
+def aligned_files(root: Path, src: list[str], tgt: list[str]) -> tuple[Path, Path]:
+    (root / "t.fr").write_text("".join(line + "\n" for line in src))
+    (root / "t.en").write_text("".join(line + "\n" for line in tgt))
+    return root / "t.fr", root / "t.en"
+
+
+def test_slices_and_sizes(tmp_path):
+    files = aligned_files(tmp_path, [f"s{i}" for i in range(10)], [f"t{i}" for i in range(10)])
+    cache = tmp_path / "cache"
+    part = training_text(*files, TrainingSlice(lines=(4, 9), size=3), FilterConfig(), cache)
+    assert list(part.pairs()) == [("s4", "t4"), ("s5", "t5"), ("s6", "t6")]
+    assert list(part.side(0)) == ["s4", "s5", "s6"] and list(part.side(1)) == ["t4", "t5", "t6"]  # re-iterable
+    whole = training_text(*files, TrainingSlice(), FilterConfig(), cache)
+    assert list(whole.side(0)) == [f"s{i}" for i in range(10)]
     with pytest.raises(DataError, match=r"slice \[5, 11\) goes past the split's 10 lines"):
-        slice_lines(text, TrainingSlice(lines=(5, 11)))
+        training_text(*files, TrainingSlice(lines=(5, 11)), FilterConfig(), cache)
     with pytest.raises(DataError, match=r"size 6 is more than the 5 lines of slice \[5, 10\)"):
-        slice_lines(text, TrainingSlice(lines=(5, 10), size=6))
+        training_text(*files, TrainingSlice(lines=(5, 10), size=6), FilterConfig(), cache)
 
 
-def test_cleaning_drops_pairs_and_counts_each_rule():
+def test_cleaning_drops_pairs_and_counts_each_rule(tmp_path):
     src = ["a b", "  ", "c", "d e f g h i j k", "x", "one two"]
     tgt = ["A B", "X", "", "D", "Y", "ONE TWO THREE FOUR FIVE SIX"]
-    cleaned, report = clean_training_pairs(ParallelText(src, tgt, "x"),
-                                           FilterConfig(max_tokens=5, max_length_ratio=2.0))
-    assert cleaned.src == ["a b", "x"] and cleaned.tgt == ["A B", "Y"]
+    files = aligned_files(tmp_path, src, tgt)
+    text = training_text(*files, TrainingSlice(), FilterConfig(max_tokens=5, max_length_ratio=2.0), tmp_path / "c")
+    assert list(text.pairs()) == [("a b", "A B"), ("x", "Y")]
+    report = text.scan()
     # "d e f g h i j k" (8 tokens) is too long; so is "one two" against six tokens (6 > 5).
     assert (report.kept, report.empty, report.too_long, report.bad_ratio) == (2, 2, 2, 0)
-    _, ratio_report = clean_training_pairs(ParallelText(["a", "b c d"], ["A", "B"], "x"),
-                                           FilterConfig(max_tokens=None, max_length_ratio=2.0))
+    files = aligned_files(tmp_path, ["a", "b c d"], ["A", "B"])
+    ratio_report = training_text(*files, TrainingSlice(), FilterConfig(max_tokens=None, max_length_ratio=2.0),
+                                 tmp_path / "c").scan()
     assert (ratio_report.kept, ratio_report.bad_ratio) == (1, 1)
+    files = aligned_files(tmp_path, [""], ["x"])
     with pytest.raises(DataError, match="no training pairs left after cleaning"):
-        clean_training_pairs(ParallelText([""], ["x"], "x"), FilterConfig())
+        training_text(*files, TrainingSlice(), FilterConfig(), tmp_path / "c").scan()
+
+
+def gzipped(path: Path, lines: list[bytes]) -> Path:
+    with gzip.open(path, "wb") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+    return path
+
+
+def test_streamed_checks_of_gzip_files_name_the_file_and_line(tmp_path):
+    good = [f"sentence {i}".encode() for i in range(3000)]
+    bad = good[:2499] + [b"caf\xe9 au lait"] + good[2500:]
+    src, tgt = gzipped(tmp_path / "t.fr.gz", bad), gzipped(tmp_path / "t.en.gz", good)
+    with pytest.raises(DataError) as info:
+        training_text(src, tgt, TrainingSlice(lines=(0, 10)), FilterConfig(), tmp_path / "cache")
+    assert str(info.value).startswith(f"{src}:2500: invalid UTF-8 at byte 3 of the line")
+    short = gzipped(tmp_path / "short.en.gz", good[:2999])
+    with pytest.raises(DataError) as info:
+        training_text(tgt, short, TrainingSlice(), FilterConfig(), tmp_path / "cache")
+    assert str(info.value).startswith(f"{tgt} has 3000 lines but {short} has 2999")
+    with pytest.raises(DataError, match=r"slice \[2990, 3001\) goes past the split's 3000 lines"):
+        training_text(tgt, tgt, TrainingSlice(lines=(2990, 3001)), FilterConfig(), tmp_path / "cache")
+
+
+def test_line_counts_and_digests_are_cached_until_the_file_changes(tmp_path):
+    path = gzipped(tmp_path / "a.gz", [b"one", b"two"])
+    first = file_facts(path, tmp_path / "cache")
+    assert first.lines == 2 and len(list((tmp_path / "cache" / "digests").iterdir())) == 1
+    assert file_facts(path, tmp_path / "cache") == first
+    gzipped(path, [b"one", b"two", b"three"])
+    os.utime(path, ns=(0, 10**9))  # another modification time, whatever the clock's resolution
+    assert file_facts(path, tmp_path / "cache").lines == 3
 
 
 def write_corpus(root: Path, lines: dict[str, dict[str, list[str]]]) -> None:
@@ -125,10 +169,10 @@ def test_run_data_cleans_training_but_never_test_data(tmp_path):
     experiment = load_experiment(tmp_path / "exp.yaml")
     parent, child = experiment_runs(experiment)
     parent_data = load_run_data(experiment, parent, tmp_path / "cache")
-    assert parent_data.train.src == ["a", "c", "d"] and parent_data.cleaning.empty == 1
+    assert list(parent_data.train.side(0)) == ["a", "c", "d"] and parent_data.train.scan().empty == 1
     assert parent_data.tests["t1"].src == ["  spaced  ", ""]  # untouched
     child_data = load_run_data(experiment, child, tmp_path / "cache")
-    assert child_data.train.src == ["5", "6"] and child_data.train.tgt == ["E", "F"]
+    assert list(child_data.train.pairs()) == [("5", "E"), ("6", "F")]
     assert run_name(child) == "de-en"
 
 
@@ -144,13 +188,13 @@ def test_run_data_reports_a_misaligned_file(tmp_path):
 
 
 @requires_multi30k
-def test_multi30k_parent_and_child_slices_are_disjoint():
+def test_multi30k_parent_and_child_slices_are_disjoint(tmp_path):
     experiment = load_experiment(EXPERIMENTS / "multi30k.yaml")
-    cache = Path("/nonexistent-cache")  # file corpora never touch the cache
-    parent = load_run_data(experiment, experiment.parents[0], cache)
-    child = load_run_data(experiment, experiment.children[0], cache)
-    assert len(parent.train) + parent.cleaning.empty + parent.cleaning.too_long + parent.cleaning.bad_ratio == 20000
-    assert len(child.train) <= 9000 and str(child.pair) == "de-en"
+    parent = load_run_data(experiment, experiment.parents[0], tmp_path)
+    child = load_run_data(experiment, experiment.children[0], tmp_path)
+    cleaning = parent.train.scan()
+    assert cleaning.kept + cleaning.empty + cleaning.too_long + cleaning.bad_ratio == 20000
+    assert child.train.scan().kept <= 9000 and str(child.pair) == "de-en"
     english = read_lines(SHARED_DATA / "multi30k" / "train.en.gz")
-    assert child.train.tgt[0] == english[20000] and parent.train.tgt[0] == english[0]
+    assert next(iter(child.train.side(1))) == english[20000] and next(iter(parent.train.side(1))) == english[0]
     assert len(parent.tests["flickr2016"]) == 1000 and len(parent.valid) == 1014

@@ -1,6 +1,8 @@
 """Whole runs on tiny data: a parent, its children under every policy, `xattn-ray train` and `translate`."""
 
 import json
+import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +59,17 @@ def test_new_target_child_keeps_the_parent_source_side(study):
     assert child.side == "target" and loaded.tgt_tokenizer.language == "lb"
     assert loaded.src_tokenizer.to_bytes() == load_model(parent.checkpoint).src_tokenizer.to_bytes()
     assert Path(child.checkpoint).parent == run_folder(root / "runs", experiment, spec).path
+
+
+def test_a_four_policy_grid_on_one_child_slice_builds_its_shard_once(study, caplog):
+    root, experiment, parent = study
+    shutil.rmtree(root / "runs" / "cache" / "shards", ignore_errors=True)  # earlier tests built this child's
+    caplog.set_level(logging.INFO, "xattn_ray.data.shards")
+    for policy in ("scratch", "body", "xattn", "randxattn"):
+        run(experiment, RunSpec("child", "la-lb", 2, policy), root / "runs", Path(parent.checkpoint))
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum(message.startswith("shard built: ") for message in messages) == 1, messages
+    assert sum(message.startswith("shard reused: ") for message in messages) == 3, messages
 
 
 def xattn_ray(*args, cwd):

@@ -7,22 +7,33 @@ aligned file per language. Every file is checked before anything trains, and a p
 `DataError` naming the file (and line): a missing file, invalid UTF-8, unequal line counts, an empty
 split, a slice past the end.
 
+Files are read as streams (a `.gz` inflated as it is read), in constant memory: a training slice is
+never held as text (`TrainingText` streams it again for each use: a tokenizer's sample, a token shard's
+build); only validation and test sets, which are small, are read into lists. What a check of a whole
+file finds (its line count, the sha256 of its text) is cached under `CACHE/digests/`, keyed by the
+file's path, size and modification time, so the trials of a grid do not read a large corpus again.
+
 Only training data is ever altered: pairs with an empty side are dropped (counted in the log) and the
 length filters apply. Validation and test data are returned exactly as written.
 """
 
 from __future__ import annotations
 
-import functools
+import collections
 import gzip
+import hashlib
+import itertools
+import json
 import logging
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from xattn_ray.data.options import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
 from xattn_ray.data.synthetic import FamilySpec, family_dir_name, generate_family, language_codes
 from xattn_ray.errors import DataError
+from xattn_ray.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +121,19 @@ def _synthetic_corpus(name: str, spec: FamilySpec, cache_dir: Path) -> Corpus:
 
 
 def read_lines(path: Path) -> list[str]:
-    """Every line of a UTF-8 text file, plain or gzip, without its line terminator.
+    """Every line of a UTF-8 text file, plain or gzip, without its line terminator (small files: valid, test)."""
+    return list(iter_lines(path))
 
-    Lines are split on '\\n' only (str.splitlines would also split on U+2028 and break alignment).
+
+def iter_lines(path: Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file, plain or gzip, streamed in constant memory, checked as they come.
+
+    Lines are split on '\\n' only (str.splitlines would also split on U+2028 and break alignment); a
+    '\\r' before it is dropped. A problem is a DataError naming the file and line, raised when the
+    stream reaches it.
     """
-    stat = _stat(path)
-    return list(_read_lines_cached(str(path), stat.st_mtime_ns, stat.st_size))
+    _stat(path)
+    return _stream(str(path))
 
 
 def _stat(path: Path):
@@ -140,14 +158,13 @@ MAX_GZIP_RATIO = 100
 _CHUNK = 4 << 20
 
 
-@functools.lru_cache(maxsize=64)
-def _read_lines_cached(path: str, _mtime_ns: int, _size: int) -> tuple[str, ...]:
-    # Keyed by modification time and size too, so a rewritten file is read again. The file is read in
-    # chunks (a gzip file inflated as it streams), so no more than a chunk and its lines are in memory
-    # beyond the lines themselves, and the caps above are checked as the text arrives.
-    lines: list[str] = []
+def _stream(path: str, digest=None) -> Iterator[str]:
+    # The file is read in chunks (a gzip file inflated as it streams), so no more than a chunk and its
+    # lines are in memory, and the caps above are checked as the text arrives. `digest` (a hashlib
+    # object), when given, is fed the text's bytes.
     pending = b""  # the unfinished last line of the chunks so far
     inflated = 0
+    number = 1  # of the next line
     try:
         with open(path, "rb") as raw:
             stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
@@ -156,19 +173,71 @@ def _read_lines_cached(path: str, _mtime_ns: int, _size: int) -> tuple[str, ...]
                 if stream is not raw and inflated > GZIP_FLOOR and inflated > MAX_GZIP_RATIO * raw.tell():
                     raise DataError(f"{path}: inflates more than {MAX_GZIP_RATIO} times its compressed size "
                                     f"(a gzip bomb?); refusing to read on")
+                if digest is not None:
+                    digest.update(chunk)
                 data = pending + chunk
                 cut = data.rfind(b"\n") + 1
                 pending = data[cut:]
-                lines += _decoded_lines(path, data[:cut], len(lines) + 1)
+                lines = _decoded_lines(path, data[:cut], number)
+                number += len(lines)
+                yield from _without_cr(lines)
                 if len(pending) > 4 * MAX_LINE_CHARS:  # bytes: a character is at most 4 of them
-                    raise DataError(f"{path}:{len(lines) + 1}: line longer than {MAX_LINE_CHARS:,} characters")
+                    raise DataError(f"{path}:{number}: line longer than {MAX_LINE_CHARS:,} characters")
     except (gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise DataError(f"{path}: not a valid gzip file ({err})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
     if pending:  # a last line without a final newline
-        lines += _decoded_lines(path, pending + b"\n", len(lines) + 1)
-    return tuple(line[:-1] if line.endswith("\r") else line for line in lines)
+        yield from _without_cr(_decoded_lines(path, pending + b"\n", number))
+
+
+def _without_cr(lines: list[str]) -> list[str]:
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What one streamed pass over a text file found: its line count and the sha256 of its (inflated) text."""
+
+    lines: int
+    sha256: str
+
+
+_FACTS_FORMAT = 1
+
+
+def file_facts(path: Path, cache_dir: Path) -> FileFacts:
+    """Line count and text digest of `path` (every line checked on the way), from `CACHE/digests/` when the
+    file's size and modification time are those recorded there."""
+    stat = _stat(path)
+    identity = {"format": _FACTS_FORMAT, "path": str(path.resolve()), "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns}
+    record = cache_dir / "digests" / f"{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]}.json"
+    try:
+        cached = json.loads(record.read_text(encoding="utf-8"))
+        if cached["identity"] == identity:
+            return FileFacts(cached["lines"], cached["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no record, or one of another file version or format: scan
+    digest = hashlib.sha256()
+    lines = sum(1 for _ in _stream(str(path), digest))
+    facts = FileFacts(lines, digest.hexdigest())
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(record, json.dumps({"identity": identity, "lines": facts.lines, "sha256": facts.sha256},
+                                        sort_keys=True).encode())
+    return facts
+
+
+def aligned_line_count(paths: list[Path], cache_dir: Path) -> tuple[int, list[FileFacts]]:
+    """The common line count of files whose line i says the same thing (a parallel split), and their facts."""
+    facts = [file_facts(path, cache_dir) for path in paths]
+    for path, fact in zip(paths[1:], facts[1:]):
+        if fact.lines != facts[0].lines:
+            raise DataError(f"{paths[0]} has {facts[0].lines} lines but {path} has {fact.lines}: "
+                            f"the sides of a parallel corpus must have equal line counts")
+    if not facts[0].lines:
+        raise DataError(f"{paths[0]}: empty split (no lines)")
+    return facts[0].lines, facts
 
 
 def _decoded_lines(path: str, block: bytes, first_line: int) -> list[str]:
@@ -199,18 +268,77 @@ def read_parallel(src_path: Path, tgt_path: Path) -> ParallelText:
     return ParallelText(src, tgt, origin=f"{src_path.name} + {tgt_path.name}")
 
 
-def slice_lines(text: ParallelText, training_slice: TrainingSlice) -> ParallelText:
-    """Lines [start, end) of the split, then the first `size` of those."""
-    start, end = training_slice.lines or (0, len(text))
-    if end > len(text):
-        raise DataError(f"{text.origin}: slice [{start}, {end}) goes past the split's {len(text)} lines")
-    src, tgt = text.src[start:end], text.tgt[start:end]
+def slice_bounds(total: int, training_slice: TrainingSlice, origin: str) -> tuple[int, int]:
+    """[start, stop): lines [a, b) of a split of `total` lines, then the first `size` of those."""
+    start, end = training_slice.lines or (0, total)
+    if end > total:
+        raise DataError(f"{origin}: slice [{start}, {end}) goes past the split's {total} lines")
     if training_slice.size is not None:
-        if training_slice.size > len(src):
-            raise DataError(f"{text.origin}: size {training_slice.size} is more than the "
-                            f"{len(src)} lines of slice [{start}, {end})")
-        src, tgt = src[: training_slice.size], tgt[: training_slice.size]
-    return ParallelText(src, tgt, origin=f"{text.origin} lines {start}-{start + len(src)}")
+        if training_slice.size > end - start:
+            raise DataError(f"{origin}: size {training_slice.size} is more than the "
+                            f"{end - start} lines of slice [{start}, {end})")
+        end = start + training_slice.size
+    return start, end
+
+
+@dataclass(frozen=True)
+class TrainingText:
+    """A run's training slice, never held in memory: lines [start, stop) of two aligned files, cleaned as
+    they stream by. Each use (a tokenizer's digest and sample, a token shard's build, a count) reads
+    the files again; `identity` says what the text is (both files' digests, the bounds, the filters)."""
+
+    src_path: Path
+    tgt_path: Path
+    start: int
+    stop: int
+    filters: FilterConfig
+    identity: dict
+
+    @property
+    def origin(self) -> str:
+        return f"{self.src_path.name} + {self.tgt_path.name} lines {self.start}-{self.stop}"
+
+    def pairs(self, faults: collections.Counter | None = None) -> Iterator[tuple[str, str]]:
+        """The kept (source, target) pairs in order; each dropped one counted in `faults` by its rule."""
+        lines = zip(iter_lines(self.src_path), iter_lines(self.tgt_path))
+        for src, tgt in itertools.islice(lines, self.start, self.stop):
+            fault = pair_fault(src, tgt, self.filters)
+            if fault is None:
+                yield src, tgt
+            elif faults is not None:
+                faults[fault] += 1
+
+    def side(self, index: int) -> Side:
+        """The kept lines of one side (0 source, 1 target): re-iterable, for training a tokenizer."""
+        return Side(self, index)
+
+    def scan(self) -> CleaningReport:
+        """Stream the slice once and count what cleaning keeps and drops (no text kept)."""
+        faults: collections.Counter = collections.Counter()
+        kept = sum(1 for _ in self.pairs(faults))
+        return cleaning_report(kept, faults, self.origin)
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side's kept lines of a `TrainingText`; every `iter` streams them again from the start."""
+
+    text: TrainingText
+    index: int
+
+    def __iter__(self) -> Iterator[str]:
+        return (pair[self.index] for pair in self.text.pairs())
+
+
+def training_text(src_path: Path, tgt_path: Path, training_slice: TrainingSlice, filters: FilterConfig,
+                  cache_dir: Path) -> TrainingText:
+    """The training slice of a pair of aligned files, after checking (by streaming, or from the digests
+    cache) that the files are aligned, valid UTF-8 and hold the slice."""
+    total, facts = aligned_line_count([src_path, tgt_path], cache_dir)
+    start, stop = slice_bounds(total, training_slice, f"{src_path.name} + {tgt_path.name}")
+    identity = {"files": [fact.sha256 for fact in facts], "lines": [start, stop],
+                "filters": [filters.max_tokens, filters.max_length_ratio]}
+    return TrainingText(src_path, tgt_path, start, stop, filters, identity)
 
 
 def pair_fault(src: str, tgt: str, filters: FilterConfig) -> str | None:
@@ -225,20 +353,10 @@ def pair_fault(src: str, tgt: str, filters: FilterConfig) -> str | None:
     return None
 
 
-def clean_training_pairs(text: ParallelText, filters: FilterConfig) -> tuple[ParallelText, CleaningReport]:
-    """Drop pairs with an empty side, then pairs that fail the length filters (training data only)."""
-    src_kept, tgt_kept = [], []
-    faults = {"empty": 0, "too_long": 0, "bad_ratio": 0}
-    for src, tgt in zip(text.src, text.tgt):
-        fault = pair_fault(src, tgt, filters)
-        if fault is None:
-            src_kept.append(src)
-            tgt_kept.append(tgt)
-        else:
-            faults[fault] += 1
+def cleaning_report(kept: int, faults: collections.Counter, origin: str) -> CleaningReport:
+    """The report of a cleaned slice; no pair left is a DataError."""
     empty, too_long, bad_ratio = faults["empty"], faults["too_long"], faults["bad_ratio"]
-    report = CleaningReport(kept=len(src_kept), empty=empty, too_long=too_long, bad_ratio=bad_ratio)
-    if not src_kept:
-        raise DataError(f"{text.origin}: no training pairs left after cleaning "
+    if not kept:
+        raise DataError(f"{origin}: no training pairs left after cleaning "
                         f"({empty} empty, {too_long} too long, {bad_ratio} bad length ratio)")
-    return ParallelText(src_kept, tgt_kept, origin=text.origin), report
+    return CleaningReport(kept=kept, empty=empty, too_long=too_long, bad_ratio=bad_ratio)

@@ -1,19 +1,26 @@
 """Token-based batches of similar-length sentence pairs, reproducible from (seed, epoch).
 
-Sentences are encoded once; each epoch sorts them by length (ties broken at random), cuts the order
-into batches whose padded size stays under `max_tokens`, and shuffles the batches. Sorting keeps
-padding small, so nearly every computed position is a real token; deriving the order from
-(seed, epoch) alone means a resumed run sees exactly the batches it would have seen.
+Sentences are encoded once (training data into a memory-mapped token shard, `data.shards`; small sets
+into `EncodedPairs` in memory: both are a `PairSource`); each epoch sorts them by length (ties broken at
+random), cuts the order into batches whose padded size stays under `max_tokens`, and shuffles the
+batches, all from the lengths arrays alone, in numpy. Sorting keeps padding small, so nearly every
+computed position is a real token; deriving the order from (seed, epoch) alone means a resumed run sees
+exactly the batches it would have seen. `collate` reads the ids of the examples it is given, no others,
+so each DDP worker reads only its share (`rank_share`) of every global batch.
 
 Code-switched sources (`data/codeswitch.py`) carry a segment id per token, padded with -1 beside them.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,9 +28,30 @@ from xattn_ray.engine.structured_dropout import PADDING
 from xattn_ray.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 
+class PairSource(Protocol):
+    """What batching reads: N aligned examples, their lengths, and the ids of one example by index.
+
+    `EncodedPairs` holds them in lists (validation sets, small data); `data.shards.TokenShard` reads them
+    from memory-mapped files (training data of any size).
+    """
+
+    dropped_too_long: int  # examples left out because they exceed the model's position table
+
+    def __len__(self) -> int: ...
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target lengths, EOS included: src [N] int, tgt [N] int."""
+
+    def example(self, index: int) -> tuple[Sequence[int], Sequence[int], Sequence[int] | None]:
+        """Source ids, target ids (both ending with EOS) and source segment ids (None for plain sources)."""
+
+    @property
+    def has_segments(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class EncodedPairs:
-    """Token ids of aligned sentences: `src[i]` and `tgt[i]` each end with EOS."""
+    """Token ids of aligned sentences in memory: `src[i]` and `tgt[i]` each end with EOS."""
 
     src: list[list[int]]
     tgt: list[list[int]]
@@ -32,6 +60,21 @@ class EncodedPairs:
 
     def __len__(self) -> int:
         return len(self.src)
+
+    @functools.cached_property
+    def _lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.fromiter(map(len, self.src), np.int64, len(self.src)),
+                np.fromiter(map(len, self.tgt), np.int64, len(self.tgt)))
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._lengths
+
+    def example(self, index: int) -> tuple[list[int], list[int], list[int] | None]:
+        return self.src[index], self.tgt[index], None if self.segments is None else self.segments[index]
+
+    @property
+    def has_segments(self) -> bool:
+        return self.segments is not None
 
 
 def encode_pairs(sources: Sequence[str], targets: Sequence[str], src_tokenizer: Tokenizer, tgt_tokenizer: Tokenizer,
@@ -66,43 +109,127 @@ class Batch:
         return int((self.tgt_out != PAD_ID).sum())
 
 
-def make_batches(pairs: EncodedPairs, max_tokens: int, seed: int, epoch: int,
-                 shuffle: bool = True) -> list[list[int]]:
-    """Index lists, one per batch, of similar-length pairs with at most `max_tokens` padded tokens a side.
+class Batches:
+    """An epoch's batches: the length-sorted order of the examples, cut into runs, the runs in a shuffled order.
 
-    `shuffle` False gives a fixed length-sorted order (validation).
+    order [N] int64 (example indices), bounds [B+1] int64 (batch j is order[bounds[j]:bounds[j+1]]),
+    sequence [B] int64 (the j of the k-th batch). Numpy arrays instead of lists of Python ints: an
+    epoch of 36M pairs is 0.3 GB as lists, 0.3 GB less as arrays.
     """
-    rng = random.Random(f"batches/{seed}/{epoch}")  # a string seed hashes stably across processes
-    tiebreak = [rng.random() for _ in range(len(pairs))] if shuffle else list(range(len(pairs)))
-    order = sorted(range(len(pairs)), key=lambda i: (len(pairs.tgt[i]), len(pairs.src[i]), tiebreak[i]))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        length = max(len(pairs.src[index]), len(pairs.tgt[index]))
-        if current and max(longest, length) * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(index)
-        longest = max(longest, length)
-    if current:
-        batches.append(current)
+
+    def __init__(self, order: np.ndarray, bounds: np.ndarray, sequence: np.ndarray) -> None:
+        self.order, self.bounds, self.sequence = order, bounds, sequence
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        """Example indices [b] int64 of the k-th batch."""
+        j = self.sequence[k]
+        return self.order[self.bounds[j]:self.bounds[j + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[k] for k in range(len(self)))
+
+    def group(self, start: int, count: int) -> list[np.ndarray]:
+        """Batches start .. start+count-1 (fewer at the end): one update's worth."""
+        return [self[k] for k in range(start, min(start + count, len(self)))]
+
+    def tolist(self) -> list[list[int]]:
+        return [batch.tolist() for batch in self]
+
+
+def make_batches(pairs: PairSource, max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> Batches:
+    """Batches of similar-length examples with at most `max_tokens` padded tokens a side.
+
+    Sorted by (target length, source length, a random tiebreak), cut greedily, batches shuffled; all
+    randomness from `random.Random(f"batches/{seed}/{epoch}")`, drawn through numpy in the same sequence
+    (`_python_rng_stream`), so the batches are those of the list-based implementation this replaced and
+    resumed runs repeat them exactly. `shuffle` False gives a fixed length-sorted order (validation).
+    """
+    src_len, tgt_len = pairs.lengths()
+    count = len(src_len)
     if shuffle:
-        rng.shuffle(batches)
-    return batches
+        state = _python_rng_stream(f"batches/{seed}/{epoch}")
+        tiebreak = state.random_sample(count)
+    else:
+        tiebreak = np.arange(count)
+    order = np.lexsort((tiebreak, src_len, tgt_len))
+    bounds = _cut(np.maximum(src_len, tgt_len)[order], max_tokens)
+    sequence = np.arange(len(bounds) - 1)
+    if shuffle:
+        rng = random.Random()
+        _, key, position, *_ = state.get_state()
+        rng.setstate((3, (*map(int, key), int(position)), None))  # numpy's MT19937 state, handed to Python
+        batch_ids = sequence.tolist()
+        rng.shuffle(batch_ids)
+        sequence = np.array(batch_ids, dtype=np.int64)
+    return Batches(order.astype(np.int64), bounds, sequence)
 
 
-def collate(pairs: EncodedPairs, indices: Sequence[int]) -> Batch:
-    """The padded Batch of pairs `indices`."""
-    src = _pad([pairs.src[i] for i in indices])
-    tgt_out = _pad([pairs.tgt[i] for i in indices])
-    tgt_in = _pad([[BOS_ID] + pairs.tgt[i][:-1] for i in indices])
-    segments = None if pairs.segments is None else _pad([pairs.segments[i] for i in indices], PADDING)
+def _python_rng_stream(seed: str) -> np.random.RandomState:
+    """A numpy MT19937 in the state `random.Random(seed)` starts in (a str seed: version 2 seeding).
+
+    Python seeds with init_by_array over the 32-bit little-endian words of
+    int.from_bytes(seed + sha512(seed), "big"), numpy's RandomState(uint32 array) likewise; and
+    `random_sample` draws the same doubles as `random.random()`.
+    """
+    data = seed.encode()
+    number = int.from_bytes(data + hashlib.sha512(data).digest(), "big")
+    words = []
+    while number:
+        words.append(number & 0xFFFFFFFF)
+        number >>= 32
+    return np.random.RandomState(np.array(words, dtype=np.uint32))
+
+
+def _cut(longest_side: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Bounds [B+1] of greedy batches over `longest_side` [N] (in batch order): a batch takes examples
+    while (its longest example) x (its size) stays within `max_tokens`; a lone example always fits.
+
+    Vectorised per batch: the product grows with the batch, so the first example that breaks the limit
+    is found with one cumulative max over a window no longer than max_tokens // (first length) + 1.
+    """
+    bounds = [0]
+    count, start = len(longest_side), 0
+    while start < count:
+        window = longest_side[start:start + max_tokens // max(int(longest_side[start]), 1) + 1]
+        padded = np.maximum.accumulate(window) * np.arange(1, len(window) + 1)
+        over = padded > max_tokens
+        size = int(np.argmax(over)) if over.any() else len(window)
+        start += max(size, 1)
+        bounds.append(start)
+    return np.array(bounds, dtype=np.int64)
+
+
+def rank_share(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """The examples of a global batch that worker `rank` of `world_size` computes: every world_size-th one.
+
+    Shares are disjoint and together the whole batch, so equal global batches give equal updates
+    however many workers split them; each worker reads only its share's ids from the data.
+    """
+    return batch[rank::world_size]
+
+
+def collate(pairs: PairSource, indices: Sequence[int]) -> Batch:
+    """The padded Batch of examples `indices` (only those are read from `pairs`)."""
+    examples = [pairs.example(int(i)) for i in indices]
+    src = _pad([src for src, _, _ in examples])
+    tgt_out = _pad([tgt for _, tgt, _ in examples])
+    # tgt_in = BOS + the target without its EOS (which is only predicted, never read)
+    tgt_in = torch.full_like(tgt_out, PAD_ID)
+    tgt_in[:, 0] = BOS_ID
+    tgt_in[:, 1:] = tgt_out[:, :-1]
+    lengths = torch.tensor([len(tgt) for _, tgt, _ in examples])
+    tgt_in[torch.arange(tgt_in.shape[1]) >= lengths[:, None]] = PAD_ID
+    segments = _pad([segments for _, _, segments in examples], PADDING) if pairs.has_segments else None
     return Batch(src=src, tgt_in=tgt_in, tgt_out=tgt_out, src_segments=segments)
 
 
-def _pad(sequences: list[list[int]], fill: int = PAD_ID) -> Tensor:
+def _pad(sequences: list[Sequence[int]], fill: int = PAD_ID) -> Tensor:
     """Right-pad with `fill` into a [len(sequences), longest] LongTensor."""
     longest = max(len(sequence) for sequence in sequences)
-    return torch.tensor([sequence + [fill] * (longest - len(sequence)) for sequence in sequences],
-                        dtype=torch.long)
+    padded = np.full((len(sequences), longest), fill, dtype=np.int64)
+    for row, sequence in zip(padded, sequences):
+        row[:len(sequence)] = sequence
+    return torch.from_numpy(padded)

@@ -27,15 +27,16 @@ import dataclasses
 import itertools
 import logging
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from xattn_ray.data.codeswitch import build_test_sets, build_training_set, encode_codeswitched, encode_monolingual
-from xattn_ray.data.corpus import pair_fault, read_lines, resolve_corpus
+from xattn_ray.data.corpus import aligned_line_count, iter_lines, pair_fault, read_lines, resolve_corpus
 from xattn_ray.data.options import FilterConfig
+from xattn_ray.data.shards import encoded_shard
 from xattn_ray.engine.batching import EncodedPairs
 from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.engine.model import Transformer, preset_config
@@ -65,6 +66,27 @@ class StudyData:
     tune_train: Lines  # the fine-tuning slice (`lines`)
     valid: Lines
     tests: dict[str, Lines]  # corpus test set name -> lines (the first `test_lines`)
+    train_digests: list[str]  # sha256 of each language's train file (study languages' order): shard keys
+
+
+@dataclass(frozen=True)
+class TrainSplit:
+    """The train split's files, checked (aligned, UTF-8) by one streamed pass remembered in the cache."""
+
+    files: list[Path]  # in the order of `languages`
+    languages: list[str]  # the sources, then the pivot
+    lines: int
+    digests: list[str]
+
+    def kept_rows(self, bounds: tuple[int, int] | None, key: str, filters: FilterConfig,
+                  sources: int) -> Iterator[tuple[str, ...]]:
+        """Lines [start, end) of every language in lockstep, streamed; a row is kept when each of the first
+        `sources` languages' pair with the pivot (the last) passes the training filters."""
+        start, end = bounds or (0, self.lines)
+        if end > self.lines:
+            raise DataError(f"codeswitch.{key}: [{start}, {end}) goes past the train split's {self.lines} lines")
+        rows = itertools.islice(zip(*map(iter_lines, self.files)), start, end)
+        return (row for row in rows if all(pair_fault(row[i], row[-1], filters) is None for i in range(sources)))
 
 
 def source_language(study: CodeSwitchStudy) -> str:
@@ -77,50 +99,63 @@ def study_pair(study: CodeSwitchStudy) -> str:
     return f"{'+'.join(study.sources)}-{study.pivot}"
 
 
+def train_split(experiment: Experiment, cache_dir: Path) -> TrainSplit:
+    study = experiment.codeswitch
+    corpus = resolve_corpus(study.corpus, experiment.corpora[study.corpus], experiment.base_dir, cache_dir)
+    languages = [*study.sources, study.pivot]
+    files = _split_files(corpus.train, languages, study.corpus, "train")
+    try:
+        lines, facts = aligned_line_count(files, cache_dir)
+    except DataError as error:
+        raise DataError(f"corpus {study.corpus!r}: split 'train' is not multi-parallel: {error}") from None
+    return TrainSplit(files, languages, lines, [fact.sha256 for fact in facts])
+
+
+def _split_files(files: dict[str, Path], languages: list[str], corpus: str, name: str) -> list[Path]:
+    missing = [lang for lang in languages if lang not in files]
+    if missing:
+        raise DataError(f"corpus {corpus!r}: split {name!r} has no {missing[0]!r} file")
+    return [files[lang] for lang in languages]
+
+
 def load_study_data(experiment: Experiment, cache_dir: Path) -> StudyData:
-    """Read every language of the study's corpus; training lines failing the filters in any language go."""
+    """Read the study's slices of every language (training lines failing the filters in any language go),
+    its valid and test sets; only the slices are read into memory, not the whole train split."""
+    study = experiment.codeswitch
+    split = train_split(experiment, cache_dir)
+
+    def train(bounds: tuple[int, int] | None, key: str) -> Lines:
+        rows = list(split.kept_rows(bounds, key, experiment.filters, len(study.sources)))
+        if len(rows) < 2:
+            raise DataError(f"corpus {study.corpus!r}: fewer than 2 training lines pass the filters")
+        return {lang: [row[i] for row in rows] for i, lang in enumerate(split.languages)}
+
+    valid, tests = held_out(experiment, cache_dir)
+    return StudyData(base_train=train(study.base_lines, "base_lines"), tune_train=train(study.lines, "lines"),
+                     valid=valid, tests=tests, train_digests=split.digests)
+
+
+def held_out(experiment: Experiment, cache_dir: Path) -> tuple[Lines, dict[str, Lines]]:
+    """The valid split and the test sets (the first `test_lines` of each), read into memory: they are small."""
     study = experiment.codeswitch
     corpus = resolve_corpus(study.corpus, experiment.corpora[study.corpus], experiment.base_dir, cache_dir)
     languages = [*study.sources, study.pivot]
 
     def split(files: dict[str, Path], name: str) -> Lines:
-        missing = [lang for lang in languages if lang not in files]
-        if missing:
-            raise DataError(f"corpus {study.corpus!r}: split {name!r} has no {missing[0]!r} file")
-        lines = {lang: list(read_lines(files[lang])) for lang in languages}
+        paths = _split_files(files, languages, study.corpus, name)
+        lines = {lang: read_lines(path) for lang, path in zip(languages, paths)}
         counts = {len(text) for text in lines.values()}
         if len(counts) != 1:
             raise DataError(f"corpus {study.corpus!r}: split {name!r} is not multi-parallel (line counts "
                             f"{ {lang: len(text) for lang, text in lines.items()} })")
         return lines
 
-    train = split(corpus.train, "train")
     test_names = study.test_sets if study.test_sets is not None else list(corpus.tests)
     tests = {}
     for name in test_names:
         lines = split(corpus.tests[name], f"test {name}")
         tests[name] = {lang: text[:study.test_lines] for lang, text in lines.items()}
-    return StudyData(base_train=_clean(_slice(train, study.base_lines, "base_lines"), study, experiment.filters),
-                     tune_train=_clean(_slice(train, study.lines, "lines"), study, experiment.filters),
-                     valid=split(corpus.valid, "valid"), tests=tests)
-
-
-def _slice(lines: Lines, bounds: tuple[int, int] | None, key: str) -> Lines:
-    total = len(next(iter(lines.values())))
-    start, end = bounds or (0, total)
-    if end > total:
-        raise DataError(f"codeswitch.{key}: [{start}, {end}) goes past the train split's {total} lines")
-    return {lang: text[start:end] for lang, text in lines.items()}
-
-
-def _clean(lines: Lines, study: CodeSwitchStudy, filters: FilterConfig) -> Lines:
-    """Keep line i only when every source's pair with the pivot passes the training filters."""
-    pivot = lines[study.pivot]
-    kept = [i for i in range(len(pivot))
-            if all(pair_fault(lines[src][i], pivot[i], filters) is None for src in study.sources)]
-    if len(kept) < 2:
-        raise DataError(f"corpus {study.corpus!r}: fewer than 2 training lines pass the filters")
-    return {lang: [text[i] for i in kept] for lang, text in lines.items()}
+    return split(corpus.valid, "valid"), tests
 
 
 def study_tokenizers(experiment: Experiment, data: StudyData, cache_dir: Path) -> tuple[Tokenizer, Tokenizer]:
@@ -188,12 +223,23 @@ def _run(context: RunContext) -> Result:
         parent_pair = study_pair(study)
     log.info("%s: %s", spec.stage, count_parameters(model).summary())
     max_positions = model.config.max_positions
+    # The training examples from their shard (built by the first run that needs it), valid ones in memory.
+    recipe = {"train": data.train_digests, "sources": study.sources, "pivot": study.pivot,
+              "filters": dataclasses.asdict(experiment.filters)}
     if spec.stage == "base":
-        training = TrainingData(_monolingual(data.base_train, study, src_tok, tgt_tok, max_positions),
-                                _monolingual(data.valid, study, src_tok, tgt_tok, max_positions), src_tok, tgt_tok)
+        recipe["base_lines"] = study.base_lines
+        shard = encoded_shard(recipe, lambda: iter([_monolingual(data.base_train, study, src_tok, tgt_tok,
+                                                                 max_positions)]),
+                              src_tok, tgt_tok, max_positions, context.cache)
+        training = TrainingData(shard, _monolingual(data.valid, study, src_tok, tgt_tok, max_positions),
+                                src_tok, tgt_tok)
     else:
-        training = TrainingData(_codeswitched(data.tune_train, study, src_tok, tgt_tok, max_positions),
-                                _codeswitched(data.valid, study, src_tok, tgt_tok, max_positions), src_tok, tgt_tok)
+        recipe.update(lines=study.lines, options=dataclasses.asdict(study.options()))
+        shard = encoded_shard(recipe, lambda: iter([_codeswitched(data.tune_train, study, src_tok, tgt_tok,
+                                                                  max_positions)]),
+                              src_tok, tgt_tok, max_positions, context.cache)
+        training = TrainingData(shard, _codeswitched(data.valid, study, src_tok, tgt_tok, max_positions),
+                                src_tok, tgt_tok)
     # Pretraining is not scored: on single sentences Q_cross is unused, so it translates them as the base does.
     tests = {} if spec.stage == "pretrain" else \
         test_sets(data, study, src_tok, tgt_tok, max_positions, codeswitched=spec.stage == "codeswitch")
@@ -283,17 +329,23 @@ class CodeSwitching:
         return _run(context)
 
     def check_data(self, experiment: Experiment, cache: Path) -> list[str]:
+        # Streams the training slices to count what the filters keep: constant memory, whatever the corpus.
         study = experiment.codeswitch
-        data = load_study_data(experiment, cache)
+        split = train_split(experiment, cache)
+        base, tune = (sum(1 for _ in split.kept_rows(bounds, key, experiment.filters, len(study.sources)))
+                      for bounds, key in ((study.base_lines, "base_lines"), (study.lines, "lines")))
+        if min(base, tune) < 2:
+            raise DataError(f"corpus {study.corpus!r}: fewer than 2 training lines pass the filters")
+        valid, held_out_tests = held_out(experiment, cache)
 
         def lines(split: Lines) -> int:  # every language has as many
             return len(split[study.pivot])
 
-        tests = ", ".join(f"{name} {lines(split)}" for name, split in data.tests.items())
+        tests = ", ".join(f"{name} {lines(test)}" for name, test in held_out_tests.items())
         return [f"code-switching study {study_pair(study)} on corpus {study.corpus!r}: base model "
-                f"{lines(data.base_train)} lines x {len(study.sources)} sources; fine-tuning {lines(data.tune_train)} "
+                f"{base} lines x {len(study.sources)} sources; fine-tuning {tune} "
                 f"two-sentence examples ({study.code_switched_share:.0%} code-switched: "
-                f"{', '.join('+'.join(p) for p in study.train_pairs)}, order {study.order}); valid {lines(data.valid)}",
+                f"{', '.join('+'.join(p) for p in study.train_pairs)}, order {study.order}); valid {lines(valid)}",
                 f"tests: {tests}; each as mono.<source>, seen.<pair> ({len(study.train_pairs)}), "
                 f"unseen.<pair> ({', '.join('+'.join(p) for p in study.test_pairs) or 'none'})"]
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from xattn_ray.data.corpus import (CleaningReport, ParallelText, clean_training_pairs, read_parallel, resolve_corpus,
-                                   slice_lines)
+from xattn_ray.data.corpus import ParallelText, TrainingText, read_parallel, resolve_corpus, training_text
 from xattn_ray.data.options import LanguagePair, changed_side
+from xattn_ray.data.shards import pair_shard
 from xattn_ray.engine.batching import encode_pairs
 from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.engine.model import Transformer, config_differences, preset_config
@@ -92,31 +92,31 @@ def check_parent_checkpoint(experiment: Experiment, spec: RunSpec, path: Path) -
 
 @dataclass(frozen=True)
 class RunData:
-    """Everything a run reads, already checked: training pairs, validation pairs, named test sets."""
+    """Everything a run reads, already checked: the training slice (streamed from disk at each use, never
+    held), validation pairs, named test sets."""
 
     pair: LanguagePair
-    train: ParallelText
-    cleaning: CleaningReport
+    train: TrainingText
     valid: ParallelText
     tests: dict[str, ParallelText]
 
 
 def load_run_data(experiment: Experiment, run: Run, cache_dir: Path) -> RunData:
-    """Read, check and clean the data of `run`; any problem is a DataError naming the file."""
+    """Check the data of `run` and read its valid and test sets; any problem is a DataError naming the file.
+
+    The training files are checked whole (aligned, UTF-8, holding the slice) by one streamed pass,
+    remembered in the cache's digests, so only the first run on a corpus reads it.
+    """
     corpus_name = run_corpus(experiment, run)
     corpus = resolve_corpus(corpus_name, experiment.corpora[corpus_name], experiment.base_dir, cache_dir)
     pair = run.language_pair
-    train = read_parallel(*corpus.pair_files(corpus.train, pair, "train"))
-    train, cleaning = clean_training_pairs(slice_lines(train, run.training_slice), experiment.filters)
-    if cleaning.empty or cleaning.too_long or cleaning.bad_ratio:
-        log.info("%s: %s: dropped %d empty, %d too long, %d bad length ratio; kept %d training pairs",
-                 run_name(run), train.origin, cleaning.empty, cleaning.too_long, cleaning.bad_ratio,
-                 cleaning.kept)
+    train = training_text(*corpus.pair_files(corpus.train, pair, "train"), run.training_slice, experiment.filters,
+                          cache_dir)
     valid = read_parallel(*corpus.pair_files(corpus.valid, pair, "valid"))
     test_names = run.test_sets if run.test_sets is not None else list(corpus.tests)
     tests = {name: read_parallel(*corpus.pair_files(corpus.tests[name], pair, f"test {name}"))
              for name in test_names}
-    return RunData(pair=pair, train=train, cleaning=cleaning, valid=valid, tests=tests)
+    return RunData(pair=pair, train=train, valid=valid, tests=tests)
 
 
 class Transfer:
@@ -172,15 +172,18 @@ class Transfer:
         return _run_child(context)
 
     def check_data(self, experiment: Experiment, cache: Path) -> list[str]:
+        # Streams every training slice to count what cleaning keeps: constant memory, whatever the corpus.
         runs = experiment_runs(experiment)
         loaded = {run_name(run): load_run_data(experiment, run, cache) for run in runs}
+        cleaning = {name: data.train.scan() for name, data in loaded.items()}
         lines = [f"{'run':<14} {'pair':<8} {'from':<22} {'train pairs':>11} {'dropped':>8} {'valid':>6}  tests"]
         for run in runs:
             data = loaded[run_name(run)]
             origin = "scratch" if isinstance(run, ParentConfig) else f"{run.parent} ({_side_words(experiment, run)})"
-            dropped = data.cleaning.empty + data.cleaning.too_long + data.cleaning.bad_ratio
+            report = cleaning[run_name(run)]
+            dropped = report.empty + report.too_long + report.bad_ratio
             tests = ", ".join(f"{name} {len(text)}" for name, text in data.tests.items())
-            lines.append(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {len(data.train):>11} {dropped:>8} "
+            lines.append(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {report.kept:>11} {dropped:>8} "
                          f"{len(data.valid):>6}  {tests}")
         return lines
 
@@ -239,8 +242,8 @@ def _run_parent(context: RunContext) -> Result:
     experiment, spec = context.experiment, context.spec
     data = load_run_data(experiment, run_config(experiment, spec), context.cache)
     spm_cache = context.cache / "spm"
-    src_tok = train_tokenizer(data.pair.src, data.train.src, experiment.tokenizer, spm_cache)
-    tgt_tok = train_tokenizer(data.pair.tgt, data.train.tgt, experiment.tokenizer, spm_cache)
+    src_tok = train_tokenizer(data.pair.src, data.train.side(0), experiment.tokenizer, spm_cache)
+    tgt_tok = train_tokenizer(data.pair.tgt, data.train.side(1), experiment.tokenizer, spm_cache)
     torch.manual_seed(spec.seed)
     model = Transformer(preset_config(experiment.model.preset, src_tok.vocab_size, tgt_tok.vocab_size,
                                       **experiment.model.overrides(), **model_options(spec)))
@@ -258,11 +261,11 @@ def _run_child(context: RunContext) -> Result:
     data = load_run_data(experiment, child, context.cache)
     spm_cache = context.cache / "spm"
     if side == "source":
-        src_tok = train_tokenizer(data.pair.src, data.train.src, experiment.tokenizer, spm_cache)
+        src_tok = train_tokenizer(data.pair.src, data.train.side(0), experiment.tokenizer, spm_cache)
         tgt_tok = parent.tgt_tokenizer
     else:
         src_tok = parent.src_tokenizer
-        tgt_tok = train_tokenizer(data.pair.tgt, data.train.tgt, experiment.tokenizer, spm_cache)
+        tgt_tok = train_tokenizer(data.pair.tgt, data.train.side(1), experiment.tokenizer, spm_cache)
     new_vocab = src_tok.vocab_size if side == "source" else tgt_tok.vocab_size
     torch.manual_seed(spec.seed)
     built = make_child(parent.model, side, new_vocab, policy, spec.policy)
@@ -275,7 +278,8 @@ def _run_child(context: RunContext) -> Result:
 def _train_and_score(context: RunContext, parent_pair: str | None, side: str | None, model: Transformer,
                      data: RunData, src_tok: Tokenizer, tgt_tok: Tokenizer) -> Result:
     max_positions = model.config.max_positions
-    training = TrainingData(encode_pairs(data.train.src, data.train.tgt, src_tok, tgt_tok, max_positions),
+    # The training pairs from their shard (built by the first run that needs it), valid pairs in memory.
+    training = TrainingData(pair_shard(data.train, src_tok, tgt_tok, max_positions, context.cache),
                             encode_pairs(data.valid.src, data.valid.tgt, src_tok, tgt_tok, max_positions),
                             src_tok, tgt_tok)
     tests = {name: text_test_set(text.src, text.tgt, src_tok, max_positions) for name, text in data.tests.items()}
