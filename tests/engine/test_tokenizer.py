@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import io
 import itertools
+import json
 import multiprocessing
 import random
 from collections.abc import Iterator
@@ -167,6 +168,22 @@ class LinesFile:
         with open(self.path, encoding="utf-8") as lines:
             for line in lines:
                 yield line.rstrip("\n")
+
+
+def test_a_named_text_is_hashed_once_and_found_again_without_reading_it(tmp_path: Path) -> None:
+    """A trial that names its text (a slice's file digests and bounds) finds the model without a pass."""
+    text, options = synthetic_text(1), TokenizerOptions(vocab_size=500)
+    streamed = LinesFile(tmp_path / "train.fr", text)
+    first = train_tokenizer("fr", streamed, options, tmp_path / "cache", text_identity="files abc, lines 0-900")
+    assert streamed.passes == 2
+    again = train_tokenizer("fr", streamed, options, tmp_path / "cache", text_identity="files abc, lines 0-900")
+    assert streamed.passes == 2 and again.to_bytes() == first.to_bytes()
+    assert train_tokenizer("fr", streamed, options, tmp_path / "cache").to_bytes() == first.to_bytes()
+    assert streamed.passes == 3  # unnamed: hashed again, then found
+    (memo,) = (tmp_path / "cache" / "text-digests").iterdir()
+    memo.write_text("{not json")  # a damaged memo is computed again, never trusted
+    train_tokenizer("fr", streamed, options, tmp_path / "cache", text_identity="files abc, lines 0-900")
+    assert streamed.passes == 4 and json.loads(memo.read_text())["num_lines"] == len(text)
 
 
 def test_a_streamed_text_gives_the_model_of_the_same_lines_in_a_list(tmp_path: Path) -> None:

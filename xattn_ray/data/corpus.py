@@ -329,6 +329,11 @@ class Side:
     def __iter__(self) -> Iterator[str]:
         return (pair[self.index] for pair in self.text.pairs())
 
+    @property
+    def identity(self) -> str:
+        """What these lines are, without reading them: the slice's identity and the side."""
+        return json.dumps({**self.text.identity, "side": self.index}, sort_keys=True)
+
 
 def training_text(src_path: Path, tgt_path: Path, training_slice: TrainingSlice, filters: FilterConfig,
                   cache_dir: Path) -> TrainingText:
@@ -348,7 +353,8 @@ def pair_fault(src: str, tgt: str, filters: FilterConfig) -> str | None:
         return "empty"
     if filters.max_tokens is not None and max(src_len, tgt_len) > filters.max_tokens:
         return "too_long"
-    if filters.max_length_ratio is not None and max(src_len, tgt_len) > filters.max_length_ratio * min(src_len, tgt_len):
+    longer, shorter = max(src_len, tgt_len), min(src_len, tgt_len)
+    if filters.max_length_ratio is not None and longer > filters.max_length_ratio * shorter:
         return "bad_ratio"
     return None
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from xattn_ray.errors import ConfigError, DataError
+from xattn_ray.files import write_atomically
 from xattn_ray.schema import Invalid
 
 logger = logging.getLogger(__name__)
@@ -150,12 +151,16 @@ def starts_word(piece: str) -> bool:
 
 
 def train_tokenizer(language: str, lines: Iterable[str], options: TokenizerOptions,
-                    cache_dir: Path) -> Tokenizer:
+                    cache_dir: Path, text_identity: str | None = None) -> Tokenizer:
     """The tokenizer of `language` trained on `lines`, from the cache or trained into it.
 
     `lines` is a sequence, or any re-iterable object whose every `iter(lines)` yields the same lines
     again from the first (e.g. one that re-opens the corpus files). It is iterated at most twice: once
     to hash it (all a cache hit needs), and on a cache miss once more to draw the training sample.
+
+    `text_identity`, when the caller can name the text without reading it (e.g. a hash of its files'
+    digests and the slice), lets a later call skip the hashing pass: the digest of the text it names is
+    remembered in the cache. A slice of tens of millions of lines is then not read again by every trial.
 
     Safe for concurrent callers in any number of processes: the first trains under a per-model file
     lock while the others wait and then load its result; a model appears in the cache complete or
@@ -165,7 +170,7 @@ def train_tokenizer(language: str, lines: Iterable[str], options: TokenizerOptio
     if isinstance(lines, Iterator):  # a second `iter()` would find it spent
         raise TypeError(f"the text of {language!r} must be re-iterable (a list, or an object whose iter() "
                         f"starts again), not a one-pass {type(lines).__name__}")
-    text = _TextDigest.of(lines)
+    text = _remembered_digest(cache_dir, text_identity, lines)
     if not text.has_text:
         raise DataError(f"no training text for language {language!r}: its sentence list is empty")
     entry = _CacheEntry.of(cache_dir, language, _cache_key(language, options, text.sha256))
@@ -219,6 +224,31 @@ class _TextDigest:
         return self._sha256.hexdigest()
 
 
+@dataclass(frozen=True)
+class _KnownDigest:
+    """A `_TextDigest`'s result, read back from the cache: what a cache hit needs of a text."""
+
+    sha256: str
+    num_lines: int
+    has_text: bool
+
+
+def _remembered_digest(cache_dir: Path, text_identity: str | None,
+                       lines: Iterable[str]) -> _TextDigest | _KnownDigest:
+    """The digest of `lines`: remembered under `text_identity` in the cache, or computed (and remembered)."""
+    if text_identity is None:
+        return _TextDigest.of(lines)
+    memo = cache_dir / "text-digests" / f"{hashlib.sha256(text_identity.encode()).hexdigest()}.json"
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # absent or damaged: compute it again
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        return _KnownDigest(str(known["sha256"]), int(known["num_lines"]), bool(known["has_text"]))
+    text = _TextDigest.of(lines)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    record = {"identity": text_identity, "sha256": text.sha256, "num_lines": text.num_lines, "has_text": text.has_text}
+    write_atomically(memo, (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
+    return text
+
+
 def _cache_key(language: str, options: TokenizerOptions, text_sha256: str) -> str:
     """SHA-256 of everything that determines a model, including the SentencePiece version."""
     identity = {
@@ -264,7 +294,8 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
         yield
 
 
-def _train_into_cache(language: str, lines: Iterable[str], text: _TextDigest, options: TokenizerOptions,
+def _train_into_cache(language: str, lines: Iterable[str], text: _TextDigest | _KnownDigest,
+                      options: TokenizerOptions,
                       entry: _CacheEntry) -> None:
     """Train the model in a temporary folder beside the cache, then rename it into place."""
     sentences = _training_sample(language, lines, text, options.max_sentences)
@@ -313,7 +344,8 @@ def _log_auto_choice(language: str, vocab_size: int, search: list[tuple[int, flo
                        options.auto_min_count, tried, vocab_size)
 
 
-def _training_sample(language: str, lines: Iterable[str], text: _TextDigest, max_sentences: int) -> list[str]:
+def _training_sample(language: str, lines: Iterable[str], text: _TextDigest | _KnownDigest,
+                     max_sentences: int) -> list[str]:
     """The sentences to train on, from a second pass over `lines`, which must still be the `text` hashed.
 
     The model is cached under the first pass's hash, so a text that changed in between (a corpus file

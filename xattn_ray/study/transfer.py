@@ -237,13 +237,20 @@ def _side_words(experiment: Experiment, child: ChildConfig) -> str:
     return "both sides" if pair.src != parent.src else "same pair"
 
 
+def _side_tokenizer(experiment: Experiment, data: RunData, index: int, cache: Path) -> Tokenizer:
+    """The tokenizer of one side (0 source, 1 target) of the run's training text, trained once per text:
+    the slice's identity lets a warm trial find it without reading the text again."""
+    text = data.train.side(index)
+    language = data.pair.src if index == 0 else data.pair.tgt
+    return train_tokenizer(language, text, experiment.tokenizer, cache / "spm", text_identity=text.identity)
+
+
 def _run_parent(context: RunContext) -> Result:
     """Train the parent from scratch and score its test sets."""
     experiment, spec = context.experiment, context.spec
     data = load_run_data(experiment, run_config(experiment, spec), context.cache)
-    spm_cache = context.cache / "spm"
-    src_tok = train_tokenizer(data.pair.src, data.train.side(0), experiment.tokenizer, spm_cache)
-    tgt_tok = train_tokenizer(data.pair.tgt, data.train.side(1), experiment.tokenizer, spm_cache)
+    src_tok = _side_tokenizer(experiment, data, 0, context.cache)
+    tgt_tok = _side_tokenizer(experiment, data, 1, context.cache)
     torch.manual_seed(spec.seed)
     model = Transformer(preset_config(experiment.model.preset, src_tok.vocab_size, tgt_tok.vocab_size,
                                       **experiment.model.overrides(), **model_options(spec)))
@@ -259,13 +266,10 @@ def _run_child(context: RunContext) -> Result:
     parent_pair = experiment.parent(child.parent).language_pair
     side = changed_side(parent_pair, child.language_pair)
     data = load_run_data(experiment, child, context.cache)
-    spm_cache = context.cache / "spm"
     if side == "source":
-        src_tok = train_tokenizer(data.pair.src, data.train.side(0), experiment.tokenizer, spm_cache)
-        tgt_tok = parent.tgt_tokenizer
+        src_tok, tgt_tok = _side_tokenizer(experiment, data, 0, context.cache), parent.tgt_tokenizer
     else:
-        src_tok = parent.src_tokenizer
-        tgt_tok = train_tokenizer(data.pair.tgt, data.train.side(1), experiment.tokenizer, spm_cache)
+        src_tok, tgt_tok = parent.src_tokenizer, _side_tokenizer(experiment, data, 1, context.cache)
     new_vocab = src_tok.vocab_size if side == "source" else tgt_tok.vocab_size
     torch.manual_seed(spec.seed)
     built = make_child(parent.model, side, new_vocab, policy, spec.policy)
