@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -211,12 +211,14 @@ class ResultsStore:
         for path, table in files:
             self._replace(path, table)
 
-    def table(self, experiment: str | None = None, filters: ds.Expression | list | None = None) -> pa.Table:
+    def table(self, experiment: str | None = None, filters: pc.Expression | list | None = None) -> pa.Table:
         """The stored rows (of one experiment, if given) matching `filters`, as a table of `SCHEMA`.
 
         `filters` is a `pyarrow.compute.Expression` or pyarrow's DNF list form, e.g.
         `[("policy", "=", "xattn"), ("seed", "in", [1, 2])]`. An empty store gives an empty table.
         """
+        import pyarrow.dataset as ds  # here, not above: it imports pandas, which most commands never need
+
         expression = _filter_expression(filters)
         directory = self._root if experiment is None else f"{self._root}/{_partition('experiment', experiment)}"
         try:
@@ -235,7 +237,7 @@ class ResultsStore:
                 raise StoreError(f"results filters name an unknown column: {unknown.group(1)!r}") from None
             raise StoreError(f"cannot read results store {self.uri}: {_one_line(err)}") from None
 
-    def read(self, experiment: str | None = None, filters: ds.Expression | list | None = None) -> pandas.DataFrame:
+    def read(self, experiment: str | None = None, filters: pc.Expression | list | None = None) -> pandas.DataFrame:
         """`table(experiment, filters)` as a pandas DataFrame."""
         return self.table(experiment, filters).to_pandas()
 
@@ -379,8 +381,8 @@ def _is_results_file(name: str) -> bool:
     return name.endswith(".parquet") and not name.startswith((".", "_"))
 
 
-def _filter_expression(filters: ds.Expression | list | None) -> ds.Expression | None:
-    if filters is None or isinstance(filters, ds.Expression):
+def _filter_expression(filters: pc.Expression | list | None) -> pc.Expression | None:
+    if filters is None or isinstance(filters, pc.Expression):
         return filters
     try:
         return pq.filters_to_expression(filters)
