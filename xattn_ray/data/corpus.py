@@ -155,7 +155,7 @@ MAX_LINE_CHARS = 1_000_000
 # MAX_GZIP_RATIO times is a bomb (gzip reaches ~1000x on repeated bytes), stopped before it fills memory.
 GZIP_FLOOR = 16 << 20
 MAX_GZIP_RATIO = 100
-_CHUNK = 4 << 20
+_CHUNK = 1 << 20
 
 
 def _stream(path: str, digest=None) -> Iterator[str]:
