@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from xattn_ray.engine.checkpoint import load_model, save_model
 from xattn_ray.store import ResultsStore
 
@@ -146,6 +148,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, tiny_study):
     assert results(tmp_path / "st", "tiny") == {}
 
 
+@pytest.mark.slow
 def test_a_child_of_a_changed_parent_trains_again_and_keeps_its_earlier_files(tmp_path, tiny_study):
     study = tiny_study(tmp_path, children=ONE_CHILD, grid=ONE_POLICY)
     first = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
@@ -174,6 +177,7 @@ def test_a_child_of_a_changed_parent_trains_again_and_keeps_its_earlier_files(tm
     assert set(rows[rows["stage"] == "child"]["parent_checkpoint_sha256"]) == {sha256(best)}
 
 
+@pytest.mark.slow
 def test_a_failed_run_stores_its_root_cause_in_plain_text(tmp_path, tiny_study):
     study = tiny_study(tmp_path, children="  []")
     first = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
@@ -189,6 +193,7 @@ def test_a_failed_run_stores_its_root_cause_in_plain_text(tmp_path, tiny_study):
     assert "\x1b" not in error and "\n" not in error and "Traceback" not in error and len(error) < 400
 
 
+@pytest.mark.slow
 def test_train_with_a_parent_checkpoint_of_another_model_is_checked_and_trains_in_its_own_folder(tmp_path, tiny_study):
     study = tiny_study(tmp_path, children=ONE_CHILD, grid=ONE_POLICY)
     other = tiny_study(tmp_path, name="wide", children=ONE_CHILD, grid=ONE_POLICY, model=", ffn_dim: 96")

@@ -162,6 +162,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, tiny_study):
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 1)
 
 
+@pytest.mark.slow
 def test_a_killed_driver_is_resumed_without_retraining_finished_runs(tmp_path, tiny_study):
     study = tiny_study(tmp_path, grid="grid: {policies: [body, xattn], seeds: [1]}", updates=200, every=20)
     process = subprocess.Popen([sys.executable, "-m", "xattn_ray", "run", str(study), "--storage", "st",
@@ -233,6 +234,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path, tiny_study):
     study = tiny_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
                        grid="grid: {policies: [xattn], seeds: [1]}")

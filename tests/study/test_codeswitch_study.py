@@ -154,6 +154,7 @@ def test_bitfit_trains_only_biases_including_q_cross_and_body_no_embeddings(trai
 # -- the whole study on Ray ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_codeswitch_study_on_ray_stores_attention_and_alphas_reuses_runs_and_runs_ddp(tmp_path, tiny_study):
     study = tiny_study(tmp_path, "codeswitch", policies="[bitfit]")
     first = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
