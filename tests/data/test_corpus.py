@@ -106,6 +106,17 @@ def test_cleaning_drops_pairs_and_counts_each_rule(tmp_path):
         training_text(*files, TrainingSlice(), FilterConfig(), tmp_path / "c").scan()
 
 
+def test_a_slice_is_counted_once_then_remembered_by_its_identity(tmp_path):
+    """`validate` and `run` count cleaning at every call: a slice's counts come from the cache after the first."""
+    src, tgt = aligned_files(tmp_path, ["a b", "", "c"], ["A B", "X", "C"])
+    text = training_text(src, tgt, TrainingSlice(), FilterConfig(), tmp_path / "c")
+    first = text.scan()
+    src.rename(tmp_path / "moved")  # the files are gone: only the remembered counts can answer
+    assert text.scan() == first and (first.kept, first.empty) == (2, 1)
+    other = training_text(tmp_path / "moved", tgt, TrainingSlice(lines=(0, 2)), FilterConfig(), tmp_path / "c")
+    assert other.scan().kept == 1  # another slice of the same files is counted afresh
+
+
 def gzipped(path: Path, lines: list[bytes]) -> Path:
     with gzip.open(path, "wb") as f:
         f.write(b"".join(line + b"\n" for line in lines))

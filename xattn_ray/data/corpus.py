@@ -20,6 +20,7 @@ length filters apply. Validation and test data are returned exactly as written.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import hashlib
 import itertools
@@ -293,6 +294,7 @@ class TrainingText:
     stop: int
     filters: FilterConfig
     identity: dict
+    cache_dir: Path  # where `scan` remembers its counts, by `identity`
 
     @property
     def origin(self) -> str:
@@ -313,10 +315,22 @@ class TrainingText:
         return Side(self, index)
 
     def scan(self) -> CleaningReport:
-        """Stream the slice once and count what cleaning keeps and drops (no text kept)."""
+        """What cleaning keeps and drops: counted by streaming the slice once (no text kept), then
+        remembered under `CACHE/digests/` by the slice's identity, so `validate` and `run` count a slice of
+        tens of millions of lines once, not at every call."""
+        key = json.dumps(self.identity, sort_keys=True)
+        record = self.cache_dir / "digests" / f"cleaning-{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # absent or damaged: count again
+            cached = json.loads(record.read_text(encoding="utf-8"))
+            if cached["identity"] == key:
+                return cleaning_report(cached["kept"], collections.Counter(cached["faults"]), self.origin)
         faults: collections.Counter = collections.Counter()
         kept = sum(1 for _ in self.pairs(faults))
-        return cleaning_report(kept, faults, self.origin)
+        report = cleaning_report(kept, faults, self.origin)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(record, json.dumps({"identity": key, "kept": kept, "faults": dict(faults)},
+                                            sort_keys=True).encode())
+        return report
 
 
 @dataclass(frozen=True)
@@ -343,7 +357,7 @@ def training_text(src_path: Path, tgt_path: Path, training_slice: TrainingSlice,
     start, stop = slice_bounds(total, training_slice, f"{src_path.name} + {tgt_path.name}")
     identity = {"files": [fact.sha256 for fact in facts], "lines": [start, stop],
                 "filters": [filters.max_tokens, filters.max_length_ratio]}
-    return TrainingText(src_path, tgt_path, start, stop, filters, identity)
+    return TrainingText(src_path, tgt_path, start, stop, filters, identity, cache_dir)
 
 
 def pair_fault(src: str, tgt: str, filters: FilterConfig) -> str | None:
