@@ -3,7 +3,7 @@ retraining a parent under its finished children, a run that fails, and `train --
 with a checkpoint that is not the study's parent.
 
 Every study runs `xattn-ray run` as a real process on a real local Ray instance; Ctrl-C is a real
-SIGINT sent to that process.
+SIGINT sent to that process's group, as a terminal sends it.
 """
 
 import hashlib
@@ -35,6 +35,11 @@ def start_study(study: Path, cwd: Path, *args: str) -> subprocess.Popen:
                             env={**os.environ, "RAY_ADDRESS": "local", "XATTN_TEST_STUDY": str(cwd)})
 
 
+def ctrl_c(process: subprocess.Popen) -> None:
+    """Ctrl-C as a terminal sends it: SIGINT to every process of the foreground group (Ray's included)."""
+    os.killpg(process.pid, signal.SIGINT)
+
+
 def wait_for(condition, timeout: float, what: str, process: subprocess.Popen):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,6 +64,16 @@ def study_processes(marker: str) -> list[int]:
             except (OSError, IndexError):
                 continue
     return found
+
+
+def describe(pid: int) -> str:
+    """A process's pid, parent pid and command line, for a failure message."""
+    try:
+        parent = (Path("/proc") / str(pid) / "stat").read_text().split(") ")[-1].split()[1]
+        command = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} (parent {parent}): {command[:200]}"
 
 
 def stop_session(process: subprocess.Popen) -> None:
@@ -91,7 +106,7 @@ def test_ctrl_c_while_the_parent_trains_stops_the_study_and_resume_finishes_it(t
     try:
         wait_for(lambda: parent_running(runs), 300, "the parent's first checkpoint", process)
         interrupted = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        ctrl_c(process)
         output, errors = process.communicate(timeout=120)
         took = time.monotonic() - interrupted
     finally:
@@ -128,10 +143,10 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, tiny_study):
     process = start_study(study, tmp_path)
     try:
         wait_for(lambda: parent_running(runs), 300, "the parent's first checkpoint", process)
-        process.send_signal(signal.SIGINT)
+        ctrl_c(process)
         time.sleep(0.2)
         interrupted = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        ctrl_c(process)
         output, errors = process.communicate(timeout=30)
         took = time.monotonic() - interrupted
         # Ray's processes share the driver's fate: none of this study's is left behind.
@@ -142,9 +157,9 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path, tiny_study):
     finally:
         stop_session(process)
     print(f"second SIGINT to exit: {took:.2f} s")
-    assert process.returncode == 130 and took < 5, output + errors
+    assert process.returncode == 130 and took < 5, (process.returncode, took, errors[-2000:])
     assert "exiting now" in errors
-    assert left == []
+    assert left == [], [describe(pid) for pid in left]
     assert results(tmp_path / "st", "tiny") == {}
 
 

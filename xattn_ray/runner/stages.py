@@ -16,6 +16,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune import Stopper
 
+from xattn_ray.runner.local_ray import end_local_ray
 from xattn_ray.runner.plan import ResourcePlan
 from xattn_ray.runner.progress import ProgressTable
 from xattn_ray.runner.trial import MAX_FAILURES, TrialContext, run_trial
@@ -52,7 +53,8 @@ class Interruption(Stopper):
         """The SIGINT handler. It writes with os.write: a signal handler must not re-enter print."""
         if self.requested:
             os.write(2, b"\ninterrupted again: exiting now\n")
-            os._exit(EXIT_INTERRUPTED)  # at once: no cleanup that could hang; Ray's processes share our fate
+            end_local_ray()  # whose agents might otherwise outlive us
+            os._exit(EXIT_INTERRUPTED)  # at once: no cleanup that could hang
         self.requested = True
         os.write(2, b"\ninterrupt: stopping the running trials at their last checkpoints; Ctrl-C again "
                     b"to exit at once\n")

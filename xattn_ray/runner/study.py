@@ -116,7 +116,11 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
 @contextlib.contextmanager
 def _interruptible():
     """Ctrl-C goes to `INTERRUPTION` while the study runs, instead of Tune's handler (which would end a
-    stage as if it were complete) or a KeyboardInterrupt (which would leave trials running)."""
+    stage as if it were complete) or a KeyboardInterrupt (which would leave trials running).
+
+    Once interrupted, the handler stays for the rest of the process: a second Ctrl-C while the study
+    writes its summary and Ray shuts down still exits at once, not with a KeyboardInterrupt traceback.
+    """
     INTERRUPTION.requested = False
     previous_variable = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
@@ -124,7 +128,8 @@ def _interruptible():
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        if not INTERRUPTION.requested:
+            signal.signal(signal.SIGINT, previous_handler)
         if previous_variable is None:
             del os.environ["TUNE_DISABLE_SIGINT_HANDLER"]
         else:
