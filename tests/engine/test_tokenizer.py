@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sentencepiece as spm
 
 from xattn_ray.engine import tokenizer as tokenizer_module
 from xattn_ray.errors import ConfigError, DataError
@@ -201,7 +202,8 @@ def test_a_text_within_max_sentences_is_trained_on_whole_and_in_order(tmp_path: 
     text, options = synthetic_text(1), TokenizerOptions(vocab_size=500)
     tokenizer = train_tokenizer("fr", LinesFile(tmp_path / "train.fr", text), options, tmp_path)
     # SentencePiece given exactly these lines, as before streaming: the same models, so caches stay valid.
-    assert tokenizer.to_bytes()["model"] == tokenizer_module._train_model(text, 500, options)
+    tokenizer_module._write_sample(text, tmp_path / "sample.jsonl")
+    assert tokenizer.to_bytes()["model"] == tokenizer_module._train_model(tmp_path / "sample.jsonl", 500, options)
     assert tokenizer.metadata["num_sentences"] == tokenizer.metadata["num_training_sentences"] == 1500
 
 
@@ -216,9 +218,9 @@ def test_the_text_hash_is_unchanged_by_streaming() -> None:
 
 def test_evenly_spaced_sample_keeps_the_corpus_order() -> None:
     lines = [str(position) for position in range(10)]
-    assert tokenizer_module._evenly_spaced(iter(lines), 10, 4) == ["0", "2", "5", "7"]
-    assert tokenizer_module._evenly_spaced(iter(lines), 10, 10) == lines
-    assert tokenizer_module._evenly_spaced(iter(lines), 10, 1) == ["0"]
+    assert list(tokenizer_module._evenly_spaced(iter(lines), 10, 4)) == ["0", "2", "5", "7"]
+    assert list(tokenizer_module._evenly_spaced(iter(lines), 10, 10)) == lines
+    assert list(tokenizer_module._evenly_spaced(iter(lines), 10, 1)) == ["0"]
 
 
 def test_a_text_beyond_max_sentences_trains_on_an_evenly_spaced_sample(tmp_path: Path) -> None:
@@ -229,7 +231,8 @@ def test_a_text_beyond_max_sentences_trains_on_an_evenly_spaced_sample(tmp_path:
     assert tokenizer.metadata["num_sentences"] == 3000
     assert tokenizer.metadata["num_training_sentences"] == 700
     sample = [text[index * 3000 // 700] for index in range(700)]  # in corpus order
-    assert tokenizer.to_bytes()["model"] == tokenizer_module._train_model(sample, 500, options)
+    tokenizer_module._write_sample(sample, tmp_path / "sample.jsonl")
+    assert tokenizer.to_bytes()["model"] == tokenizer_module._train_model(tmp_path / "sample.jsonl", 500, options)
     again = train_tokenizer("fr", LinesFile(tmp_path / "again.fr", text), options, tmp_path / "two")
     assert again.to_bytes() == tokenizer.to_bytes()
 
@@ -387,3 +390,22 @@ def test_vocab_size_the_text_cannot_fill_is_a_config_error(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"tokenizer\.vocab_size 10 does not fit the 'fr' text"):
         train_tokenizer("fr", synthetic_text(1), TokenizerOptions(vocab_size=10), tmp_path)
     assert model_files(tmp_path) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_the_trainer_process_sees_exactly_the_sentences_given(tmp_path: Path) -> None:
+    # Newlines, tabs, quotes and non-Latin text inside sentences cross the process boundary intact:
+    # the model equals SentencePiece's trained in this process on the same list.
+    lines = [f"w{i % 53} \"q{i % 11}\"\tz{i % 7}" + ("\nnext" if i % 100 == 0 else "") + (" 猫" if i % 3 else "")
+             for i in range(2000)]
+    in_process = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=in_process, model_type="bpe", vocab_size=100,
+        character_coverage=1.0, byte_fallback=False, normalization_rule_name="identity", pad_id=PAD_ID,
+        bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID, input_sentence_size=0, shuffle_input_sentence=False,
+        num_threads=tokenizer_module._TRAINER_THREADS, minloglevel=2)
+    tokenizer_module._write_sample(lines, tmp_path / "sample.jsonl")
+    options = TokenizerOptions(vocab_size=100)
+    assert tokenizer_module._train_model(tmp_path / "sample.jsonl", 100, options) == in_process.getvalue()
+    with pytest.raises(tokenizer_module._VocabularyTooLarge, match="Vocabulary size too high"):
+        tokenizer_module._train_model(tmp_path / "sample.jsonl", 5000, options)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["sample.jsonl"]  # no model file left behind

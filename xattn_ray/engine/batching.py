@@ -112,9 +112,9 @@ class Batch:
 class Batches:
     """An epoch's batches: the length-sorted order of the examples, cut into runs, the runs in a shuffled order.
 
-    order [N] int64 (example indices), bounds [B+1] int64 (batch j is order[bounds[j]:bounds[j+1]]),
-    sequence [B] int64 (the j of the k-th batch). Numpy arrays instead of lists of Python ints: an
-    epoch of 36M pairs is 0.3 GB as lists, 0.3 GB less as arrays.
+    order [N] int32 (example indices; int64 past 2^31 examples), bounds [B+1] int64 (batch j is
+    order[bounds[j]:bounds[j+1]]), sequence [B] int64 (the j of the k-th batch). Numpy arrays instead
+    of lists of Python ints: an epoch of 36M pairs is 0.14 GB this way, about 1.3 GB as lists.
     """
 
     def __init__(self, order: np.ndarray, bounds: np.ndarray, sequence: np.ndarray) -> None:
@@ -124,7 +124,7 @@ class Batches:
         return len(self.sequence)
 
     def __getitem__(self, k: int) -> np.ndarray:
-        """Example indices [b] int64 of the k-th batch."""
+        """Example indices [b] of the k-th batch."""
         j = self.sequence[k]
         return self.order[self.bounds[j]:self.bounds[j + 1]]
 
@@ -146,17 +146,25 @@ def make_batches(pairs: PairSource, max_tokens: int, seed: int, epoch: int, shuf
     randomness from `random.Random(f"batches/{seed}/{epoch}")`, drawn through numpy in the same sequence
     (`_python_rng_stream`), so the batches are those of the list-based implementation this replaced and
     resumed runs repeat them exactly. `shuffle` False gives a fixed length-sorted order (validation).
+
+    The sort is two stable argsorts, by the tiebreak and then by one integer key for both lengths:
+    the same order as sorting by the triple, in about half the memory (at most 20 bytes a pair at
+    once, against 28 for `np.lexsort`), since these arrays are the part of a trial that grows with
+    its corpus.
     """
     src_len, tgt_len = pairs.lengths()
     count = len(src_len)
+    index = np.int32 if count < 2**31 else np.int64
     if shuffle:
         state = _python_rng_stream(f"batches/{seed}/{epoch}")
         tiebreak = state.random_sample(count)
+        shuffled = np.argsort(tiebreak, kind="stable").astype(index)
+        del tiebreak  # 8 bytes a pair: freed before the next array of that size is made
     else:
-        tiebreak = np.arange(count)
-    order = np.lexsort((tiebreak, src_len, tgt_len))
-    del tiebreak  # 8 bytes a pair: freed before the next array of that size is made
-    bounds = _cut(np.maximum(src_len, tgt_len)[order], max_tokens)
+        shuffled = np.arange(count, dtype=index)
+    order = shuffled[np.argsort(_length_key(src_len[shuffled], tgt_len[shuffled]), kind="stable")]
+    del shuffled
+    bounds = _cut(np.maximum(src_len[order], tgt_len[order]), max_tokens)
     sequence = np.arange(len(bounds) - 1)
     if shuffle:
         rng = random.Random()
@@ -165,7 +173,15 @@ def make_batches(pairs: PairSource, max_tokens: int, seed: int, epoch: int, shuf
         batch_ids = sequence.tolist()
         rng.shuffle(batch_ids)
         sequence = np.array(batch_ids, dtype=np.int64)
-    return Batches(order.astype(np.int64, copy=False), bounds, sequence)
+    return Batches(order, bounds, sequence)
+
+
+def _length_key(src_len: np.ndarray, tgt_len: np.ndarray) -> np.ndarray:
+    """One integer [N] per example that sorts as (target length, source length) does."""
+    width = int(src_len.max()) + 1 if len(src_len) else 1
+    largest = (int(tgt_len.max()) + 1) * width if len(tgt_len) else 0
+    dtype = np.int32 if largest < 2**31 else np.int64
+    return tgt_len.astype(dtype) * width + src_len.astype(dtype)
 
 
 def _python_rng_stream(seed: str) -> np.random.RandomState:

@@ -15,8 +15,9 @@ runs of spaces collapse to one and leading and trailing spaces are dropped.
 
 The training text may be far larger than memory (tens of millions of sentences): it is streamed, never
 held whole. One pass hashes it for the cache key; only on a cache miss does a second pass draw the
-sample that is trained on, at most `max_sentences` (default 2M) lines evenly spaced through the text.
-The `auto` search trains and counts pieces on that same sample.
+sample that is trained on, at most `max_sentences` (default 2M) lines evenly spaced through the text,
+written to a file. The `auto` search trains and counts pieces on that same sample. SentencePiece trains
+in a child process (`spm_training.py`), so its memory goes back to the system when it is done.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ import copy
 import dataclasses
 import fcntl
 import hashlib
-import io
 import itertools
 import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from xattn_ray.engine import spm_training
 from xattn_ray.errors import ConfigError, DataError
 from xattn_ray.files import write_atomically
 from xattn_ray.schema import Invalid
@@ -298,19 +301,20 @@ def _train_into_cache(language: str, lines: Iterable[str], text: _TextDigest | _
                       options: TokenizerOptions,
                       entry: _CacheEntry) -> None:
     """Train the model in a temporary folder beside the cache, then rename it into place."""
-    sentences = _training_sample(language, lines, text, options.max_sentences)
     with tempfile.TemporaryDirectory(dir=entry.model.parent, prefix=f".{entry.model.stem}-") as tmp:
         workdir = Path(tmp)
+        sample = workdir / "sample.jsonl"
+        sentences = _write_training_sample(language, lines, text, options.max_sentences, sample)
         if options.vocab_size == "auto":
             try:
-                vocab_size, search = choose_vocab_size(sentences, options, workdir)
+                vocab_size, search = _search_vocab_size(sample, options, workdir)
             except DataError as error:
                 raise DataError(f"tokenizer for {language!r}: {error}") from None
             _log_auto_choice(language, vocab_size, search, options)
         else:
             vocab_size, search = options.vocab_size, []
         try:
-            model_file = _trained_model_file(sentences, vocab_size, options, workdir)
+            model_file = _trained_model_file(sample, vocab_size, options, workdir)
         except _VocabularySizeError as error:
             raise ConfigError(f"tokenizer.vocab_size {vocab_size} does not fit the {language!r} text: "
                               f"{error}") from None
@@ -321,7 +325,7 @@ def _train_into_cache(language: str, lines: Iterable[str], text: _TextDigest | _
             "auto_search": [[size, share] for size, share in search],
             "text_sha256": text.sha256,
             "num_sentences": text.num_lines,
-            "num_training_sentences": len(sentences),
+            "num_training_sentences": sentences,
             "sentencepiece_version": spm.__version__,
         }
         metadata_file = workdir / "metadata.json"
@@ -344,51 +348,74 @@ def _log_auto_choice(language: str, vocab_size: int, search: list[tuple[int, flo
                        options.auto_min_count, tried, vocab_size)
 
 
-def _training_sample(language: str, lines: Iterable[str], text: _TextDigest | _KnownDigest,
-                     max_sentences: int) -> list[str]:
-    """The sentences to train on, from a second pass over `lines`, which must still be the `text` hashed.
+def _write_training_sample(language: str, lines: Iterable[str], text: _TextDigest | _KnownDigest,
+                           max_sentences: int, sample_file: Path) -> int:
+    """Write the sentences to train on into `sample_file` (`_write_sample`), from a second pass over
+    `lines`, which must still be the `text` hashed; returns how many.
 
     The model is cached under the first pass's hash, so a text that changed in between (a corpus file
     rewritten meanwhile) is refused rather than cached under a hash that is not its own.
     """
     reread = _TextDigest()
-    sample = _evenly_spaced(reread.read(lines), text.num_lines, max_sentences)
+    count = _write_sample(_evenly_spaced(reread.read(lines), text.num_lines, max_sentences), sample_file)
     if reread.sha256 != text.sha256:
         raise DataError(f"the training text of {language!r} changed while its tokenizer was trained "
                         f"(read again, it has {reread.num_lines} lines and another hash)")
-    return sample
+    return count
 
 
-def _evenly_spaced(lines: Iterable[str], num_lines: int, size: int) -> list[str]:
+def _write_sample(sentences: Iterable[str], sample_file: Path) -> int:
+    """Sentences as JSON strings one per line, streamed: the file the trainer process reads. Returns how many."""
+    count = 0
+    with open(sample_file, "w", encoding="utf-8") as file:
+        for sentence in sentences:
+            file.write(json.dumps(sentence, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def _read_sample(sample_file: Path) -> Iterator[str]:
+    with open(sample_file, encoding="utf-8") as file:
+        for line in file:
+            yield json.loads(line)
+
+
+def _evenly_spaced(lines: Iterable[str], num_lines: int, size: int) -> Iterator[str]:
     """`size` of the `num_lines` lines, evenly spaced and in order (all when there are no more); reads all.
 
     The lines at positions ⌊i·num_lines/size⌋ are kept, so that a corpus sorted or concatenated from
     several sources is still sampled whole; the sample is deterministic, so models are reproducible.
     """
     if num_lines <= size:
-        return list(lines)
-    sample: list[str] = []
-    wanted = 0  # the position of the next line to keep; past the end once the sample is full
+        yield from lines
+        return
+    kept, wanted = 0, 0  # wanted: the position of the next line to keep; past the end once the sample is full
     for position, line in enumerate(lines):
         if position == wanted:
-            sample.append(line)
-            wanted = len(sample) * num_lines // size
-    return sample
+            yield line
+            kept += 1
+            wanted = kept * num_lines // size
 
 
 def choose_vocab_size(lines: Sequence[str], options: TokenizerOptions,
                       workdir: Path) -> tuple[int, list[tuple[int, float]]]:
-    """The `auto` vocabulary size of `lines` and the (size, share of frequent types) of every size tried.
+    """The `auto` vocabulary size of `lines` and the (size, share of frequent types) of every size tried,
+    trained and counted on at most `options.max_sentences` of them, evenly spaced (`_search_vocab_size`)."""
+    sample = workdir / "sample.jsonl"
+    _write_sample(_evenly_spaced(lines, len(lines), options.max_sentences), sample)
+    return _search_vocab_size(sample, options, workdir)
 
-    Trains and counts pieces on at most `options.max_sentences` of `lines`, evenly spaced (`train_tokenizer`
-    passes the sample it trains on, which is then used whole).
+
+def _search_vocab_size(sample: Path, options: TokenizerOptions,
+                       workdir: Path) -> tuple[int, list[tuple[int, float]]]:
+    """The `auto` vocabulary size of the sentences in `sample` (a `_write_sample` file), and the (size,
+    share of frequent types) of every size tried.
 
     The share of frequent types falls as the size grows (more, rarer pieces), so a binary search over
     `AUTO_VOCAB_SIZE_CANDIDATES` finds the largest passing size in a few trainings. A size that the
     text cannot fill counts as failing. If no size passes, the smallest trainable one is returned.
     Trial models stay in `workdir` as `<size>.model`, where `train_tokenizer` reuses the chosen one.
     """
-    sentences = _evenly_spaced(lines, len(lines), options.max_sentences)
     candidates = AUTO_VOCAB_SIZE_CANDIDATES
     shares: dict[int, float] = {}
     # Invariant: candidates[:low] pass or are smaller than the alphabet; candidates[high:] fail.
@@ -397,7 +424,7 @@ def choose_vocab_size(lines: Sequence[str], options: TokenizerOptions,
         middle = (low + high) // 2
         size = candidates[middle]
         try:
-            model_file = _trained_model_file(sentences, size, options, workdir)
+            model_file = _trained_model_file(sample, size, options, workdir)
         except _VocabularyTooSmall:
             low = middle + 1
             continue
@@ -405,7 +432,7 @@ def choose_vocab_size(lines: Sequence[str], options: TokenizerOptions,
             high = middle
             continue
         processor = spm.SentencePieceProcessor(model_file=str(model_file))
-        shares[size] = _frequent_type_share(processor, sentences, options.auto_min_count)
+        shares[size] = _frequent_type_share(processor, sample, options.auto_min_count)
         logger.debug("vocabulary size %d: %.3f of types seen %d+ times", size, shares[size],
                      options.auto_min_count)
         if shares[size] >= options.auto_type_share:
@@ -420,20 +447,19 @@ def choose_vocab_size(lines: Sequence[str], options: TokenizerOptions,
     if smallest_trainable in shares:
         return smallest_trainable, search
     raise DataError(f"no vocabulary size from {candidates[0]} to {candidates[-1]} can be trained on "
-                    f"{len(sentences)} sentences; set tokenizer.vocab_size to an integer")
+                    f"{sum(1 for _ in _read_sample(sample))} sentences; set tokenizer.vocab_size to an integer")
 
 
-def _frequent_type_share(processor: spm.SentencePieceProcessor, sentences: Sequence[str],
-                         min_count: int) -> float:
+def _frequent_type_share(processor: spm.SentencePieceProcessor, sample: Path, min_count: int) -> float:
     """The share of learned types that occur at least `min_count` times in the encoded sentences.
 
     Learned types are the pieces BPE merged (two or more characters). Single characters are left
     out: every size has the whole alphabet, so its rare characters (digits, "œ") would fail any size.
     """
     counts: collections.Counter[int] = collections.Counter()
-    for start in range(0, len(sentences), _ENCODE_BATCH):
-        batch = processor.encode(list(sentences[start:start + _ENCODE_BATCH]))
-        counts.update(itertools.chain.from_iterable(batch))
+    sentences = _read_sample(sample)
+    while batch := list(itertools.islice(sentences, _ENCODE_BATCH)):
+        counts.update(itertools.chain.from_iterable(processor.encode(batch)))
     learned = [piece_id for piece_id in range(processor.get_piece_size())
                if _is_learned_piece(processor, piece_id)]
     if not learned:
@@ -449,12 +475,11 @@ def _is_learned_piece(processor: spm.SentencePieceProcessor, piece_id: int) -> b
     return len(processor.id_to_piece(piece_id)) > 1
 
 
-def _trained_model_file(sentences: Sequence[str], vocab_size: int, options: TokenizerOptions,
-                        workdir: Path) -> Path:
-    """`workdir/<vocab_size>.model`, trained unless an earlier call left it there."""
+def _trained_model_file(sample: Path, vocab_size: int, options: TokenizerOptions, workdir: Path) -> Path:
+    """`workdir/<vocab_size>.model`, trained on `sample` unless an earlier call left it there."""
     model_file = workdir / f"{vocab_size}.model"
     if not model_file.exists():
-        model_file.write_bytes(_train_model(sentences, vocab_size, options))
+        model_file.write_bytes(_train_model(sample, vocab_size, options))
     return model_file
 
 
@@ -470,29 +495,38 @@ class _VocabularyTooLarge(_VocabularySizeError):
     """The text has fewer distinct pieces to learn than the size asks for."""
 
 
-def _train_model(sentences: Sequence[str], vocab_size: int, options: TokenizerOptions) -> bytes:
-    """A serialised BPE model of `vocab_size` pieces; the same input gives the same bytes."""
-    model = io.BytesIO()
+def _train_model(sample: Path, vocab_size: int, options: TokenizerOptions) -> bytes:
+    """A serialised BPE model of `vocab_size` pieces trained on `sample` (a `_write_sample` file), by
+    `spm_training.py` in a child process, so the trainer's memory is returned when it ends. The same
+    input gives the same bytes."""
+    trainer = dict(
+        model_type="bpe",
+        vocab_size=vocab_size,
+        character_coverage=options.character_coverage,
+        byte_fallback=options.byte_fallback,
+        normalization_rule_name="identity",
+        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+        input_sentence_size=0,  # use every sentence given: no random sampling ...
+        shuffle_input_sentence=False,  # ... and no shuffling
+        num_threads=_TRAINER_THREADS,
+        minloglevel=2,  # errors only: the trainer's progress log would flood stderr
+    )
+    model_file = sample.with_name(f".{vocab_size}.training")
+    request = json.dumps({"sample": str(sample), "model": str(model_file), "trainer": trainer})
     try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),  # not a file: a file's path would be stored in the model
-            model_writer=model,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            character_coverage=options.character_coverage,
-            byte_fallback=options.byte_fallback,
-            normalization_rule_name="identity",
-            pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
-            input_sentence_size=0,  # use every sentence given: no random sampling ...
-            shuffle_input_sentence=False,  # ... and no shuffling
-            num_threads=_TRAINER_THREADS,
-            minloglevel=2,  # errors only: the trainer's progress log would flood stderr
-        )
-    except RuntimeError as error:
-        reason = str(error).rsplit("] ", 1)[-1]  # drop the C++ source location and failed check
-        if "smaller than required_chars" in reason:
-            raise _VocabularyTooSmall(reason) from None
-        if "Vocabulary size too high" in reason:
-            raise _VocabularyTooLarge(reason) from None
-        raise
-    return model.getvalue()
+        # By file path: the child needs neither this package on its path nor torch.
+        done = subprocess.run([sys.executable, str(Path(spm_training.__file__)), request],
+                              capture_output=True, text=True)
+        if done.returncode == spm_training.REFUSED:
+            reason = done.stderr.strip()
+            if "smaller than required_chars" in reason:
+                raise _VocabularyTooSmall(reason)
+            if "Vocabulary size too high" in reason:
+                raise _VocabularyTooLarge(reason)
+            raise RuntimeError(f"SentencePiece refused to train: {reason}")
+        if done.returncode != 0:
+            raise RuntimeError(f"SentencePiece training ended with exit status {done.returncode}: "
+                               f"{done.stderr.strip()[-500:]}")
+        return model_file.read_bytes()
+    finally:
+        model_file.unlink(missing_ok=True)
