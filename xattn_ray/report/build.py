@@ -14,6 +14,7 @@ from xattn_ray.errors import XattnError
 from xattn_ray.files import write_atomically
 from xattn_ray.report.codeswitch import codeswitch_sections
 from xattn_ray.report.figures import figures_section, render_figures
+from xattn_ray.report.findings import findings_section
 from xattn_ray.report.markdown import markdown_table
 from xattn_ray.report.rows import ReferencesFor, is_codeswitch_study, missing_runs, references_from_uri
 from xattn_ray.report.transfer import transfer_sections
@@ -49,10 +50,12 @@ def report_markdown(frame: pandas.DataFrame, figures: list[str],
                     references_for: ReferencesFor = references_from_uri) -> str:
     """The whole report.md text; `figures` are file names beside it, in the order they are shown.
 
-    A code-switching study's results take the place of the transfer study's tables (which it has no rows for).
+    A transfer study's report opens with the paper's findings checked on its results; a code-switching
+    study's results take the place of the transfer study's tables (which it has no rows for).
     """
     study_sections = codeswitch_sections if is_codeswitch_study(frame) else transfer_sections
-    sections = [_header(frame), *study_sections(frame, references_for), _missing_section(frame),
+    sections = [_header(frame), findings_section(frame), *study_sections(frame, references_for),
+                _missing_section(frame),
                 figures_section(figures)]
     return "\n\n".join(section for section in sections if section) + "\n"
 

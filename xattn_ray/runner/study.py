@@ -25,6 +25,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xattn_ray.errors import XattnError
 from xattn_ray.runner.analyses import run_analyses
@@ -38,6 +39,9 @@ from xattn_ray.study.kinds import kind_of
 from xattn_ray.study.run_folder import Result
 from xattn_ray.study.runs import all_specs, run_folder, run_id
 from xattn_ray.study.spec import RunSpec
+
+if TYPE_CHECKING:
+    import pandas
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,7 @@ class StudyResult:
     unfinished: dict[str, str]  # run id (or analysis task id) -> why
     analyses: list[dict]  # the study's analysis rows from the results store
     interrupted: bool = False  # Ctrl-C ended it: runs left in `unfinished` continue with --resume
+    rows: pandas.DataFrame | None = None  # every row of the study in the results store
 
 
 NOT_STARTED = "not started: the study was interrupted"
@@ -108,9 +113,10 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
                 results[run_id(experiment, spec)] = result
             elif INTERRUPTION.requested:
                 unfinished.setdefault(run_id(experiment, spec), NOT_STARTED)
-        analyses = store.read(experiment=experiment.name)
-        analyses = analyses[(analyses["stage"] == "analysis") & (analyses["status"] == "ok")]
-        return StudyResult(experiment, results, unfinished, analyses.to_dict("records"), INTERRUPTION.requested)
+        rows = store.read(experiment=experiment.name)
+        analyses = rows[(rows["stage"] == "analysis") & (rows["status"] == "ok")]
+        return StudyResult(experiment, results, unfinished, analyses.to_dict("records"), INTERRUPTION.requested,
+                           rows)
 
 
 @contextlib.contextmanager
