@@ -57,6 +57,7 @@ def test_language_codes_start_with_the_pivot():
 def test_family_dir_name_spells_out_the_spec():
     assert family_dir_name(FamilySpec()) == "synth1-l2-n20000-s1-v500-t500"
     assert family_dir_name(SMALL) == "synth1-l2-n300-s3-v40-t30"
+    assert family_dir_name(FamilySpec(kinship=0.8)) == "synth1-l2-n20000-s1-v500-t500-k0.8"
 
 
 # --- Determinism ----------------------------------------------------------------------------------
@@ -88,6 +89,23 @@ def test_training_sentences_do_not_depend_on_the_evaluation_sizes(tmp_path):
     for code in language_codes(SMALL.languages):
         assert (small / f"train.{code}").read_bytes() == (large / f"train.{code}").read_bytes()
         assert len(lines(large / f"valid.{code}")) == 7 and len(lines(large / f"test.{code}")) == 90
+
+
+def test_kinship_gives_languages_the_pivots_grammar_and_keeps_the_meanings(tmp_path):
+    unrelated = generate_family(SMALL, tmp_path / "unrelated")
+    kin = generate_family(FamilySpec(**{**SMALL.__dict__, "kinship": 0.8}), tmp_path / "kin")
+    identical = generate_family(FamilySpec(**{**SMALL.__dict__, "kinship": 1.0}), tmp_path / "identical")
+
+    pivot = typology(unrelated, PIVOT)
+    def differences(family: Path, code: str) -> int:
+        return sum(value != pivot[feature] for feature, value in typology(family, code).items())
+    assert all(differences(identical, code) == 0 for code in ("la", "lb"))
+    assert sum(differences(kin, code) for code in ("la", "lb")) < sum(differences(unrelated, code) for code in ("la", "lb"))
+    # The meanings (and so the pivot side and the numbers in every line) do not depend on kinship.
+    assert (kin / "train.pv").read_bytes() == (unrelated / "train.pv").read_bytes()
+    def numbers(family: Path) -> list[list[str]]:
+        return [sorted(word for word in line.split() if DIGITS.match(word)) for line in lines(family / "train.la")]
+    assert numbers(kin) == numbers(unrelated) and any(numbers(kin))
 
 
 # --- Alignment and text ---------------------------------------------------------------------------
@@ -209,7 +227,7 @@ def test_word_frequencies_are_zipfian_with_many_rare_types(family):
 
 @pytest.mark.parametrize("field,value", [
     ("languages", 0), ("languages", 26), ("sentences", 0), ("valid", 0), ("test", -1), ("seed", "1"),
-    ("languages", True),
+    ("languages", True), ("kinship", 1.5), ("kinship", -0.1), ("kinship", "high"),
 ])
 def test_an_invalid_spec_names_its_field(tmp_path, field, value):
     with pytest.raises(DataError, match=field) as error:

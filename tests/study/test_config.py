@@ -141,6 +141,16 @@ def test_synthetic_corpus_names_no_files(tmp_path):
     assert "corpora.toy.train: a synthetic corpus names no files" in error_of(tmp_path, text)
 
 
+def test_a_synthetic_family_that_cannot_be_generated_is_refused_at_its_key(tmp_path):
+    text = VALID.replace("""    languages: [fr, en, de]
+    train: data/train.{lang}
+    valid: data/valid.{lang}
+    test:
+      t1: data/test.{lang}
+""", "    synthetic: {languages: 2, kinship: 1.5}\n")
+    assert "corpora.toy.synthetic: synthetic family: kinship must be a number from 0 to 1" in error_of(tmp_path, text)
+
+
 def test_environment_variables_in_paths(tmp_path, monkeypatch):
     text = VALID.replace("data/train.{lang}", "${MY_DATA:-fallback}/train.{lang}").replace(
         "data/valid.{lang}", "${MY_DATA}/valid.{lang}")

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from xattn_ray.data.synthetic import FamilySpec
+from xattn_ray.data.synthetic import FamilySpec, validate_spec
 from xattn_ray.engine.policies import Side
 from xattn_ray.engine.transfer import TransferError
+from xattn_ray.errors import DataError
 from xattn_ray.schema import Invalid, check_file_name
 
 # A split's files: a template with `{lang}` ("data/train.{lang}.gz", a multi-parallel set) or one path
@@ -78,6 +79,10 @@ class CorpusConfig:
                     raise Invalid(name, "a synthetic corpus names no files (they are generated)")
             if self.test:
                 raise Invalid("test", "a synthetic corpus names no files (they are generated)")
+            try:
+                validate_spec(self.synthetic)
+            except DataError as error:
+                raise Invalid("synthetic", str(error)) from None
             return
         for i, code in enumerate(self.languages or []):
             check_language(code, ("languages", i))

@@ -27,6 +27,12 @@ nouns, prepositions, articles as separate words before the noun, a plural suffix
 future particle and a negation particle before the verb, and a present-tense suffix for singular
 subjects. Its words are generated pseudo-words too. Other languages are `la`, `lb`, `lc`, and so on.
 
+Kinship. By default each language draws its typology independently, so two members of the family can
+be as far apart as English and Japanese. With `kinship` k, each feature of a language's typology is
+the pivot's with probability k (on a stream of its own), so the members share most of their grammar
+as French, German and Czech share theirs with English, while their words stay unrelated. Transfer by
+replacing only the vocabulary (Gheini et al. 2021) is studied on such languages.
+
 Everything is deterministic: each random stream is a `random.Random` seeded from a SHA-256 of the
 family seed and the stream's name. A language is generated from its own stream, so language `la` is the
 same whether the family has one language or ten, and the training sentences do not depend on the
@@ -44,7 +50,7 @@ import shutil
 import string
 import tempfile
 from bisect import bisect
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -71,6 +77,7 @@ class FamilySpec:
     seed: int = 1  # seeds the lexicons, the typologies and the sentences
     valid: int = 500  # validation sentences
     test: int = 500  # test sentences
+    kinship: float = 0.0  # chance that each typological feature of a language is the pivot's
 
 
 def family_dir_name(spec: FamilySpec) -> str:
@@ -78,7 +85,8 @@ def family_dir_name(spec: FamilySpec) -> str:
 
     It names the generator version too, so a cache never serves a family an older generator made.
     """
-    return f"synth{GENERATOR_VERSION}-l{spec.languages}-n{spec.sentences}-s{spec.seed}-v{spec.valid}-t{spec.test}"
+    name = f"synth{GENERATOR_VERSION}-l{spec.languages}-n{spec.sentences}-s{spec.seed}-v{spec.valid}-t{spec.test}"
+    return f"{name}-k{spec.kinship:g}" if spec.kinship else name
 
 
 # --- Random streams and Zipfian draws -----------------------------------------------------------
@@ -405,13 +413,21 @@ def _share_homonyms(rng: random.Random, words: list[str], concepts: tuple[_Conce
     return shared
 
 
-def _make_language(code: str, seed: int, world: _World) -> Language:
-    """Language `code` of the family `seed`, from its own random stream only."""
-    rng = _stream(seed, f"language {code}")
+def _inherit(typology: Typology, kinship: float, rng: random.Random) -> Typology:
+    """`typology` with each feature replaced by the pivot's with probability `kinship`."""
+    inherited = [field.name for field in fields(Typology) if rng.random() < kinship]  # one draw per feature
+    return replace(typology, **{name: getattr(PIVOT_TYPOLOGY, name) for name in inherited})
+
+
+def _make_language(code: str, spec: FamilySpec, world: _World) -> Language:
+    """Language `code` of the family `spec`, from its own random streams only."""
+    rng = _stream(spec.seed, f"language {code}")
     if code == PIVOT:
         phonology, typology = PIVOT_PHONOLOGY, PIVOT_TYPOLOGY
     else:
         phonology, typology = _draw_phonology(rng), _draw_typology(rng)
+        if spec.kinship:
+            typology = _inherit(typology, spec.kinship, _stream(spec.seed, f"kinship {code}"))
     taken: set[str] = set()
     morphemes = _draw_morphemes(rng, phonology, typology, taken)
     lexicon, homonyms = {}, 0
@@ -527,7 +543,7 @@ def generate_family(spec: FamilySpec, out_dir: Path | str) -> Path:
     The files are generated in a temporary sibling directory renamed into place at the end, so
     `out_dir` never holds a partial family, even when several processes generate it at once.
     """
-    _validate(spec)
+    validate_spec(spec)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(f"{out_dir}: cannot write a synthetic family there, it exists and is not empty")
@@ -543,10 +559,14 @@ def generate_family(spec: FamilySpec, out_dir: Path | str) -> Path:
     return out_dir
 
 
-def _validate(spec: FamilySpec) -> None:
+def validate_spec(spec: FamilySpec) -> None:
+    """Raise a DataError naming the first field of `spec` that cannot describe a family."""
     for field in fields(spec):
         value = getattr(spec, field.name)
-        if isinstance(value, bool) or not isinstance(value, int):
+        if field.name == "kinship":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise DataError(f"synthetic family: kinship must be a number from 0 to 1, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, int):
             raise DataError(f"synthetic family: {field.name} must be an integer, got {value!r}")
     if not 1 <= spec.languages <= MAX_LANGUAGES:
         raise DataError(f"synthetic family: languages must be from 1 to {MAX_LANGUAGES}, got {spec.languages}")
@@ -557,7 +577,7 @@ def _validate(spec: FamilySpec) -> None:
 
 def _write_family(spec: FamilySpec, directory: Path) -> None:
     world = _World()
-    languages = [_make_language(code, spec.seed, world) for code in language_codes(spec.languages)]
+    languages = [_make_language(code, spec, world) for code in language_codes(spec.languages)]
     realizers = [_Realizer(language) for language in languages]
     vocabularies = _write_split("train", spec.sentences, spec.seed, world, languages, realizers, directory)
     _write_split("valid", spec.valid, spec.seed, world, languages, realizers, directory)
