@@ -53,6 +53,11 @@ SCHEMA_VERSION = 1  # bump when a column changes meaning or type; adding a colum
 STAGES = ("parent", "child", "analysis", "base", "pretrain", "codeswitch")  # the last three: code-switching studies
 EVALS = ("train", "test", "forgetting", "zeroshot", "bli")
 STATUSES = ("ok", "failed", "stopped")
+# Which runs a report counts: a grid run and a search's chosen configuration (at each grid seed) do; a
+# search trial only informed the choice, and a confirmation of a configuration a later search replaced
+# is superseded. A row without a value (a store written before the column existed) is a grid run.
+SELECTIONS = ("grid", "search", "confirmed", "superseded")
+COUNTED_SELECTIONS = ("grid", "confirmed")
 
 # Every column of every row. A metric that does not apply to a row is null, never zero.
 SCHEMA = pa.schema([
@@ -98,6 +103,7 @@ SCHEMA = pa.schema([
     pa.field("checkpoint_uri", pa.string()),  # the model the row's numbers come from
     pa.field("parent_checkpoint_sha256", pa.string()),  # sha256 of the checkpoint the run started from
     pa.field("status", pa.string(), nullable=False),  # ok / failed / stopped
+    pa.field("selection", pa.string()),  # grid / search / confirmed / superseded: see SELECTIONS
     pa.field("error", pa.string()),  # what went wrong, for a failed run
     pa.field("ray_trial_id", pa.string()),
     pa.field("code_version", pa.string()),  # code_version() of the writer
@@ -142,7 +148,8 @@ def make_row(**fields: Any) -> dict[str, Any]:
                 row[name] = json.dumps(row[name], sort_keys=True)
             except (TypeError, ValueError) as err:
                 raise StoreError(f"results column {name!r} takes JSON: {err}") from None
-    for name, choices in (("stage", STAGES), ("eval", EVALS), ("status", STATUSES)):
+    for name, choices in (("stage", STAGES), ("eval", EVALS), ("status", STATUSES),
+                          ("selection", SELECTIONS + (None,))):
         if row[name] not in choices:
             raise StoreError(f"results column {name!r} is {row[name]!r}: one of {', '.join(choices)}")
     for name, default in (("schema_version", SCHEMA_VERSION), ("code_version", code_version()),

@@ -17,9 +17,13 @@ import pytest
 
 from xattn_ray.study.config import load_experiment
 from xattn_ray.runner.plan import plan_resources
-from xattn_ray.study.runs import all_specs
 from xattn_ray.errors import ConfigError
+from xattn_ray.report.rows import counted_rows
+from xattn_ray.report.transfer import child_bleu
+from xattn_ray.runner.search import CellHistory, CellSearch
 from xattn_ray.store import ResultsStore
+from xattn_ray.study.spec import RunSpec
+from xattn_ray.study.sweep import SearchConfig, SearchDomain
 
 from support import PROJECT, xattn_ray
 
@@ -194,21 +198,96 @@ def test_a_killed_driver_is_resumed_without_retraining_finished_runs(tmp_path, t
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
 
 
-def test_optuna_search_per_grid_cell_records_the_best_of_each(tmp_path, tiny_study):
-    search = ("grid: {policies: [body, xattn], seeds: [1]}\n"
-              "search:\n  space: {lr: {loguniform: [0.0005, 0.01]}}\n  samples: 2\n  metric: valid_loss\n")
-    study = tiny_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}", extra=search)
-    assert len([spec for spec in all_specs(load_experiment(study)) if spec.stage == "child"]) == 2
+def search_section(space: str, samples: int, seed: int = 0) -> str:
+    return f"search:\n  space: {space}\n  samples: {samples}\n  metric: valid_loss\n  seed: {seed}\n"
+
+
+def train_rows(storage: Path, name: str):
+    rows = ResultsStore(storage / "results").read(experiment=name)
+    return rows[(rows["stage"] == "child") & (rows["eval"] == "train")]
+
+
+def test_tune_then_confirm_trains_each_cells_best_configuration_with_every_seed(tmp_path, tiny_study):
+    extra = search_section("{lr: {loguniform: [0.0005, 0.01]}}", samples=2)
+    study = tiny_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
+                       grid="grid: {policies: [body, xattn], seeds: [1, 2]}", extra=extra)
     result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     children = [s for s in summaries(tmp_path / "st", "tiny").values() if s["spec"]["stage"] == "child"]
-    assert len(children) == 4 and len({s["spec"]["options"]["lr"] for s in children}) == 4
+    trials = [s for s in children if s["spec"]["seed"] == 1]
+    assert len(trials) == 4 and len({s["spec"]["options"]["lr"] for s in trials}) == 4  # 2 cells x 2 samples
     best = json.loads((tmp_path / "st" / "tiny" / "search-best.json").read_text())
-    assert len(best) == 2 and {b["run_id"] for b in best} <= {s["run_id"] for s in children}
-    for record in best:  # the best of its cell by validation loss
-        cell = [s for s in children if record["cell"].startswith(f"lb-pv-{s['spec']['policy']}-")]
+    assert len(best) == 2
+    for record in best:  # the best of its cell by validation loss, then the same configuration at seed 2
+        policy = record["run_id"].split("-")[2]
+        cell = [s for s in trials if s["spec"]["policy"] == policy]
         assert record["valid_loss"] == min(s["best_valid_loss"] for s in cell)
-    assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)
+        confirmation = [s for s in children if s["spec"]["seed"] == 2 and s["spec"]["policy"] == policy]
+        assert [s["spec"]["options"] for s in confirmation] == [record["options"]]
+    rows = train_rows(tmp_path / "st", "tiny")
+    chosen = {record["run_id"] for record in best}
+    assert set(rows[rows["selection"] == "confirmed"]["seed"]) == {1, 2}
+    assert set(rows[(rows["selection"] == "confirmed") & (rows["seed"] == 1)]["run_id"]) == chosen
+    assert (rows["selection"] == "search").sum() == 2 and (rows["selection"] == "confirmed").sum() == 4
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 7)  # the parent, 4 trials, 2 confirmations
+
+    # The report counts the confirmed runs only (2 seeds a cell) and says how each cell chose.
+    report = xattn_ray("report", "--store", "st/results", "--experiment", "tiny", "--out", "rep", cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Configurations chosen by search" in text and "lowest validation loss" in text
+    frame = counted_rows(ResultsStore(tmp_path / "st" / "results").read(experiment="tiny"))
+    assert set(child_bleu(frame)["seeds"]) == {2}
+
+    # Run again: nothing is searched or trained, nothing is written twice.
+    mtimes = {path: path.stat().st_mtime for path in (tmp_path / "st" / "tiny" / "runs").glob("*/result.json")}
+    again = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "[search] 0 grid cells to search" in again.stdout and "[confirm] 0 to train, 4 finished" in again.stdout
+    assert {path: path.stat().st_mtime for path in mtimes} == mtimes
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 7)
+
+
+def first_draw_seed(space: dict, value: float) -> int:
+    """A search seed whose first suggestion for a cell is `value` (so a test knows the order of its trials)."""
+    for seed in range(50):
+        search = SearchConfig(space=space, samples=1, seed=seed)
+        cell = CellSearch([RunSpec("child", "lb-pv", 1, "xattn")], search, [1], [CellHistory()])
+        if RunSpec.from_dict(cell.suggest("t")["spec"]).options["lr"] == value:
+            return seed
+    raise AssertionError(f"no seed draws {value} first")
+
+
+def test_a_resumed_search_continues_and_a_better_configuration_supersedes_the_confirmed_one(tmp_path, tiny_study):
+    space = {"lr": SearchDomain(choice=[1e-6, 5e-3])}  # 1e-6 barely trains: 5e-3 is better
+    seed = first_draw_seed(space, 1e-6)
+
+    def run(samples: int):
+        study = tiny_study(tmp_path, children="  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}",
+                           grid="grid: {policies: [xattn], seeds: [1, 2]}",
+                           extra=search_section("{lr: {choice: [0.000001, 0.005]}}", samples, seed)
+                           + "analyses: {forgetting: true}\n")
+        result = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    run(samples=1)
+    rows = train_rows(tmp_path / "st", "tiny")
+    assert sorted(json.loads(h)["options"]["lr"] for h in rows["hparams"]) == [1e-6, 1e-6]
+
+    resumed = run(samples=2)  # one more trial, not two: the first is reused and told to Optuna
+    assert "[search] 1 grid cells to search" in resumed
+    rows = ResultsStore(tmp_path / "st" / "results").read(experiment="tiny")
+    label = {(json.loads(row.hparams)["options"]["lr"], row.seed, row.eval): row.selection
+             for row in rows[rows["stage"].isin(["child", "analysis"])].itertuples()}
+    assert label == {
+        (1e-6, 1, "train"): "search", (1e-6, 1, "test"): "search",
+        (1e-6, 2, "train"): "superseded", (1e-6, 2, "test"): "superseded",
+        (1e-6, 1, "forgetting"): "superseded", (1e-6, 2, "forgetting"): "superseded",
+        (5e-3, 1, "train"): "confirmed", (5e-3, 1, "test"): "confirmed",
+        (5e-3, 2, "train"): "confirmed", (5e-3, 2, "test"): "confirmed",
+        (5e-3, 1, "forgetting"): "confirmed", (5e-3, 2, "forgetting"): "confirmed"}
+    assert_exactly_once(tmp_path / "st" / "results", "tiny", 5)  # the parent, 2 trials, 2 confirmations
 
 
 def test_asha_stops_weak_trials_of_a_search_and_records_them(tmp_path, tiny_study):

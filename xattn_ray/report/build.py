@@ -16,7 +16,8 @@ from xattn_ray.report.codeswitch import codeswitch_sections
 from xattn_ray.report.figures import figures_section, render_figures
 from xattn_ray.report.findings import findings_section
 from xattn_ray.report.markdown import markdown_table
-from xattn_ray.report.rows import ReferencesFor, is_codeswitch_study, missing_runs, references_from_uri
+from xattn_ray.report.rows import (ReferencesFor, counted_rows, is_codeswitch_study, missing_runs, references_from_uri,
+                                   searched_cells)
 from xattn_ray.report.transfer import transfer_sections
 from xattn_ray.store import ResultsStore
 
@@ -35,7 +36,7 @@ def build_report(store: ResultsStore, experiment: str, out_dir: Path,
     frame = store.read(experiment)
     if frame.empty:
         raise XattnError(f"no results for experiment {experiment!r} in {store.uri}")
-    figures = render_figures(frame)
+    figures = render_figures(counted_rows(frame))
     files = {**figures, "report.md": report_markdown(frame, list(figures), references_for).encode()}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -50,14 +51,37 @@ def report_markdown(frame: pandas.DataFrame, figures: list[str],
                     references_for: ReferencesFor = references_from_uri) -> str:
     """The whole report.md text; `figures` are file names beside it, in the order they are shown.
 
-    A transfer study's report opens with the paper's findings checked on its results; a code-switching
-    study's results take the place of the transfer study's tables (which it has no rows for).
+    The report opens with the findings of the study's paper checked on its results; a code-switching
+    study's results take the place of the transfer study's tables (which it has no rows for). The
+    numbers come from the counted rows (`counted_rows`: a search's other trials only say how each
+    searched cell chose its configuration).
     """
+    counted = counted_rows(frame)
     study_sections = codeswitch_sections if is_codeswitch_study(frame) else transfer_sections
-    sections = [_header(frame), findings_section(frame), *study_sections(frame, references_for),
-                _missing_section(frame),
-                figures_section(figures)]
+    sections = [_header(frame), findings_section(counted, references_for), _configurations_section(frame),
+                *study_sections(counted, references_for), _missing_section(counted), figures_section(figures)]
     return "\n\n".join(section for section in sections if section) + "\n"
+
+
+def _configurations_section(frame: pandas.DataFrame) -> str:
+    """Which configuration each searched cell used and how it was chosen ("" without a search)."""
+    cells = searched_cells(frame)
+    if cells.empty:
+        return ""
+    first = cells.iloc[0]
+    best = "lowest validation loss" if first["metric"] == "valid_loss" else "highest validation BLEU"
+    table = pandas.DataFrame({
+        "pair": cells["pair"], "policy": cells["policy"],
+        "chosen": [", ".join(f"{name} {value:.4g}" for name, value in sorted(options.items()))
+                   for options in cells["options"]],
+        "search trials": cells["trials"], "confirmed with seeds": [", ".join(map(str, s)) for s in cells["seeds"]]}
+    ).set_index("pair")
+    return "\n".join([
+        "## Configurations chosen by search", "",
+        f"Each grid cell (child pair x policy) was searched at seed {first['seed']}: the configuration of its "
+        f"trial with the {best} was trained again with every seed of the grid (the chosen trial itself counts "
+        "for its own seed). Only these runs count in the tables; the other search trials are in the results "
+        "store with `selection = 'search'`.", "", markdown_table(table)])
 
 
 def _header(frame: pandas.DataFrame) -> str:

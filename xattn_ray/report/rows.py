@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pandas
 
-from xattn_ray.store import codeswitch_kind
+from xattn_ray.store import COUNTED_SELECTIONS, codeswitch_kind
 
 # The paper's order: the baseline, the full fine-tuning reference, then the cheap policies.
 POLICY_ORDER = ("scratch", "body", "xattn", "randxattn")
@@ -40,6 +41,33 @@ def read_lines(path: str) -> list[str] | None:
 
 
 # --- rows of any study --------------------------------------------------------------------------
+
+def counted_rows(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """The rows every table counts: grid runs and a search's confirmed configurations, not the search's
+    other trials or confirmations a better configuration superseded (a row stored before runs had a
+    `selection` is a grid run)."""
+    return frame[frame["selection"].isna() | frame["selection"].isin(COUNTED_SELECTIONS)]
+
+
+def searched_cells(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """How each searched grid cell chose its configuration: pair, policy, options (the chosen values of
+    the searched options), metric, trials (the cell's search trials), seed (theirs), seeds (confirmed).
+
+    A confirmed run's `hparams` carry the search section it was chosen by; the cell's trials are its
+    `search` rows and the chosen trial itself (a `confirmed` row at the search seed).
+    """
+    columns = ["pair", "policy", "options", "metric", "trials", "seed", "seeds"]
+    train = frame[(frame["eval"] == "train") & (frame["stage"] == "child")]
+    confirmed = train[train["selection"] == "confirmed"]
+    cells = []
+    for (pair, policy), runs in confirmed.groupby(["pair", "policy"]):
+        hparams = json.loads(runs["hparams"].iloc[0])
+        search = hparams["search"]
+        options = {name: value for name, value in hparams["options"].items() if name in search["space"]}
+        trials = train[(train["pair"] == pair) & (train["policy"] == policy) & (train["selection"] == "search")]
+        cells.append([pair, policy, options, search["metric"], len(trials) + 1, search["trial_seed"],
+                      sorted(int(seed) for seed in runs["seed"].unique())])
+    return pandas.DataFrame(cells, columns=columns)
 
 def ok_rows(frame: pandas.DataFrame, evaluation: str, stage: str | None = None) -> pandas.DataFrame:
     """Rows of one evaluation (and stage) whose run finished: the only rows numbers come from."""

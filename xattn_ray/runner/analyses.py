@@ -24,10 +24,11 @@ from xattn_ray.study.spec import RunSpec
 
 
 def run_analyses(experiment: Experiment, specs: list[RunSpec], storage: Path, store: ResultsStore,
-                 progress_interval: float, unfinished: dict[str, str]) -> None:
-    """The tasks the experiment asks for over its finished runs among `specs`, as one Tune run."""
+                 progress_interval: float, unfinished: dict[str, str], selection: str = "grid") -> None:
+    """The tasks the experiment asks for over its finished runs among `specs` (of one `selection`), as one
+    Tune run."""
     finished = [spec for spec in specs if (result := run_folder(storage, experiment, spec).result()) and result.ok]
-    tasks = analysis_tasks(experiment, finished)
+    tasks = analysis_tasks(experiment, finished, selection)
     if not tasks:
         return
     pending = [task for task in tasks if not task_marker(storage, experiment, task).is_file()]
@@ -36,7 +37,7 @@ def run_analyses(experiment: Experiment, specs: list[RunSpec], storage: Path, st
         return
     cpus = {"CPU": 1.0}  # decoding a test set: one CPU each, as many at once as the cluster has
     context = TrialContext(experiment=experiment, storage=storage, store_uri=store.uri, workers=1,
-                           worker_resources=cpus, score_valid=False)
+                           worker_resources=cpus, score_valid=False, selection=selection)
 
     def trial_name(trial) -> str:
         return task_id(experiment, AnalysisTask.from_dict(trial.config["task"]))

@@ -70,7 +70,7 @@ def cluster_resources() -> dict[str, float]:
 
 
 def runnable(experiment: Experiment, spec: RunSpec, storage: Path, store: ResultsStore,
-             unfinished: dict[str, str]) -> bool:
+             unfinished: dict[str, str], selection: str = "grid") -> bool:
     """Whether the run `spec` may start: its parent (if any) has a successful result in its folder.
     If not, it is recorded as failed, waiting on its parent, and does not start."""
     waiting = unfinished_parent(storage, experiment, spec)
@@ -78,44 +78,48 @@ def runnable(experiment: Experiment, spec: RunSpec, storage: Path, store: Result
         return True
     why = f"waiting on its parent: {waiting}"
     unfinished[run_id(experiment, spec)] = why
-    store.write(unfinished_rows(experiment, spec, "failed", why))
+    store.write(unfinished_rows(experiment, spec, "failed", why, selection=selection))
     return False
 
 
 def run_stage(stage: str, experiment: Experiment, specs: list[RunSpec], storage: Path, store: ResultsStore,
-              plan: ResourcePlan, progress_interval: float, unfinished: dict[str, str]) -> None:
-    """One Tune run over the runnable `specs`, skipping finished runs (whose rows are written again)."""
+              plan: ResourcePlan, progress_interval: float, unfinished: dict[str, str],
+              selection: str = "grid") -> None:
+    """One Tune run over the runnable `specs`, skipping finished runs (whose rows are written again, as
+    `selection`: a search's best trial becomes its cell's confirmed run at its seed)."""
     pending, reused = [], 0
     for spec in specs:
         result = run_folder(storage, experiment, spec).result()
         if result is not None and (why := stale_reason(storage, experiment, spec, result)):
-            store.write(stale_rows(experiment, spec, result, why))
+            store.write(stale_rows(experiment, spec, result, why, selection))
             moved = set_aside(storage, experiment, spec)
             print(f"[{stage}] {run_id(experiment, spec)}: {why}; it trains again (earlier files: {moved})",
                   flush=True)
             result = None
         if result is not None:
             reused += 1
-            store.write(outcome_rows(experiment, spec, result))
+            store.write(outcome_rows(experiment, spec, result, selection=selection))
             if not result.ok:
                 unfinished[run_id(experiment, spec)] = result.stop_reason
-        elif runnable(experiment, spec, storage, store, unfinished):
+        elif runnable(experiment, spec, storage, store, unfinished, selection):
             pending.append(spec)
     print(f"[{stage}] {len(pending)} to train, {reused} finished earlier (reused)", flush=True)
     if pending:
         tune_stage(stage, experiment, {"spec": tune.grid_search([spec.to_dict() for spec in pending])}, storage,
-                   store, plan, progress_interval, unfinished, search_alg=None, samples=1)
+                   store, plan, progress_interval, unfinished, search_alg=None, samples=1, selection=selection)
 
 
 def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: Path, store: ResultsStore,
                plan: ResourcePlan, progress_interval: float, unfinished: dict[str, str], search_alg,
-               samples: int, scheduler=None, metric: str | None = None, mode: str | None = None) -> list:
+               samples: int, scheduler=None, metric: str | None = None, mode: str | None = None,
+               selection: str = "grid") -> list:
     """Fit one Tune run; record why trials that did not finish stopped. Returns Tune's results."""
     plan = plan.widened(samples if search_alg is not None else len(param_space["spec"]["grid_search"]),
                         cluster_resources())
     context = TrialContext(experiment=experiment, storage=storage, store_uri=store.uri, workers=plan.workers,
                            worker_resources=plan.worker_resources,
-                           score_valid=experiment.search is not None and experiment.search.metric == "valid_bleu")
+                           score_valid=experiment.search is not None and experiment.search.metric == "valid_bleu",
+                           selection=selection)
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), plan.trial_resources)
 
     def trial_name(trial) -> str:
@@ -145,7 +149,7 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
         else:  # a scheduler (ASHA) ended it: expected, recorded, not a failure of the study
             why = "stopped early by the scheduler"
             status = "stopped"
-        store.write(unfinished_rows(experiment, spec, status, why, trial_id(result)))
+        store.write(unfinished_rows(experiment, spec, status, why, trial_id(result), selection))
     return list(results)
 
 

@@ -4,8 +4,10 @@
       1. connect to Ray (a local instance unless an address is given) and plan resources;
       2. the study kind's stages in order (transfer: parents, then children; code-switching: base,
          Q_cross pretraining, fine-tuning), each run starting from its parent's best checkpoint;
-         with a `search` section, the children stage is one Optuna search per grid cell;
-      3. analyses: forgetting, zero-shot stitching, lexicon induction on the finished children;
+         with a `search` section, the children stage is one Optuna search per grid cell, then a
+         confirmation stage trains each cell's best configuration with every grid seed (runner/search.py);
+      3. analyses: forgetting, zero-shot stitching, lexicon induction on the finished children (of a
+         search: the confirmed ones);
       4. the finished runs' results, for the summary (rows of reused runs were written again: idempotent).
 
 A run is finished when its folder holds `result.json` (written last). Finished runs are reused:
@@ -28,10 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xattn_ray.errors import XattnError
+from xattn_ray.report.rows import counted_rows
 from xattn_ray.runner.analyses import run_analyses
 from xattn_ray.runner.local_ray import start_local_ray
-from xattn_ray.runner.plan import plan_resources
-from xattn_ray.runner.search import run_search, searched_specs
+from xattn_ray.runner.plan import ResourcePlan, plan_resources
+from xattn_ray.runner.search import (best_trials, confirmation_specs, record_choices, relabel_unchosen,
+                                     run_search)
 from xattn_ray.runner.stages import INTERRUPTION, cluster_resources, run_stage
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import Experiment
@@ -59,7 +63,7 @@ class StudyResult:
     unfinished: dict[str, str]  # run id (or analysis task id) -> why
     analyses: list[dict]  # the study's analysis rows from the results store
     interrupted: bool = False  # Ctrl-C ended it: runs left in `unfinished` continue with --resume
-    rows: pandas.DataFrame | None = None  # every row of the study in the results store
+    rows: pandas.DataFrame | None = None  # the study's counted rows in the results store (report.rows.counted_rows)
 
 
 NOT_STARTED = "not started: the study was interrupted"
@@ -102,10 +106,13 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
         for stage in stages:
             if stage.specs and not INTERRUPTION.requested:
                 run_stage(stage.name, experiment, stage.specs, storage, store, plan, progress_interval, unfinished)
+        selection = "grid"
         if experiment.search is not None and not INTERRUPTION.requested:
-            run_search(experiment, storage, store, plan, progress_interval, unfinished)
+            _tune_then_confirm(experiment, storage, store, plan, progress_interval, unfinished)
+            selection = "confirmed"
         if not INTERRUPTION.requested:
-            run_analyses(experiment, known_specs(experiment, storage), storage, store, progress_interval, unfinished)
+            run_analyses(experiment, known_specs(experiment, storage), storage, store, progress_interval, unfinished,
+                         selection)
         results = {}
         for spec in known_specs(experiment, storage):
             result = run_folder(storage, experiment, spec).result()
@@ -113,10 +120,24 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
                 results[run_id(experiment, spec)] = result
             elif INTERRUPTION.requested:
                 unfinished.setdefault(run_id(experiment, spec), NOT_STARTED)
-        rows = store.read(experiment=experiment.name)
+        rows = counted_rows(store.read(experiment=experiment.name))
         analyses = rows[(rows["stage"] == "analysis") & (rows["status"] == "ok")]
         return StudyResult(experiment, results, unfinished, analyses.to_dict("records"), INTERRUPTION.requested,
                            rows)
+
+
+def _tune_then_confirm(experiment: Experiment, storage: Path, store: ResultsStore, plan: ResourcePlan,
+                       progress_interval: float,
+                       unfinished: dict[str, str]) -> None:
+    """Search each grid cell, choose its best configuration, train it with every grid seed."""
+    run_search(experiment, storage, store, plan, progress_interval, unfinished)
+    if INTERRUPTION.requested:
+        return  # a cell's search may be unfinished: its choice could still change
+    best = best_trials(experiment, storage)
+    record_choices(experiment, storage, best)
+    confirmed = confirmation_specs(experiment, best)
+    relabel_unchosen(experiment, storage, store, confirmed)
+    run_stage("confirm", experiment, confirmed, storage, store, plan, progress_interval, unfinished, "confirmed")
 
 
 @contextlib.contextmanager
@@ -143,11 +164,12 @@ def _interruptible():
 
 
 def known_specs(experiment: Experiment, storage: Path) -> list[RunSpec]:
-    """Every run the study knows of: the grid's, and those a search created (found by their folders)."""
+    """The runs that count: the grid's, or with a search, its stages before the children and each cell's
+    confirmed configuration at every grid seed (the search trials are in the store, labelled `search`)."""
     if experiment.search is None:
         return all_specs(experiment)
     return [spec for stage in kind_of(experiment).stages(experiment) if stage.name != "children"
-            for spec in stage.specs] + searched_specs(experiment, storage)
+            for spec in stage.specs] + confirmation_specs(experiment, best_trials(experiment, storage))
 
 
 def _refuse_unfinished(experiment: Experiment, storage: Path, specs: list[RunSpec], resume: bool) -> None:

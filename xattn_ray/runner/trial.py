@@ -43,6 +43,7 @@ class TrialContext:
     workers: int
     worker_resources: dict[str, float]
     score_valid: bool  # a search optimising validation BLEU
+    selection: str = "grid"  # what the stage's runs are to a report (store.SELECTIONS)
 
 
 class TuneReporter:
@@ -71,7 +72,7 @@ def run_trial(config: dict, context: TrialContext) -> None:
         _fit_worker_group(context, spec)
     result = run_folder(context.storage, experiment, spec).result()
     trial_id = ray.tune.get_context().get_trial_id()
-    ResultsStore(context.store_uri).write(outcome_rows(experiment, spec, result, trial_id))
+    ResultsStore(context.store_uri).write(outcome_rows(experiment, spec, result, trial_id, context.selection))
     final = {"finished": True, "status": result.status, "update": result.updates,
              "valid_loss": result.best_valid_loss, "valid_bleu": result.valid_bleu}
     for name, test in result.tests.items():

@@ -43,15 +43,16 @@ class AnalysisTask:
     spec: RunSpec  # the child analysed; for zeroshot, the child whose body is kept
     donor: RunSpec | None = None  # zeroshot: the child whose embeddings are plugged in
     zeroshot: int | None = None  # zeroshot: index into analyses.zeroshot
+    selection: str = "grid"  # the analysed runs': grid runs, or a search's confirmed configurations
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "spec": self.spec.to_dict(), "donor": self.donor and self.donor.to_dict(),
-                "zeroshot": self.zeroshot}
+                "zeroshot": self.zeroshot, "selection": self.selection}
 
     @classmethod
     def from_dict(cls, data: dict) -> AnalysisTask:
         return cls(data["kind"], RunSpec.from_dict(data["spec"]),
-                   data["donor"] and RunSpec.from_dict(data["donor"]), data["zeroshot"])
+                   data["donor"] and RunSpec.from_dict(data["donor"]), data["zeroshot"], data["selection"])
 
 
 def task_id(experiment: Experiment, task: AnalysisTask) -> str:
@@ -66,22 +67,32 @@ def task_marker(storage: Path, experiment: Experiment, task: AnalysisTask) -> Pa
     return run_folder(storage, experiment, task.spec).analysis_marker(task_id(experiment, task))
 
 
-def analysis_tasks(experiment: Experiment, child_runs: list[RunSpec]) -> list[AnalysisTask]:
-    """The tasks the experiment's `analyses` section asks for, over the study's child runs."""
+def analysis_tasks(experiment: Experiment, child_runs: list[RunSpec], selection: str = "grid") -> list[AnalysisTask]:
+    """The tasks the experiment's `analyses` section asks for, over the study's child runs (of one
+    `selection`: the grid's runs, or the configurations a search chose)."""
     analyses = experiment.analyses
     policies = analyses.policies or [p for p in experiment.grid.policies if p != "scratch"]
     runs = [spec for spec in child_runs if spec.stage == "child" and spec.policy in policies]
     tasks = []
     if analyses.forgetting:
-        tasks += [AnalysisTask("forgetting", spec) for spec in runs]
+        tasks += [AnalysisTask("forgetting", spec, selection=selection) for spec in runs]
     if analyses.lexicon is not None:
-        tasks += [AnalysisTask("bli", spec) for spec in runs if spec.run in analyses.lexicon.children]
+        tasks += [AnalysisTask("bli", spec, selection=selection) for spec in runs
+                  if spec.run in analyses.lexicon.children]
     for index, stitch in enumerate(analyses.zeroshot):
         for body in (spec for spec in runs if spec.run == stitch.body):
-            donor = dataclasses.replace(body, run=stitch.embeddings)
-            if donor in runs:
-                tasks.append(AnalysisTask("zeroshot", body, donor, index))
+            # The donor is the same grid cell of the other child; a search may have chosen other options for it.
+            cell = _grid_cell(experiment, dataclasses.replace(body, run=stitch.embeddings))
+            donor = next((spec for spec in runs if _grid_cell(experiment, spec) == cell), None)
+            if donor is not None:
+                tasks.append(AnalysisTask("zeroshot", body, donor, index, selection))
     return tasks
+
+
+def _grid_cell(experiment: Experiment, spec: RunSpec) -> RunSpec:
+    """`spec` without the options a search chose (the grid's own option axes stay)."""
+    return dataclasses.replace(spec, options={name: value for name, value in spec.options.items()
+                                              if name in experiment.grid.options})
 
 
 def run_task(experiment: Experiment, task: AnalysisTask, storage: Path) -> list[dict]:
@@ -218,7 +229,7 @@ def zeroshot_pair(experiment: Experiment, task: AnalysisTask) -> LanguagePair:
 
 def task_fields(experiment: Experiment, task: AnalysisTask) -> dict:
     """The identity columns of a task's rows (also of the row recording that it failed)."""
-    fields = _analysis_fields(experiment, task.spec)
+    fields = _analysis_fields(experiment, task.spec, task.selection)
     if task.kind == "zeroshot":
         pair = zeroshot_pair(experiment, task)
         fields.update(run_id=f"zeroshot-{pair}-{run_id(experiment, task.spec)}-{run_id(experiment, task.donor)[-8:]}",
@@ -226,8 +237,8 @@ def task_fields(experiment: Experiment, task: AnalysisTask) -> dict:
     return fields
 
 
-def _analysis_fields(experiment: Experiment, spec: RunSpec) -> dict:
+def _analysis_fields(experiment: Experiment, spec: RunSpec, selection: str) -> dict:
     """The analysed run's identity, with stage `analysis` (its rows live beside, not over, the run's)."""
-    fields = run_fields(experiment, spec)
+    fields = run_fields(experiment, spec, selection)
     fields["stage"] = "analysis"
     return fields

@@ -17,21 +17,25 @@ from xattn_ray.study.runs import config_hash, run_id, train_config
 from xattn_ray.study.spec import RunSpec, model_options
 
 
-def run_fields(experiment: Experiment, spec: RunSpec) -> dict:
-    """The columns every row of a run shares, known before it trains."""
+def run_fields(experiment: Experiment, spec: RunSpec, selection: str = "grid") -> dict:
+    """The columns every row of a run shares, known before it trains; `selection` says whether a report
+    counts the run (`store.SELECTIONS`)."""
     kind = kind_of(experiment)
     hparams = {"train": dataclasses.asdict(train_config(experiment, spec)), "model": dataclasses.asdict(experiment.model),
                "model_options": model_options(spec), "options": spec.options,
                "tokenizer": dataclasses.asdict(experiment.tokenizer),
                "evaluation": dataclasses.asdict(experiment.evaluation), **kind.hparams(experiment, spec)}
+    if selection in ("search", "confirmed"):  # how the run's configuration was chosen, for the report
+        hparams["search"] = {**dataclasses.asdict(experiment.search), "trial_seed": experiment.grid.seeds[0]}
     return dict(experiment=experiment.name, run_id=run_id(experiment, spec), stage=spec.stage, policy=spec.policy,
                 seed=spec.seed, hparams=json.dumps(hparams, sort_keys=True, default=str),
-                config_hash=config_hash(experiment, spec), **kind.row_fields(experiment, spec))
+                config_hash=config_hash(experiment, spec), selection=selection, **kind.row_fields(experiment, spec))
 
 
-def outcome_rows(experiment: Experiment, spec: RunSpec, result: Result, trial_id: str | None = None) -> list[dict]:
+def outcome_rows(experiment: Experiment, spec: RunSpec, result: Result, trial_id: str | None = None,
+                 selection: str = "grid") -> list[dict]:
     """A `train` row (how training went) and one `test` row per test set."""
-    shared = dict(run_fields(experiment, spec), trainable_params=result.trainable_params,
+    shared = dict(run_fields(experiment, spec, selection), trainable_params=result.trainable_params,
                   total_params=result.total_params, updates=result.updates, train_seconds=result.train_seconds,
                   target_tokens_per_second=result.target_tokens_per_second,
                   best_valid_loss=_finite(result.best_valid_loss), stop_reason=result.stop_reason,
@@ -48,16 +52,18 @@ def outcome_rows(experiment: Experiment, spec: RunSpec, result: Result, trial_id
     return rows
 
 
-def stale_rows(experiment: Experiment, spec: RunSpec, result: Result, why: str) -> list[dict]:
+def stale_rows(experiment: Experiment, spec: RunSpec, result: Result, why: str,
+               selection: str = "grid") -> list[dict]:
     """The rows of a finished run that trains again because its parent changed: its numbers, marked
     `stopped` with why, so no report counts them; the new run's rows replace them."""
-    return [{**row, "status": "stopped", "error": why} for row in outcome_rows(experiment, spec, result)]
+    return [{**row, "status": "stopped", "error": why}
+            for row in outcome_rows(experiment, spec, result, selection=selection)]
 
 
 def unfinished_rows(experiment: Experiment, spec: RunSpec, status: str, error: str,
-                    trial_id: str | None = None) -> list[dict]:
+                    trial_id: str | None = None, selection: str = "grid") -> list[dict]:
     """The `train` row of a run that failed or was stopped before it finished: what is missing and why."""
-    return [make_row(**run_fields(experiment, spec), eval="train", status=status, error=error,
+    return [make_row(**run_fields(experiment, spec, selection), eval="train", status=status, error=error,
                      ray_trial_id=trial_id)]
 
 
