@@ -34,7 +34,8 @@ def test_every_column_round_trips_with_its_type_and_nulls_stay_null(tmp_path):
     example = {pa.int32(): 7, pa.int64(): 2**40, pa.float64(): 31.25, pa.string(): "text",
                pa.timestamp("us", tz="UTC"): datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)}
     full = {field.name: example[field.type] for field in SCHEMA}
-    full |= {"stage": "parent", "eval": "test", "status": "ok", "experiment": "m30k", "run_id": "full-s1"}
+    full |= {"stage": "parent", "eval": "test", "status": "ok", "selection": "grid", "experiment": "m30k",
+             "run_id": "full-s1"}
     sparse = make_row(experiment="m30k", run_id="sparse-s1", stage="child", eval="bli", status="failed")
     store = ResultsStore(tmp_path / "results")
     store.write([make_row(**full), sparse])

@@ -151,7 +151,8 @@ def make_row(**fields: Any) -> dict[str, Any]:
     for name, choices in (("stage", STAGES), ("eval", EVALS), ("status", STATUSES),
                           ("selection", SELECTIONS + (None,))):
         if row[name] not in choices:
-            raise StoreError(f"results column {name!r} is {row[name]!r}: one of {', '.join(choices)}")
+            named = ", ".join(choice for choice in choices if choice is not None)
+            raise StoreError(f"results column {name!r} is {row[name]!r}: one of {named}")
     for name, default in (("schema_version", SCHEMA_VERSION), ("code_version", code_version()),
                           ("created_at", datetime.now(timezone.utc))):
         if row[name] is None:

@@ -9,6 +9,8 @@ table helpers take the store's rows as a pandas DataFrame (`ResultsStore.read`) 
 A transfer study (Gheini et al., 2021) gets Table 2, paired bootstrap tests against `body`, Table 3
 (forgetting), zero-shot, lexicon induction and cost (transfer.py); a code-switching study gets BLEU by
 variant on single sentences, seen and unseen code-switched pairs, tests of xlquery against standard
-attention, and cost (codeswitch.py). build.py puts either together (`report.build.build_report`, the entry point); formats.py holds the output
-formats of `xattn-ray results`.
+attention, and cost (codeswitch.py). findings.py checks each paper's claims on the rows (held / not held
+/ not measured, with the test behind each verdict); the report opens with them and `xattn-ray run`
+prints the same lines. build.py puts it together (`report.build.build_report`, the entry point);
+formats.py holds the output formats of `xattn-ray results`.
 """
