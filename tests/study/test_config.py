@@ -166,3 +166,16 @@ def test_environment_variables_in_paths(tmp_path, monkeypatch):
 def test_shipped_experiments_load(name):
     experiment = load_experiment(EXPERIMENTS / name)
     assert experiment.parents and experiment.children
+
+
+def test_the_plan_of_a_searched_grid_counts_search_trials_at_the_first_seed_then_confirmations(tmp_path):
+    from xattn_ray.study.transfer import Transfer
+    grid = "grid: {policies: [body, xattn], seeds: [1, 2, 3]}\n"
+    plain = load_experiment(write(tmp_path, VALID + grid))
+    assert Transfer().plan_lines(plain)[0].endswith("x 3 seeds")
+    searched = load_experiment(write(tmp_path, VALID + grid
+                                     + "search: {space: {lr: {choice: [0.001, 0.002]}}, samples: 2}\n"))
+    cells = len(searched.children) * len(searched.grid.policies)
+    line = Transfer().plan_lines(searched)[0]
+    assert f"then {cells * 2} search trials" in line and "at seed 1" in line
+    assert f"then {cells * 2} confirmation runs" in line and "with seeds 2, 3" in line

@@ -194,10 +194,15 @@ class Transfer:
         if grid.sizes:
             axes.append(f"{len(grid.sizes)} sizes")
         axes += [f"{len(values)} {name}" for name, values in grid.options.items()]
-        axes.append(f"{len(grid.seeds)} seeds")
-        trials = len(cells) * (search.samples if search else 1)
-        return [f"plan: {len(experiment.parents)} parent run(s), then {trials} child runs = {' x '.join(axes)}"
-                + (f" x {search.samples} {search.metric} search samples" if search else "")]
+        if not search:
+            return [f"plan: {len(experiment.parents)} parent run(s), then {len(cells)} child runs = "
+                    f"{' x '.join(axes)} x {len(grid.seeds)} seeds"]
+        searched = len(cells) // len(grid.seeds)  # the search runs at the grid's first seed only
+        others = ", ".join(str(seed) for seed in grid.seeds[1:])
+        return [f"plan: {len(experiment.parents)} parent run(s), then {searched * search.samples} search trials = "
+                f"{' x '.join(axes)} x {search.samples} {search.metric} search samples at seed {grid.seeds[0]}"
+                + (f", then {searched * (len(grid.seeds) - 1)} confirmation runs (each cell's best configuration "
+                   f"with seed{'s' if len(grid.seeds) > 2 else ''} {others})" if len(grid.seeds) > 1 else "")]
 
     def summary_lines(self, results: list[Result], analyses: list[dict]) -> list[str]:
         """BLEU on each run's first test set: a row per policy, a column per pair, mean ± std over seeds."""
