@@ -134,6 +134,8 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--test", type=int, default=500, help="test sentences (default: 500)")
     synth.add_argument("--kinship", type=float, default=0.0,
                        help="chance that each grammatical feature of a language is the pivot's (default: 0)")
+    synth.add_argument("--words", type=float, default=1.0,
+                       help="share of the world's nouns, verbs and adjectives the family names (default: 1)")
     synth.set_defaults(handler=_data_synth)
 
     fetch = data.add_parser("fetch", help="download a public data set, checked against recorded sha256 sums")
@@ -176,7 +178,8 @@ def _data_synth(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise XattnError(f"--out {args.out}: a file is there; give a folder to create")
     spec = FamilySpec(languages=args.languages, sentences=args.sentences, seed=args.seed,
-                      valid=args.valid, test=args.test, kinship=args.kinship)
+                      valid=args.valid, test=args.test, kinship=args.kinship,
+                      words=args.words)
     out = generate_family(spec, args.out)
     print(f"wrote synthetic family ({args.languages} languages + pivot, {args.sentences} training "
           f"sentences, seed {args.seed}) to {out}")

@@ -58,6 +58,7 @@ def test_family_dir_name_spells_out_the_spec():
     assert family_dir_name(FamilySpec()) == "synth1-l2-n20000-s1-v500-t500"
     assert family_dir_name(SMALL) == "synth1-l2-n300-s3-v40-t30"
     assert family_dir_name(FamilySpec(kinship=0.8)) == "synth1-l2-n20000-s1-v500-t500-k0.8"
+    assert family_dir_name(FamilySpec(kinship=0.9, words=0.25)) == "synth1-l2-n20000-s1-v500-t500-k0.9-w0.25"
 
 
 # --- Determinism ----------------------------------------------------------------------------------
@@ -106,6 +107,19 @@ def test_kinship_gives_languages_the_pivots_grammar_and_keeps_the_meanings(tmp_p
     def numbers(family: Path) -> list[list[str]]:
         return [sorted(word for word in line.split() if DIGITS.match(word)) for line in lines(family / "train.la")]
     assert numbers(kin) == numbers(unrelated) and any(numbers(kin))
+
+
+def test_fewer_words_give_a_smaller_vocabulary_and_one_keeps_the_family_as_it_was(tmp_path):
+    whole = generate_family(FamilySpec(**{**SMALL.__dict__, "sentences": 2000}), tmp_path / "whole")
+    small = generate_family(FamilySpec(**{**SMALL.__dict__, "sentences": 2000, "words": 0.1}), tmp_path / "small")
+
+    for code in ("pv", "la"):
+        def types(family: Path) -> set[str]:
+            return {word for line in lines(family / f"train.{code}") for word in line.split()}
+        assert len(types(small)) < 0.5 * len(types(whole)), code
+    # words=1 is the family as it always was.
+    assert digests(generate_family(FamilySpec(**{**SMALL.__dict__, "words": 1.0}), tmp_path / "one")) == \
+        digests(generate_family(SMALL, tmp_path / "default"))
 
 
 # --- Alignment and text ---------------------------------------------------------------------------
@@ -228,6 +242,7 @@ def test_word_frequencies_are_zipfian_with_many_rare_types(family):
 @pytest.mark.parametrize("field,value", [
     ("languages", 0), ("languages", 26), ("sentences", 0), ("valid", 0), ("test", -1), ("seed", "1"),
     ("languages", True), ("kinship", 1.5), ("kinship", -0.1), ("kinship", "high"),
+    ("words", 0), ("words", 1.5), ("words", True),
 ])
 def test_an_invalid_spec_names_its_field(tmp_path, field, value):
     with pytest.raises(DataError, match=field) as error:

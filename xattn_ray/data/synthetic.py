@@ -12,7 +12,9 @@ food, artifact, place, plant) and verbs, adjectives and adpositions select the c
 with: people and animals eat food, only plants grow, one travels *to* a place. So every sentence is
 plausible, and a homonym (two concepts of different classes sharing a surface form) can be told
 apart from its context. Concepts are drawn with Zipfian frequencies from a lexicon of about 2,200
-nouns, 410 verbs and 300 adjectives, so rare words exist even in large corpora.
+nouns, 410 verbs and 300 adjectives, so rare words exist even in large corpora. With `words` w < 1
+each noun class, verb frame and adjective group keeps the share w of its concepts (the commonest
+ones), a smaller world that a small model learns in fewer updates; the closed classes stay whole.
 
 How the languages differ. Each language has its own phonology (consonant and vowel inventories,
 syllable shapes), so its words are unrelated pseudo-words that a BPE model must split, with short
@@ -78,6 +80,7 @@ class FamilySpec:
     valid: int = 500  # validation sentences
     test: int = 500  # test sentences
     kinship: float = 0.0  # chance that each typological feature of a language is the pivot's
+    words: float = 1.0  # share of the world's nouns, verbs and adjectives the family names (0 < words <= 1)
 
 
 def family_dir_name(spec: FamilySpec) -> str:
@@ -86,7 +89,9 @@ def family_dir_name(spec: FamilySpec) -> str:
     It names the generator version too, so a cache never serves a family an older generator made.
     """
     name = f"synth{GENERATOR_VERSION}-l{spec.languages}-n{spec.sentences}-s{spec.seed}-v{spec.valid}-t{spec.test}"
-    return f"{name}-k{spec.kinship:g}" if spec.kinship else name
+    if spec.kinship:
+        name += f"-k{spec.kinship:g}"
+    return name + (f"-w{spec.words:g}" if spec.words != 1 else "")
 
 
 # --- Random streams and Zipfian draws -----------------------------------------------------------
@@ -179,14 +184,24 @@ def _zipf_over(concepts: tuple[_Concept, ...], kinds: tuple[str, ...]) -> _Zipf:
     return _Zipf(chosen, [concepts[i].rank for i in chosen])
 
 
-class _World:
-    """The concepts every language names, and the frequency tables meanings are drawn from."""
+MIN_OPEN_CLASS = 2  # concepts an open class keeps however small `words` is, so every frame has a choice
 
-    def __init__(self) -> None:
+
+class _World:
+    """The concepts every language names, and the frequency tables meanings are drawn from.
+
+    `words` scales the open classes (each noun class, verb frame and adjective group); the closed
+    classes (adpositions, adverbs, conjunctions, numerals) are the same in every world.
+    """
+
+    def __init__(self, words: float = 1.0) -> None:
+        def scaled(size: int) -> int:
+            return max(MIN_OPEN_CLASS, round(size * words))
+
         self.concepts = {
-            "noun": _concepts(NOUN_CLASSES),
-            "verb": _concepts({frame: spec.verbs for frame, spec in VERB_FRAMES.items()}),
-            "adjective": _concepts({group: size for group, (size, _) in ADJECTIVE_GROUPS.items()}),
+            "noun": _concepts({cls: scaled(size) for cls, size in NOUN_CLASSES.items()}),
+            "verb": _concepts({frame: scaled(spec.verbs) for frame, spec in VERB_FRAMES.items()}),
+            "adjective": _concepts({group: scaled(size) for group, (size, _) in ADJECTIVE_GROUPS.items()}),
             "adposition": _concepts({role: size for role, (size, _) in ADPOSITION_ROLES.items()}),
             "adverb": _concepts({group: size for group, (size, _) in ADVERB_GROUPS.items()}),
             "conjunction": _concepts({"conjunction": CONJUNCTIONS}),
@@ -566,6 +581,9 @@ def validate_spec(spec: FamilySpec) -> None:
         if field.name == "kinship":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise DataError(f"synthetic family: kinship must be a number from 0 to 1, got {value!r}")
+        elif field.name == "words":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise DataError(f"synthetic family: words must be a number above 0 and at most 1, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, int):
             raise DataError(f"synthetic family: {field.name} must be an integer, got {value!r}")
     if not 1 <= spec.languages <= MAX_LANGUAGES:
@@ -576,7 +594,7 @@ def validate_spec(spec: FamilySpec) -> None:
 
 
 def _write_family(spec: FamilySpec, directory: Path) -> None:
-    world = _World()
+    world = _World(spec.words)
     languages = [_make_language(code, spec, world) for code in language_codes(spec.languages)]
     realizers = [_Realizer(language) for language in languages]
     vocabularies = _write_split("train", spec.sentences, spec.seed, world, languages, realizers, directory)
