@@ -7,6 +7,7 @@ t-test across seeds, whose p-value is checked against Student's t written out fo
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -123,6 +124,21 @@ def test_a_claim_holds_only_when_it_holds_on_every_pair(tmp_path):
     verdict, figures, tests = findings_of(tmp_path, rows)[1]
     assert verdict == NOT_HELD and "la-lc: xattn 10.10 vs body 20.10" in figures and "lb-pv: xattn 19.10" in figures
     assert tests.count("across seeds: needs 3 seeds") == 2  # one per pair
+
+
+def test_each_grid_cell_is_checked_on_its_own_runs_never_pooled(tmp_path):
+    def cell(lr: float, **numbers) -> list[dict]:
+        rows = [r for r in study_rows(**numbers) if r["stage"] != "parent"]
+        return [{**r, "run_id": f"{r['run_id']}-lr{lr:g}", "hparams": json.dumps({"options": {"lr": lr}, "size": None})}
+                for r in rows]
+    parent = [r for r in study_rows() if r["stage"] == "parent"]
+    found = findings_of(tmp_path, parent + cell(0.001) + cell(0.002, bleu={**PAPER, "xattn": 10.0}))
+    verdict, figures, _ = found[1]
+    # Pooled, xattn would average 14.6 against 20.1 and fail both; per cell it holds at 0.001 only.
+    assert verdict == NOT_HELD
+    assert "lb-pv lr=0.001: xattn 19.10 vs body 20.10 (1 seed)" in figures
+    assert "lb-pv lr=0.002: xattn 10.10 vs body 20.10 (1 seed)" in figures
+    assert found[4][1].count("lr=0.00") == 2 and found[5][0] == HELD  # analyses are split the same way
 
 
 def test_missing_policies_and_analyses_are_not_enough_runs(tmp_path):

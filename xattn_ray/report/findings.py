@@ -38,6 +38,8 @@ holds when its means meet them on every comparison the study has (every child pa
 parent test set, or fine-tuning policy and alphas). Transfer figures are on each child pair's
 primary test set (Table 2's); code-switching figures are each run's mean over its test sets of a kind.
 
+A transfer study whose grid has options or sizes is checked in each grid cell (`lb-pv lr=0.008`), so
+runs trained with different grid values are never pooled; a claim holds when it holds in every cell.
 Beside each verdict stand the figures (mean ± standard deviation over seeds, runs that share a seed
 pooled first so that every seed counts once) and the evidence of two tests, which the verdict does
 not use:
@@ -52,12 +54,12 @@ not use:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas
 
 from xattn_ray.report.markdown import MINUS, number
-from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, codeswitch_tests,
+from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, codeswitch_tests, grid_cell,
                                    is_codeswitch_study, ok_rows, ordered_variants, primary_child_tests,
                                    references_from_uri)
 from xattn_ray.report.significance import SIGNIFICANCE_LEVEL, codeswitch_significance, significance
@@ -264,12 +266,17 @@ def transfer_findings(frame: pandas.DataFrame, references_for: ReferencesFor = r
     if frame.empty or is_codeswitch_study(frame):
         return []
 
+    cells = _cell_frames(frame)
+
+    def each_cell(compare: Callable[[pandas.DataFrame], list[_Comparison]]) -> list[_Comparison]:
+        return [replace(c, label=f"{c.label} {cell}") if cell else c for cell, rows in cells for c in compare(rows)]
+
     def table2(number: int, claim: str, first: str, second: str, margin: float, holds) -> Finding:
-        comparisons = _table2_comparisons(frame, references_for, first, second, margin)
+        comparisons = each_cell(lambda rows: _table2_comparisons(rows, references_for, first, second, margin))
         return _finding(TRANSFER_PAPER, number, claim, comparisons, holds, f"needs child runs of {first} and {second}")
 
-    # Claim 3 on the pairs that have all three policies.
-    xattn, randxattn = (_table2_comparisons(frame, references_for, policy, "scratch", 0.0)
+    # Claim 3 on the pairs (and grid cells) that have all three policies.
+    xattn, randxattn = (each_cell(lambda rows, p=policy: _table2_comparisons(rows, references_for, p, "scratch", 0.0))
                         for policy in ("xattn", "randxattn"))
     pairs = {c.label for c in xattn} & {c.label for c in randxattn}
     above_scratch = [c for c in xattn + randxattn if c.label in pairs]
@@ -280,16 +287,28 @@ def transfer_findings(frame: pandas.DataFrame, references_for: ReferencesFor = r
         _finding(TRANSFER_PAPER, 3, "xattn and randxattn both above scratch",
                  above_scratch, lambda c: c.difference() > 0, "needs child runs of scratch, xattn and randxattn"),
         _finding(TRANSFER_PAPER, 4, f"lexicon induction P@1 of xattn at least {PRECISION_RATIO:g}x body's",
-                 _bli_comparisons(frame), lambda c: c.difference() >= 0 and c.first_values.mean() > 0,
+                 each_cell(_bli_comparisons), lambda c: c.difference() >= 0 and c.first_values.mean() > 0,
                  "needs lexicon-induction rows of xattn and body"),
         _finding(TRANSFER_PAPER, 5,
                  "with the parent's embeddings plugged back, xattn keeps more of the parent's BLEU than body",
-                 _forgetting_comparisons(frame), lambda c: c.difference() > 0,
+                 each_cell(_forgetting_comparisons), lambda c: c.difference() > 0,
                  "needs forgetting rows of xattn and body"),
         _finding(TRANSFER_PAPER, 6, f"the stitched zero-shot model of xattn at least {CLEAR_BLEU:g} BLEU above body's",
-                 _zeroshot_comparisons(frame), lambda c: c.difference() >= CLEAR_BLEU,
+                 each_cell(_zeroshot_comparisons), lambda c: c.difference() >= CLEAR_BLEU,
                  "needs zero-shot rows of xattn and body"),
     ]
+
+
+def _cell_frames(frame: pandas.DataFrame) -> list[tuple[str, pandas.DataFrame]]:
+    """The study's rows split by grid cell (`grid_cell`: grid options and sizes), each with the parents'
+    rows; a study without grid options is one cell, "". A claim is checked in each cell, so runs trained
+    with different grid values (or added before the grid had options) are never pooled."""
+    labels = frame["hparams"].map(grid_cell) if "hparams" in frame else pandas.Series("", index=frame.index)
+    parents = frame["stage"] == "parent"
+    cells = sorted(set(labels[~parents]))
+    if len(cells) <= 1:
+        return [("", frame)]
+    return [(cell, frame[parents | (labels == cell)]) for cell in cells]
 
 
 def _table2_comparisons(frame: pandas.DataFrame, references_for: ReferencesFor, first: str, second: str,

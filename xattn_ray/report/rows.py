@@ -69,6 +69,16 @@ def searched_cells(frame: pandas.DataFrame) -> pandas.DataFrame:
                       sorted(int(seed) for seed in runs["seed"].unique())])
     return pandas.DataFrame(cells, columns=columns)
 
+def grid_cell(hparams: str | None) -> str:
+    """The grid values a run was trained with besides its pair, policy and seed: "lr=0.008", "size 2000",
+    or "" without any. A confirmed run's searched values are its cell's choice, not grid values."""
+    values = json.loads(hparams) if isinstance(hparams, str) else {}
+    searched = set(values.get("search", {}).get("space", {}))
+    options = {name: value for name, value in (values.get("options") or {}).items() if name not in searched}
+    parts = [f"size {values['size']}"] if values.get("size") is not None else []
+    return " ".join(parts + [f"{name}={value:g}" for name, value in sorted(options.items())])
+
+
 def ok_rows(frame: pandas.DataFrame, evaluation: str, stage: str | None = None) -> pandas.DataFrame:
     """Rows of one evaluation (and stage) whose run finished: the only rows numbers come from."""
     keep = (frame["eval"] == evaluation) & (frame["status"] == "ok")
