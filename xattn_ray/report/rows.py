@@ -69,6 +69,7 @@ def searched_cells(frame: pandas.DataFrame) -> pandas.DataFrame:
                       sorted(int(seed) for seed in runs["seed"].unique())])
     return pandas.DataFrame(cells, columns=columns)
 
+
 def grid_cell(hparams: str | None) -> str:
     """The grid values a run was trained with besides its pair, policy and seed: "lr=0.008", "size 2000",
     or "" without any. A confirmed run's searched values are its cell's choice, not grid values."""

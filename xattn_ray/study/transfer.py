@@ -153,7 +153,7 @@ class Transfer:
                    "corpus": corpus_identity(experiment, run_corpus(experiment, run))}
         if spec.stage == "child":
             payload["policy"] = {"name": spec.policy, **dataclasses.asdict(experiment.policy(spec.policy))}
-            payload["init"] = CHILD_INIT  # children seeded before it drew their parent's initial values
+            payload["init"] = CHILD_INIT  # runs from before it started at their parent's initial values
         return payload
 
     def row_fields(self, experiment: Experiment, spec: RunSpec) -> dict:
