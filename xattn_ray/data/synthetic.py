@@ -43,7 +43,6 @@ sizes of the validation and test sets.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -51,11 +50,11 @@ import random
 import shutil
 import string
 import tempfile
-from bisect import bisect
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import NamedTuple
 
+from xattn_ray.data.synthetic_meaning import (FUTURE, PARTS_OF_SPEECH, PAST, PRESENT, Clause, Concept,
+                                             NounPhrase, Sentence, World, sample_sentence, stream)
 from xattn_ray.errors import DataError
 
 PIVOT = "pv"
@@ -92,197 +91,6 @@ def family_dir_name(spec: FamilySpec) -> str:
     if spec.kinship:
         name += f"-k{spec.kinship:g}"
     return name + (f"-w{spec.words:g}" if spec.words != 1 else "")
-
-
-# --- Random streams and Zipfian draws -----------------------------------------------------------
-
-def _stream(seed: int, name: str) -> random.Random:
-    """An independent random stream for one purpose (a language, a split) of the family `seed`."""
-    digest = hashlib.sha256(f"xattn-ray synthetic family {seed} {name}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-ZIPF_EXPONENT = 1.0  # classic Zipf: the concept of rank r is drawn about 1 / r as often as the commonest
-
-
-class _Zipf:
-    """Draws from `items` with probability proportional to 1 / (rank + 1) ** ZIPF_EXPONENT."""
-
-    def __init__(self, items: list[int], ranks: list[int]) -> None:
-        self.items = items
-        self.cumulative = list(itertools.accumulate(1.0 / (rank + 1) ** ZIPF_EXPONENT for rank in ranks))
-        self.last = len(items) - 1
-
-    def draw(self, rng: random.Random) -> int:
-        # `hi` guards against rounding pushing the point past the last bucket.
-        return self.items[bisect(self.cumulative, rng.random() * self.cumulative[-1], 0, self.last)]
-
-
-# --- The shared world of concepts ---------------------------------------------------------------
-
-NOUN_CLASSES = {"person": 300, "animal": 300, "food": 350, "artifact": 700, "place": 300, "plant": 250}
-ALL_CLASSES = tuple(NOUN_CLASSES)
-
-
-@dataclass(frozen=True)
-class _Frame:
-    """What a group of verbs combines with."""
-
-    verbs: int  # how many verb concepts have this frame
-    subjects: tuple[str, ...]  # noun classes a subject may have
-    objects: tuple[str, ...]  # noun classes an object may have; empty for an intransitive verb
-    adjuncts: tuple[str, ...]  # adposition roles of its phrases (obligatory for intransitive verbs)
-
-
-VERB_FRAMES = {
-    "ingest": _Frame(40, ("person", "animal"), ("food", "plant"), ("locative", "comitative")),
-    "perceive": _Frame(50, ("person", "animal"), ALL_CLASSES, ("locative", "comitative")),
-    "handle": _Frame(120, ("person",), ("artifact", "food", "plant"), ("locative", "comitative", "benefactive")),
-    "social": _Frame(60, ("person",), ("person", "animal"), ("locative", "comitative")),
-    "visit": _Frame(30, ("person",), ("place",), ("comitative", "benefactive")),
-    "motion": _Frame(50, ("person", "animal"), (), ("goal", "source")),
-    "rest": _Frame(40, ("person", "animal"), (), ("locative",)),
-    "grow": _Frame(20, ("plant",), (), ("locative",)),
-}
-ADJECTIVE_GROUPS = {  # group: (how many adjectives, noun classes they describe)
-    "size": (40, ALL_CLASSES),
-    "color": (50, ("animal", "food", "artifact", "plant")),
-    "taste": (40, ("food", "plant")),
-    "character": (80, ("person", "animal")),
-    "condition": (60, ("artifact", "place")),
-    "age": (30, ("person", "animal", "artifact", "place", "plant")),
-}
-ADPOSITION_ROLES = {  # role: (how many adpositions, noun classes of their objects)
-    "locative": (6, ("place", "artifact", "plant")),
-    "goal": (3, ("place",)),
-    "source": (2, ("place",)),
-    "comitative": (1, ("person", "animal", "artifact")),
-    "benefactive": (1, ("person", "animal")),
-}
-PRESENT, PAST, FUTURE = 0, 1, 2
-ADVERB_GROUPS = {  # group: (how many adverbs, tenses they fit); time adverbs agree with the tense
-    "manner": (16, (PRESENT, PAST, FUTURE)),
-    "present": (4, (PRESENT,)),
-    "past": (4, (PAST,)),
-    "future": (4, (FUTURE,)),
-}
-CONJUNCTIONS = 6
-PARTS_OF_SPEECH = ("noun", "verb", "adjective", "adposition", "adverb", "conjunction")
-
-
-class _Concept(NamedTuple):
-    kind: str  # its semantic class, verb frame, adjective group, adposition role or adverb group
-    rank: int  # frequency rank within its kind: 0 is the most common
-
-
-def _concepts(sizes: dict[str, int]) -> tuple[_Concept, ...]:
-    return tuple(_Concept(kind, rank) for kind, size in sizes.items() for rank in range(size))
-
-
-def _zipf_over(concepts: tuple[_Concept, ...], kinds: tuple[str, ...]) -> _Zipf:
-    chosen = [i for i, concept in enumerate(concepts) if concept.kind in kinds]
-    return _Zipf(chosen, [concepts[i].rank for i in chosen])
-
-
-MIN_OPEN_CLASS = 2  # concepts an open class keeps however small `words` is, so every frame has a choice
-
-
-class _World:
-    """The concepts every language names, and the frequency tables meanings are drawn from.
-
-    `words` scales the open classes (each noun class, verb frame and adjective group); the closed
-    classes (adpositions, adverbs, conjunctions, numerals) are the same in every world.
-    """
-
-    def __init__(self, words: float = 1.0) -> None:
-        def scaled(size: int) -> int:
-            return max(MIN_OPEN_CLASS, round(size * words))
-
-        self.concepts = {
-            "noun": _concepts({cls: scaled(size) for cls, size in NOUN_CLASSES.items()}),
-            "verb": _concepts({frame: scaled(spec.verbs) for frame, spec in VERB_FRAMES.items()}),
-            "adjective": _concepts({group: scaled(size) for group, (size, _) in ADJECTIVE_GROUPS.items()}),
-            "adposition": _concepts({role: size for role, (size, _) in ADPOSITION_ROLES.items()}),
-            "adverb": _concepts({group: size for group, (size, _) in ADVERB_GROUPS.items()}),
-            "conjunction": _concepts({"conjunction": CONJUNCTIONS}),
-        }
-        nouns, adjectives = self.concepts["noun"], self.concepts["adjective"]
-        self.nouns_of = {cls: _zipf_over(nouns, (cls,)) for cls in ALL_CLASSES}
-        self.adjectives_for = {
-            cls: _zipf_over(adjectives, tuple(g for g, (_, classes) in ADJECTIVE_GROUPS.items() if cls in classes))
-            for cls in ALL_CLASSES
-        }
-        self.verbs = _zipf_over(self.concepts["verb"], tuple(VERB_FRAMES))
-        self.verb_frame = tuple(VERB_FRAMES[concept.kind] for concept in self.concepts["verb"])
-        self.adpositions_for = {role: _zipf_over(self.concepts["adposition"], (role,)) for role in ADPOSITION_ROLES}
-        self.adverbs_for = {
-            tense: _zipf_over(self.concepts["adverb"], tuple(g for g, (_, ts) in ADVERB_GROUPS.items() if tense in ts))
-            for tense in (PRESENT, PAST, FUTURE)
-        }
-        self.conjunctions = _zipf_over(self.concepts["conjunction"], ("conjunction",))
-        self.numerals = _Zipf(list(range(2, 100)), list(range(98)))
-
-
-# --- Meanings -----------------------------------------------------------------------------------
-
-class _NounPhrase(NamedTuple):
-    noun: int
-    adjectives: tuple[int, ...]
-    definite: bool
-    plural: bool
-    numeral: int  # the number written before (or after) the noun; 0 when there is none
-
-
-class _Clause(NamedTuple):
-    verb: int
-    subject: _NounPhrase
-    object: _NounPhrase | None  # None for an intransitive verb
-    tense: int  # PRESENT, PAST or FUTURE
-    negated: bool
-    adjunct: tuple[int, _NounPhrase] | None  # an adposition and its noun phrase
-    adverb: int | None
-
-
-class _Sentence(NamedTuple):
-    first: _Clause
-    conjunction: int | None  # joins the second clause, when there is one
-    second: _Clause | None
-
-
-def _sample_noun_phrase(rng: random.Random, world: _World, classes: tuple[str, ...],
-                        max_adjectives: int) -> _NounPhrase:
-    noun_class = rng.choice(classes)
-    roll = rng.random()
-    n_adjectives = min(max_adjectives, 2 if roll < 0.12 else 1 if roll < 0.5 else 0)
-    # dict.fromkeys drops a repeated adjective while keeping the order.
-    adjectives = tuple(dict.fromkeys(world.adjectives_for[noun_class].draw(rng) for _ in range(n_adjectives)))
-    plural = rng.random() < 0.3
-    numeral = world.numerals.draw(rng) if plural and rng.random() < 0.4 else 0
-    return _NounPhrase(world.nouns_of[noun_class].draw(rng), adjectives, rng.random() < 0.55, plural, numeral)
-
-
-def _sample_clause(rng: random.Random, world: _World, max_adjectives: int) -> _Clause:
-    verb = world.verbs.draw(rng)
-    frame = world.verb_frame[verb]
-    subject = _sample_noun_phrase(rng, world, frame.subjects, max_adjectives)
-    obj = _sample_noun_phrase(rng, world, frame.objects, max_adjectives) if frame.objects else None
-    roll = rng.random()
-    tense = PRESENT if roll < 0.45 else PAST if roll < 0.8 else FUTURE
-    negated = rng.random() < 0.15
-    adjunct = None
-    if not frame.objects or rng.random() < 0.5:  # intransitive verbs always say where / where to
-        role = rng.choice(frame.adjuncts)
-        adjunct = (world.adpositions_for[role].draw(rng),
-                   _sample_noun_phrase(rng, world, ADPOSITION_ROLES[role][1], min(max_adjectives, 1)))
-    adverb = world.adverbs_for[tense].draw(rng) if rng.random() < 0.25 else None
-    return _Clause(verb, subject, obj, tense, negated, adjunct, adverb)
-
-
-def _sample_sentence(rng: random.Random, world: _World) -> _Sentence:
-    if rng.random() < 0.4:  # two clauses, each kept lighter so a sentence stays under ~30 words
-        first = _sample_clause(rng, world, max_adjectives=1)
-        return _Sentence(first, world.conjunctions.draw(rng), _sample_clause(rng, world, max_adjectives=1))
-    return _Sentence(_sample_clause(rng, world, max_adjectives=2), None, None)
 
 
 # --- Languages ----------------------------------------------------------------------------------
@@ -412,7 +220,7 @@ def _syllable_count(rng: random.Random, part_of_speech: str, rank: int) -> int:
     return rng.randint(2, 4)
 
 
-def _share_homonyms(rng: random.Random, words: list[str], concepts: tuple[_Concept, ...]) -> int:
+def _share_homonyms(rng: random.Random, words: list[str], concepts: tuple[Concept, ...]) -> int:
     """Give ~HOMONYM_SHARE of the concepts the word of a concept of another kind; returns how many."""
     free = list(range(len(words)))
     rng.shuffle(free)
@@ -434,15 +242,15 @@ def _inherit(typology: Typology, kinship: float, rng: random.Random) -> Typology
     return replace(typology, **{name: getattr(PIVOT_TYPOLOGY, name) for name in inherited})
 
 
-def _make_language(code: str, spec: FamilySpec, world: _World) -> Language:
+def _make_language(code: str, spec: FamilySpec, world: World) -> Language:
     """Language `code` of the family `spec`, from its own random streams only."""
-    rng = _stream(spec.seed, f"language {code}")
+    rng = stream(spec.seed, f"language {code}")
     if code == PIVOT:
         phonology, typology = PIVOT_PHONOLOGY, PIVOT_TYPOLOGY
     else:
         phonology, typology = _draw_phonology(rng), _draw_typology(rng)
         if spec.kinship:
-            typology = _inherit(typology, spec.kinship, _stream(spec.seed, f"kinship {code}"))
+            typology = _inherit(typology, spec.kinship, stream(spec.seed, f"kinship {code}"))
     taken: set[str] = set()
     morphemes = _draw_morphemes(rng, phonology, typology, taken)
     lexicon, homonyms = {}, 0
@@ -508,7 +316,7 @@ class _Realizer:
             stem = _attach(stem, m.negation, t.negation, before, after)
         return (*before, stem, *after)
 
-    def noun_phrase(self, phrase: _NounPhrase, accusative: bool) -> list[str]:
+    def noun_phrase(self, phrase: NounPhrase, accusative: bool) -> list[str]:
         noun = self.noun_forms[((phrase.noun * 2 + phrase.plural) * 2 + phrase.definite) * 2 + accusative]
         modifiers = [self.lexicon["adjective"][a] for a in phrase.adjectives]
         if phrase.numeral:
@@ -519,7 +327,7 @@ class _Realizer:
             return [article] + words if self.article_first else words + [article]
         return words
 
-    def clause(self, clause: _Clause) -> list[str]:
+    def clause(self, clause: Clause) -> list[str]:
         parts = {
             "S": self.noun_phrase(clause.subject, accusative=False),
             "V": self.verb_phrases[((clause.verb * 3 + clause.tense) * 2 + clause.negated) * 2 + clause.subject.plural],
@@ -540,7 +348,7 @@ class _Realizer:
             words += parts[slot]
         return words if self.verb_final else words + adjuncts
 
-    def sentence(self, sentence: _Sentence) -> str:
+    def sentence(self, sentence: Sentence) -> str:
         words = self.clause(sentence.first)
         if sentence.second is not None:
             words += [self.lexicon["conjunction"][sentence.conjunction], *self.clause(sentence.second)]
@@ -594,7 +402,7 @@ def validate_spec(spec: FamilySpec) -> None:
 
 
 def _write_family(spec: FamilySpec, directory: Path) -> None:
-    world = _World(spec.words)
+    world = World(spec.words)
     languages = [_make_language(code, spec, world) for code in language_codes(spec.languages)]
     realizers = [_Realizer(language) for language in languages]
     vocabularies = _write_split("train", spec.sentences, spec.seed, world, languages, realizers, directory)
@@ -604,16 +412,16 @@ def _write_family(spec: FamilySpec, directory: Path) -> None:
     _write_description(spec, languages, directory)
 
 
-def _write_split(split: str, size: int, seed: int, world: _World, languages: list[Language],
+def _write_split(split: str, size: int, seed: int, world: World, languages: list[Language],
                  realizers: list[_Realizer], directory: Path) -> dict[str, set[str]]:
     """Write `size` sentences of every language; returns each language's set of words used."""
-    rng = _stream(seed, f"sentences {split}")  # one stream per split: train ignores valid/test sizes
+    rng = stream(seed, f"sentences {split}")  # one stream per split: train ignores valid/test sizes
     vocabularies: dict[str, set[str]] = {language.code: set() for language in languages}
     files = [open(directory / f"{split}.{language.code}", "w", encoding="utf-8", newline="\n",
                   buffering=1 << 20) for language in languages]
     try:
         for start in range(0, size, CHUNK):
-            meanings = [_sample_sentence(rng, world) for _ in range(min(CHUNK, size - start))]
+            meanings = [sample_sentence(rng, world) for _ in range(min(CHUNK, size - start))]
             for language, realizer, file in zip(languages, realizers, files):
                 text = "\n".join(map(realizer.sentence, meanings)) + "\n"
                 file.write(text)
