@@ -357,3 +357,26 @@ def test_relative_imports_resolve_against_the_importing_module():
     assert [i.target for i in imports_of(modules["xattn_ray.report.tables"], known)] == ["xattn_ray.store"]
     package = Module("xattn_ray.report", "from . import tables\nfrom .tables import x\n", is_package=True)
     assert [i.target for i in imports_of(package, known)] == ["xattn_ray.report.tables"] * 2
+
+
+# -- the house's other rules: short modules, and a repository that stands alone ---------------------
+
+MAX_MODULE_LINES = 650  # one concept per module: a longer one holds two
+
+
+def test_no_module_holds_more_than_one_concept_by_length():
+    lengths = {path.relative_to(PROJECT).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+               for path in PACKAGE_DIR.rglob("*.py")}
+    assert {path: n for path, n in lengths.items() if n > MAX_MODULE_LINES} == {}
+
+
+# Files a clone does not have: the study's working notes beside the repository.
+OUTSIDE_REFERENCES = ("DESIGN.md", "REFERENCE.md", "../shared/papers", "shared/REFERENCE", "shared/DESIGN")
+
+
+def test_code_and_docs_cite_only_what_the_repository_holds():
+    citing = [f"{path.relative_to(PROJECT).as_posix()}: {needle}"
+              for folder in (PACKAGE_DIR, PROJECT / "docs") for path in sorted(folder.rglob("*"))
+              if path.suffix in {".py", ".md"}
+              for needle in OUTSIDE_REFERENCES if needle in path.read_text(encoding="utf-8")]
+    assert citing == []
