@@ -47,6 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
     validate.add_argument("experiment", type=Path)
     validate.add_argument("--storage", type=Path, default=DEFAULT_STORAGE,
                           help="study folder; generated data is cached under STORAGE/cache (default: %(default)s)")
+    validate.add_argument("--cluster", type=Path, metavar="CLUSTER_YAML",
+                          help="a Ray cluster launcher config: also print how many runs train at once on it "
+                               "at its maximum size")
     validate.set_defaults(handler=_validate)
 
     run = commands.add_parser("run", help="run a whole study on Ray: parents, then the children's grid")
@@ -55,7 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="study folder, visible from every node of a cluster (default: %(default)s)")
     run.add_argument("--store", help="results store URI (default: STORAGE/results; may be s3://...)")
     run.add_argument("--resume", action="store_true", help="continue runs an interrupted invocation left")
-    run.add_argument("--address", help="Ray cluster to join (auto, ray://host:10001); default: a local instance")
+    run.add_argument("--address", help="Ray cluster to join from one of its nodes (auto, or HOST:6379); default: a local instance")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all of this machine's)")
     run.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                      help="seconds between progress tables (default: %(default)s)")
@@ -157,6 +160,8 @@ def _validate(args: argparse.Namespace) -> int:
     print(f"experiment {experiment.name!r} ({args.experiment}): config and data OK")
     print("\n".join(data + kind.plan_lines(experiment)))
     _print_resources(experiment)
+    if args.cluster is not None:
+        _print_cluster_plan(experiment, args.cluster)
     return 0
 
 
@@ -170,6 +175,20 @@ def _print_resources(experiment) -> None:
         print(f"  on this machine: {plan_resources(experiment.resources, machine).describe(machine)}")
     except XattnError as err:
         print(f"  on this machine: does not fit ({err}); a cluster given to `run --address` may")
+
+
+def _print_cluster_plan(experiment, path: Path) -> None:
+    """How many runs train at once on the launcher config's cluster grown to its maximum size."""
+    from xattn_ray.runner.plan import nodes_at_max_size, plan_resources, trials_at_once
+    from xattn_ray.schema import load_yaml
+
+    nodes = nodes_at_max_size(load_yaml(path).data, str(path))
+    every = [node for group in nodes.values() for node in group]
+    total = {key: sum(node.get(key, 0.0) for node in every) for key in {k for node in every for k in node}}
+    plan = plan_resources(experiment.resources, total, autoscaling=True)
+    sizes = " + ".join(f"{len(group)} {name}" for name, group in nodes.items() if group)
+    print(f"  on {path} at its maximum size ({sizes}): {trials_at_once(plan, every)} runs at once, "
+          f"each holding {', '.join(f'{v:g} {k}' for k, v in plan.per_trial().items())}")
 
 
 def _data_synth(args: argparse.Namespace) -> int:
@@ -214,14 +233,18 @@ def _run(args: argparse.Namespace) -> int:
     from xattn_ray.study.config import load_experiment
     from xattn_ray.study.kinds import kind_of
 
+    if args.address and args.address.startswith("ray://"):
+        raise XattnError(f"--address {args.address}: a Ray Client address runs the study's driver on this machine, "
+                         f"which reads every run folder; submit it to the cluster instead (`ray job submit "
+                         f"--address http://HEAD:8265 -- xattn-ray run ... --address auto`)")
+    if args.num_cpus is not None and args.address:
+        raise XattnError("--num-cpus sizes the local Ray instance; a cluster given by --address has its own")
     experiment = load_experiment(args.experiment)
     if "://" in str(args.storage) or str(args.storage).startswith("s3:"):
         raise XattnError(f"--storage {args.storage}: must be a folder every node can see (e.g. a shared "
                          f"filesystem mount); put results on object storage with --store")
     kind_of(experiment).check_data(experiment, args.storage / "cache")  # every data file, before any trial
     store = args.store or str(args.storage.absolute() / "results")
-    if args.num_cpus is not None and args.address:
-        raise XattnError("--num-cpus sizes the local Ray instance; a cluster given by --address has its own")
     result = run_study(experiment, args.storage, store, resume=args.resume, address=args.address,
                        num_cpus=args.num_cpus, progress_interval=args.progress_every)
     print(format_summary(result))

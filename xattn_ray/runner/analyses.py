@@ -24,9 +24,10 @@ from xattn_ray.study.spec import RunSpec
 
 
 def run_analyses(experiment: Experiment, specs: list[RunSpec], storage: Path, store: ResultsStore,
-                 progress_interval: float, unfinished: dict[str, str], selection: str = "grid") -> None:
+                 progress_interval: float, unfinished: dict[str, str], selection: str = "grid",
+                 autoscaling: bool = False) -> None:
     """The tasks the experiment asks for over its finished runs among `specs` (of one `selection`), as one
-    Tune run."""
+    Tune run: as many at once as the cluster has CPUs, or all submitted on a cluster that grows."""
     finished = [spec for spec in specs if (result := run_folder(storage, experiment, spec).result()) and result.ok]
     tasks = analysis_tasks(experiment, finished, selection)
     if not tasks:
@@ -35,7 +36,8 @@ def run_analyses(experiment: Experiment, specs: list[RunSpec], storage: Path, st
     print(f"[analyses] {len(pending)} to run, {len(tasks) - len(pending)} done earlier", flush=True)
     if not pending:
         return
-    cpus = {"CPU": 1.0}  # decoding a test set: one CPU each, as many at once as the cluster has
+    cpus = {"CPU": 1.0}  # decoding a test set: one CPU each
+    at_once = None if autoscaling else max(1, int(cluster_resources().get("CPU", 1)))
     context = TrialContext(experiment=experiment, storage=storage, store_uri=store.uri, workers=1,
                            worker_resources=cpus, score_valid=False, selection=selection)
 
@@ -45,7 +47,7 @@ def run_analyses(experiment: Experiment, specs: list[RunSpec], storage: Path, st
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_analysis_trial, context=context), cpus),
         param_space={"task": tune.grid_search([task.to_dict() for task in pending])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=max(1, int(cluster_resources().get("CPU", 1))),
+        tune_config=tune.TuneConfig(max_concurrent_trials=at_once,
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name="analyses", storage_path=str(storage / experiment.name / "tune"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=1), stop=INTERRUPTION,

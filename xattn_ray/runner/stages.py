@@ -17,7 +17,7 @@ from ray import tune
 from ray.tune import Stopper
 
 from xattn_ray.runner.local_ray import end_local_ray
-from xattn_ray.runner.plan import ResourcePlan
+from xattn_ray.runner.plan import DRIVER_RESOURCE, ResourcePlan
 from xattn_ray.runner.progress import ProgressTable
 from xattn_ray.runner.trial import MAX_FAILURES, TrialContext, run_trial
 from xattn_ray.store import ResultsStore
@@ -64,9 +64,17 @@ INTERRUPTION = Interruption()  # one per process, like the SIGINT handler that s
 
 
 def cluster_resources() -> dict[str, float]:
+    """What the connected cluster offers now, in the resources the plan counts."""
     import ray
 
-    return {key: value for key, value in ray.cluster_resources().items() if key in ("CPU", "GPU")}
+    return {key: value for key, value in ray.cluster_resources().items() if key in ("CPU", "GPU", DRIVER_RESOURCE)}
+
+
+def largest_node_cpus() -> float:
+    """The CPUs of the connected cluster's largest live node: the most that one trial can hold."""
+    import ray
+
+    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0)
 
 
 def runnable(experiment: Experiment, spec: RunSpec, storage: Path, store: ResultsStore,
@@ -115,7 +123,7 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
                selection: str = "grid") -> list:
     """Fit one Tune run; record why trials that did not finish stopped. Returns Tune's results."""
     plan = plan.widened(samples if search_alg is not None else len(param_space["spec"]["grid_search"]),
-                        cluster_resources())
+                        largest_node_cpus())
     context = TrialContext(experiment=experiment, storage=storage, store_uri=store.uri, workers=plan.workers,
                            worker_resources=plan.worker_resources,
                            score_valid=experiment.search is not None and experiment.search.metric == "valid_bleu",

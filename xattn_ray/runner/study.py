@@ -112,7 +112,7 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
             selection = "confirmed"
         if not INTERRUPTION.requested:
             run_analyses(experiment, known_specs(experiment, storage), storage, store, progress_interval, unfinished,
-                         selection)
+                         selection, autoscaling=address is not None)
         results = {}
         for spec in known_specs(experiment, storage):
             result = run_folder(storage, experiment, spec).result()

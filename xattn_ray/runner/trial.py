@@ -96,7 +96,8 @@ def _fit_worker_group(context: TrialContext, spec: RunSpec) -> None:
     trainer = TorchTrainer(
         _worker_loop, train_loop_config={"context": context, "spec": spec.to_dict()},
         scaling_config=ScalingConfig(num_workers=context.workers, use_gpu=resources.get("GPU", 0) > 0,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=context.experiment.resources.placement.upper()),
         run_config=RunConfig(name=run_id(context.experiment, spec), storage_path=str(context.storage / "ray-train"),
                              failure_config=FailureConfig(max_failures=MAX_FAILURES),
                              callbacks=[TuneReportCallback()]))

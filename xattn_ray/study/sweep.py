@@ -118,6 +118,9 @@ class SearchConfig:
         check_seed(self.seed, "seed")
 
 
+PLACEMENTS = ("pack", "spread")  # Ray's placement-group strategies PACK and SPREAD
+
+
 @dataclass(frozen=True)
 class ResourcesConfig:
     """What one run takes, and how many runs may train at once."""
@@ -125,7 +128,8 @@ class ResourcesConfig:
     workers: int = 1  # more than one: data-parallel training through Ray Train (DDP)
     cpus_per_worker: int = 1  # whole CPUs: fractional trial CPUs can deadlock Ray (docs/ray-facts.md, "Whole CPUs")
     gpus_per_worker: float = 0.0
-    max_concurrent: int | None = None  # None: as many as the cluster's resources allow
+    max_concurrent: int | None = None  # None: as many as the cluster holds (on a growing cluster: all of them)
+    placement: str = "pack"  # a run's workers on as few nodes as fit ("pack") or each on its own node ("spread")
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -139,3 +143,5 @@ class ResourcesConfig:
                                              f"not {self.gpus_per_worker}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise Invalid("max_concurrent", "must be at least 1")
+        if self.placement not in PLACEMENTS:
+            raise Invalid("placement", f"must be one of {', '.join(PLACEMENTS)}, not {self.placement!r}")
