@@ -1,8 +1,11 @@
 """What the tests share besides fixtures: where things are, and the CLI run as a user runs it."""
 
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,60 @@ def xattn_ray(*args, cwd: Path | None = None, timeout: int = 600, env: dict | No
     if not text:  # the output is still read as text, as for every other command
         done.stdout, done.stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
     return done
+
+
+# -- studies run by the tests: their run folders, their rows, their processes --------------------------
+
+def summaries(storage: Path, name: str) -> dict[str, dict]:
+    """Each finished run's `result.json` of the study `name` under `storage`, by run id."""
+    return {path.parent.name: json.loads(path.read_text())
+            for path in (storage / name / "runs").glob("*/result.json")}
+
+
+def assert_exactly_once(store: Path, name: str, runs: int) -> None:
+    """The store holds one train row and one test row per run of `name`, never two."""
+    from xattn_ray.store import ResultsStore
+
+    rows = ResultsStore(store).read(experiment=name)
+    train_rows = rows[rows["eval"] == "train"]
+    assert sorted(train_rows["run_id"]) == sorted(set(train_rows["run_id"])) and len(train_rows) == runs
+    tests = rows[rows["eval"] == "test"]
+    assert not tests.duplicated(["run_id", "test_set"]).any() and len(tests) == runs
+
+
+def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
+    """Poll `condition` until it returns something true (returned); fail after `timeout` seconds, or
+    as soon as `process` (the study) has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            output = "".join(stream.read() or "" for stream in (process.stdout, process.stderr) if stream)
+            raise AssertionError(f"the study ended before {what}: {output}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def trial_processes(marker: str) -> list[int]:
+    """Pids of Ray worker processes running a Tune function trial of the study started with env `marker`
+    (Ray's processes inherit the driver's environment; other studies on the machine are left alone)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes()
+                environment = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if b"ray::ImplicitFunc" in command and marker.encode() in environment:
+                found.append(int(entry.name))
+    return found
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

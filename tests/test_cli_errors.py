@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import xattn_ray
+from support import PROJECT, xattn_ray
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,15 @@ def test_data_mistakes_write_nothing(tmp_path):
                    "languages must be from 1 to")
     one_line_error(xattn_ray("data", "synth", "--out", tmp_path / "s", "--sentences", "-1"),
                    "sentences must be at least 1, got -1")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"] and a_file.read_text() == "mine\n"
+
+
+def test_a_storage_that_is_a_file_is_refused_by_every_command(tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("mine\n")
+    quickstart = PROJECT / "experiments" / "quickstart.yaml"
+    for command in (["validate", quickstart], ["run", quickstart], ["results"]):
+        one_line_error(xattn_ray(*command, "--storage", a_file), f"--storage {a_file}: a file is there")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"] and a_file.read_text() == "mine\n"
 
 

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
+        storage = getattr(args, "storage", None)
+        if isinstance(storage, Path) and storage.exists() and not storage.is_dir():
+            raise XattnError(f"--storage {storage}: a file is there; give a folder (created if missing)")
         return args.handler(args) or 0
     except XattnError as err:
         print(f"xattn-ray: error: {err}", file=sys.stderr)

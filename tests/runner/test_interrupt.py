@@ -20,7 +20,7 @@ import pytest
 from xattn_ray.engine.checkpoint import load_model, save_model
 from xattn_ray.store import ResultsStore
 
-from support import xattn_ray
+from support import wait_for, xattn_ray
 
 ONE_CHILD = "  - {pair: lb-pv, parent: la-pv, lines: [250, 400]}"
 ONE_POLICY = "grid: {policies: [xattn], seeds: [1]}"
@@ -38,18 +38,6 @@ def start_study(study: Path, cwd: Path, *args: str) -> subprocess.Popen:
 def ctrl_c(process: subprocess.Popen) -> None:
     """Ctrl-C as a terminal sends it: SIGINT to every process of the foreground group (Ray's included)."""
     os.killpg(process.pid, signal.SIGINT)
-
-
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process.poll() is not None:
-            raise AssertionError(f"the study ended before {what}: {process.stdout.read()}{process.stderr.read()}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def study_processes(marker: str) -> list[int]:

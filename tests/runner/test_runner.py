@@ -7,7 +7,6 @@ tiny preset and a few hundred synthetic sentences, so a trial takes seconds and 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,21 +22,9 @@ from xattn_ray.store import ResultsStore
 from xattn_ray.study.spec import RunSpec
 from xattn_ray.study.sweep import SearchConfig, SearchDomain
 
-from support import PROJECT, xattn_ray
+from support import (PROJECT, assert_exactly_once, free_port, summaries, trial_processes, wait_for,
+                     xattn_ray)
 
-
-
-def summaries(storage: Path, name: str) -> dict[str, dict]:
-    return {path.parent.name: json.loads(path.read_text())
-            for path in (storage / name / "runs").glob("*/result.json")}
-
-
-def assert_exactly_once(store: Path, name: str, runs: int) -> None:
-    rows = ResultsStore(store).read(experiment=name)
-    train_rows = rows[rows["eval"] == "train"]
-    assert sorted(train_rows["run_id"]) == sorted(set(train_rows["run_id"])) and len(train_rows) == runs
-    tests = rows[rows["eval"] == "test"]
-    assert not tests.duplicated(["run_id", "test_set"]).any() and len(tests) == runs
 
 
 def test_grid_runs_reuses_finished_runs_and_writes_rows_once(tmp_path, tiny_study):
@@ -90,34 +77,6 @@ def test_two_ddp_workers_follow_the_same_loss_curve_as_one(tmp_path, tiny_study)
     assert [u for u, _ in curve_one] == [u for u, _ in curve_two] == [6, 12]
     for (_, loss_one), (_, loss_two) in zip(curve_one, curve_two):
         assert loss_two == pytest.approx(loss_one, abs=2e-3)
-
-
-def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the study ended before {what}: {process.stdout.read()}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def trial_processes(marker: str) -> list[int]:
-    """Pids of Ray worker processes running a Tune function trial of the study started with env `marker`
-    (Ray's processes inherit the driver's environment; other studies on the machine are left alone)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                command = (entry / "cmdline").read_bytes()
-                environment = (entry / "environ").read_bytes()
-            except OSError:
-                continue
-            if b"ray::ImplicitFunc" in command and marker.encode() in environment:
-                found.append(int(entry.name))
-    return found
 
 
 def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, tiny_study):
@@ -287,13 +246,6 @@ def test_asha_stops_weak_trials_of_a_search_and_records_them(tmp_path, tiny_stud
     assert (children["status"] == "stopped").any()  # ASHA halves the field at each rung
     assert json.loads((tmp_path / "st" / "tiny" / "search-best.json").read_text())[0]["run_id"] in set(
         children[children["status"] == "ok"]["run_id"])
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.slow

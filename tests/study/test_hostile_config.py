@@ -105,6 +105,10 @@ CASES = [
     ("child-changes-both", {"children": CHILD.replace("lb-pv", "lb-la")}, [], "children[0].pair", "both sides"),
     ("child-changes-neither", {"children": CHILD.replace("lb-pv", "la-pv").replace("}", ", name: again}")}, [],
      "children[0].pair", "no side changes"),
+    # A child's parent that does not exist, while the analyses name that child (found by the fuzz).
+    ("parent-missing-under-analyses", {"children": CHILD.replace("la-pv", "nope"),
+                                       "extra": "analyses:\n  zeroshot:\n    - {body: lb-pv, embeddings: lb-pv}"},
+     [], "children[0].parent", "no parent named 'nope'"),
     # What YAML itself allows.
     ("recursive-alias", {"extra": "x: &a [*a]"}, [], "x[0]", "refers to a list or mapping it is part of"),
     ("list-as-key", {"extra": "? [a, b]\n: 1"}, [], "<top level>", "a key must be a single value"),

@@ -305,7 +305,6 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
         if name not in POLICIES and name not in experiment.policies:
             known = ", ".join([*POLICIES, *experiment.policies])
             raise_at(doc, ("grid", "policies", i), f"unknown policy {name!r} (known: {known})")
-    _check_analyses(experiment, doc)
     child_train = experiment.child_train or experiment.train
     for name, values in experiment.grid.options.items():
         for i, value in enumerate(values):
@@ -343,6 +342,7 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
                     known = ", ".join(corpus.test) or "none"
                     raise_at(doc, key_path + ("test_sets",),
                              f"corpus {corpus_name!r} has no test set {test_name!r} (it has: {known})")
+    _check_analyses(experiment, doc)  # after the runs: the analyses name them and their corpora
     _check_policies(experiment, doc)
 
 
