@@ -448,6 +448,8 @@ def _report(args: argparse.Namespace) -> int:
 
     store = ResultsStore(args.store or args.storage / "results")
     store.check_exists()
+    if store.holds(args.out):  # reading the store never writes into it
+        raise XattnError(f"--out {args.out} is inside the results store {store.uri}: write it elsewhere")
     path = build_report(store, args.experiment, args.out)
     print(f"wrote {path}")
     return 0

@@ -6,12 +6,21 @@ The directory is a local folder or anything pyarrow opens (`s3://bucket/prefix`,
 out as Hive partitions with one file per run and evaluation:
 
     <root>/experiment=<name>/stage=<parent|child|analysis>/<run_id>.<eval>.parquet
+    <root>/texts/experiment=<name>/<sha256 of the bytes>.txt      (a store that is not a local folder)
 
-Writers need no locks. A file is written under a hidden name (a leading `.`, which readers skip)
-beside its final name and renamed into place, so a reader sees a whole file or none, a crash leaves
-what was there, and writing a run's evaluation again (a retried or resumed trial) replaces its rows
-instead of adding to them. Nothing deletes rows. Readers list the files, then read them through the
-one `SCHEMA`; `ResultsStore.sql` puts DuckDB over the rows as a table named `results`.
+Writers need no locks. On a local disk a file is written under a hidden name (a leading `.`, which
+readers skip) beside its final name and renamed into place; in an object store (S3, GCS, Azure) it is
+uploaded to its final key, which shows an object only once the upload is complete. Either way a reader
+sees a whole file or none, a crash leaves what was there, and writing a run's evaluation again (a
+retried or resumed trial) replaces its rows instead of adding to them. Nothing deletes rows. Readers
+list the files, then read them through the one `SCHEMA`; `ResultsStore.sql` puts DuckDB over the rows
+as a table named `results`.
+
+A row's `hypotheses_uri` and `references_uri` name text files. A local store keeps the paths of the
+run's own files; any other store copies the files into `texts/` as it writes the rows, and the rows
+name the copies (`s3://bucket/prefix/texts/...`), so a report reads them from any machine. A copy is
+named by its content: a retry writes the same key, and one reference file shared by many runs is one
+object. `ResultsStore.read_text` reads those two kinds of name and refuses any other.
 
 Queries are read-only and see the rows and nothing else: the rows are loaded first, then DuckDB runs
 in memory with external access off and its configuration locked, so no query reads or writes a file,
@@ -24,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import hashlib
 import importlib.metadata
 import json
 import numbers
@@ -33,6 +43,7 @@ import subprocess
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -112,10 +123,14 @@ SCHEMA = pa.schema([
 
 # Columns holding JSON text: `make_row` encodes other values given for them.
 JSON_COLUMNS = ("valid_curve", "stitched_from", "hparams")
+# Columns naming a text file: a store that is not a local folder holds copies of those files (`texts/`).
+TEXT_COLUMNS = ("hypotheses_uri", "references_uri")
 
 # A run id becomes a file name, so it may not hold a path separator or start hidden (`.`, `_`).
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _UNKNOWN_COLUMN = re.compile(r"No match for FieldRef\.Name\((.*?)\)")
+# A text's copy below `<root>/texts/`: named by the sha256 of its bytes, never `*.parquet`, so never read as rows.
+_TEXT_KEY = re.compile(r"experiment=[^/]+/[0-9a-f]{64}\.txt")
 
 
 def codeswitch_kind(test_set: str) -> str:
@@ -200,13 +215,20 @@ class ResultsStore:
         else:
             self._fs, root = pafs.LocalFileSystem(), os.path.abspath(self.uri)
         self._root = root.rstrip("/")
+        self._local = isinstance(self._fs, pafs.LocalFileSystem)
+        # An object store shows an upload only once it is complete; a disk (and HDFS) shows a file as it grows.
+        self._renames = isinstance(self._fs, (pafs.LocalFileSystem, pafs.HadoopFileSystem))
+        self._texts_uri = None if self._local else _texts_uri(self.uri)
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
         """Store `rows`, replacing any rows already stored for the same run and evaluation.
 
         Rows are completed by `make_row` and grouped by (experiment, stage, run_id, eval); each group
-        becomes one file, so all of one evaluation's rows (every test set) go in one call. Every
-        group is checked before the first file is written: a bad row leaves the store as it was.
+        becomes one file, so all of one evaluation's rows (every test set) go in one call. A store that
+        is not a local folder first copies the local files the rows name in `TEXT_COLUMNS` into
+        `texts/` (each once, and none it holds already), and the rows name the copies. Every group is
+        checked, and every text file read, before the first file is written: a bad row or a missing
+        text file leaves the store as it was.
         """
         groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
         for row in rows:
@@ -216,8 +238,11 @@ class ResultsStore:
         for key, group in groups.items():
             table = _to_table(group)  # first: it checks that the values naming the file are strings
             files.append((self._path(*key), table))
+        texts = {} if self._local else self._texts_of([table for _, table in files])
+        for text in texts.values():
+            self._store_text(text)
         for path, table in files:
-            self._replace(path, table)
+            self._write(path, _parquet_bytes(_naming_copies(table, texts)))
 
     def table(self, experiment: str | None = None, filters: pc.Expression | list | None = None) -> pa.Table:
         """The stored rows (of one experiment, if given) matching `filters`, as a table of `SCHEMA`.
@@ -231,8 +256,9 @@ class ResultsStore:
         directory = self._root if experiment is None else f"{self._root}/{_partition('experiment', experiment)}"
         try:
             listed = self._fs.get_file_info(pafs.FileSelector(directory, recursive=True, allow_not_found=True))
-            # List, then read: a stored file is only ever replaced whole, never removed, and a
-            # writer's file in progress is hidden, so every listed file stays readable.
+            # List, then read: a stored file is only ever replaced whole, never removed, and a writer's
+            # file in progress is hidden (a local temporary) or absent (an upload not yet complete), so
+            # every listed file stays readable. Text copies (`texts/`) are not results files.
             paths = sorted(info.path for info in listed
                            if info.type == pafs.FileType.File and _is_results_file(info.base_name))
             dataset = ds.FileSystemDataset.from_paths(paths, schema=SCHEMA, format=ds.ParquetFileFormat(),
@@ -260,9 +286,26 @@ class ResultsStore:
         if kind != pafs.FileType.Directory:
             raise StoreError(f"results store {self.uri} is not a folder")
 
+    def read_text(self, uri: str) -> str:
+        """The text of a file a row names in `TEXT_COLUMNS`: a local path, or this store's copy.
+
+        Anything else (another store's object, a URL), a file that is gone, and bytes that are not
+        UTF-8 are a `StoreError`. The text is returned as stored, line ends included.
+        """
+        if "://" not in uri:
+            return read_local_text(uri)
+        key = self._copy_key(uri)
+        if key is None:
+            raise StoreError(f"{uri} is neither a local file nor a text of results store {self.uri}")
+        try:
+            with self._fs.open_input_stream(f"{self._root}/texts/{key}") as stream:
+                return _decoded(stream.readall(), uri)
+        except (pa.ArrowException, OSError) as err:
+            raise StoreError(f"cannot read {uri}: {_one_line(err)}") from None
+
     def holds(self, path: str | os.PathLike) -> bool:
         """Whether the local `path` is inside this store's folder (where only writers of rows may write)."""
-        if not isinstance(self._fs, pafs.LocalFileSystem):
+        if not self._local:
             return False
         return Path(path).resolve().is_relative_to(Path(self._root).resolve())
 
@@ -322,14 +365,55 @@ class ResultsStore:
         return (f"{self._root}/{_partition('experiment', experiment)}/{_partition('stage', stage)}/"
                 f"{run_id}.{evaluation}.parquet")
 
-    def _replace(self, path: str, table: pa.Table) -> None:
-        """Write `table` to a hidden file beside `path`, then rename it over `path`."""
+    def _texts_of(self, tables: list[pa.Table]) -> dict[str, _Text]:
+        """The local files that the `TEXT_COLUMNS` of `tables` name, by name: read, each with its copy's place."""
+        texts: dict[str, _Text] = {}
+        for table in tables:
+            for column in TEXT_COLUMNS:
+                for experiment, name in zip(table["experiment"].to_pylist(), table[column].to_pylist()):
+                    if name is None or name in texts or self._copy_key(name) is not None:
+                        continue  # none, read already, or a copy this store holds (rows read and written again)
+                    if "://" in name:
+                        raise StoreError(f"results column {column!r} names {name}: neither a local file "
+                                         f"nor a text of results store {self.uri}")
+                    data = _read_local(name)
+                    key = f"{_partition('experiment', experiment)}/{hashlib.sha256(data).hexdigest()}.txt"
+                    texts[name] = _Text(f"{self._root}/texts/{key}", f"{self._texts_uri}/{key}", data)
+        return texts
+
+    def _copy_key(self, uri: str) -> str | None:
+        """Where below `texts/` the copy that `uri` names lies, or None if `uri` names no copy of this store."""
+        key = uri.removeprefix(f"{self._texts_uri}/") if self._texts_uri else uri
+        return key if key != uri and _TEXT_KEY.fullmatch(key) else None
+
+    def _store_text(self, text: _Text) -> None:
+        """Copy `text` into the store unless it is there: a copy named by its content is that content."""
+        try:
+            stored = self._fs.get_file_info(text.path).type == pafs.FileType.File
+        except (pa.ArrowException, OSError) as err:
+            raise StoreError(f"cannot write {text.path}: {_one_line(err)}") from None
+        if not stored:
+            self._write(text.path, text.data)
+
+    def _write(self, path: str, data: bytes | pa.Buffer) -> None:
+        """Put `data` at `path` so that no reader ever sees part of it, nor a crash leaves part of it."""
+        if not self._renames:
+            # An object store shows an upload at its key only once it completes (a PUT, or a multipart
+            # upload's last request). The bytes are whole before the upload starts: pyarrow's stream cannot
+            # be aborted, and closing it on an error would complete the upload with what it had.
+            try:
+                with self._fs.open_output_stream(path) as stream:
+                    stream.write(data)
+            except (pa.ArrowException, OSError) as err:
+                raise StoreError(f"cannot write {path}: {_one_line(err)}") from None
+            return
         directory, name = path.rsplit("/", 1)
         temporary = f"{directory}/.{name}.{uuid.uuid4().hex}"  # unique: concurrent writers never share one
         try:
             self._fs.create_dir(directory, recursive=True)
-            pq.write_table(table, temporary, filesystem=self._fs)
-            if isinstance(self._fs, pafs.LocalFileSystem):
+            with self._fs.open_output_stream(temporary) as stream:
+                stream.write(data)
+            if self._local:
                 _flush_to_disk(temporary)  # else a power cut after the rename could leave an empty file
             self._fs.move(temporary, path)
         except BaseException as err:
@@ -338,6 +422,59 @@ class ResultsStore:
             if isinstance(err, OSError):
                 raise StoreError(f"cannot write {path}: {_one_line(err)}") from None
             raise
+
+
+@dataclass(frozen=True)
+class _Text:
+    """A local text file on its way into a store: where its copy goes, how rows name the copy, its bytes."""
+
+    path: str
+    uri: str
+    data: bytes
+
+
+def read_local_text(path: str | os.PathLike) -> str:
+    """The text of the local file `path`, as stored; a file that is gone or not UTF-8 is a `StoreError`."""
+    return _decoded(_read_local(path), path)
+
+
+def _read_local(path: str | os.PathLike) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise StoreError(f"cannot read {path}: {err.strerror or err}") from None
+
+
+def _decoded(data: bytes, name: str | os.PathLike) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreError(f"{name} is not UTF-8 text") from None
+
+
+def _texts_uri(uri: str) -> str:
+    """How rows name the text copies of the store at `uri`: its URI without credentials or options, + `/texts`."""
+    parts = urllib.parse.urlsplit(uri)
+    location = parts.netloc.rpartition("@")[2] + parts.path
+    return f"{parts.scheme}://{location.rstrip('/')}/texts"
+
+
+def _naming_copies(table: pa.Table, texts: dict[str, _Text]) -> pa.Table:
+    """`table` whose `TEXT_COLUMNS` name the store's copies of `texts` instead of the local files."""
+    if not texts:
+        return table
+    for column in TEXT_COLUMNS:
+        names = [texts[name].uri if name in texts else name for name in table[column].to_pylist()]
+        index = table.schema.get_field_index(column)
+        table = table.set_column(index, SCHEMA.field(column), pa.array(names, pa.string()))
+    return table
+
+
+def _parquet_bytes(table: pa.Table) -> pa.Buffer:
+    """`table` as the bytes of a Parquet file, built whole in memory (a results file is small)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue()
 
 
 def _to_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -152,3 +152,14 @@ def test_report_command_mistakes_are_one_line_and_write_nothing(stores, tmp_path
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == f"xattn-ray: error: no results for experiment 'other' in {stores / 'failed'}\n"
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_report_is_never_written_into_the_store(tmp_path):
+    """Reading the store never writes into it: the report's folder may not be the store or inside it."""
+    store = store_of(tmp_path / "results", parent_rows() + failed_children())
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    for out in (tmp_path / "results", tmp_path / "results" / "report"):
+        done = xattn_ray("report", "--store", store.uri, "--experiment", EXPERIMENT, "--out", out)
+        assert done.returncode == 2 and done.stderr == (f"xattn-ray: error: --out {out} is inside the results store "
+                                                        f"{store.uri}: write it elsewhere\n")
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before

@@ -13,7 +13,6 @@ head. The head offers no CPU, as cluster.yaml's does: trials land on worker node
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from support import assert_exactly_once, free_port, summaries, wait_for
+from support import assert_exactly_once, free_port, stop_head, summaries, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -223,11 +222,7 @@ def test_an_autoscaling_cluster_adds_nodes_for_pending_trials_and_removes_them_a
                  "the idle nodes to be removed")
         print(f"\nautoscaling: {len(started)} nodes started, at most {peak} child trials at once")
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_head(head)
 
 
 def _answers(dashboard: str) -> bool:

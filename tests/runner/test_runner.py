@@ -22,7 +22,7 @@ from xattn_ray.store import ResultsStore
 from xattn_ray.study.spec import RunSpec
 from xattn_ray.study.sweep import SearchConfig, SearchDomain
 
-from support import (PROJECT, assert_exactly_once, free_port, summaries, trial_processes, wait_for,
+from support import (PROJECT, assert_exactly_once, free_port, stop_head, summaries, trial_processes, wait_for,
                      xattn_ray)
 
 
@@ -285,11 +285,7 @@ def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path, tiny_study):
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         assert "succeeded" in submitted.stdout.lower()
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        stop_head(head)
     assert len(summaries(tmp_path / "st", "tiny")) == 2
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 2)
 

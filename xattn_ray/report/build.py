@@ -16,20 +16,24 @@ from xattn_ray.report.codeswitch import codeswitch_sections
 from xattn_ray.report.figures import figures_section, render_figures
 from xattn_ray.report.findings import findings_section
 from xattn_ray.report.markdown import markdown_table
-from xattn_ray.report.rows import (ReferencesFor, counted_rows, is_codeswitch_study, missing_runs, references_from_uri,
-                                   searched_cells)
+from xattn_ray.report.rows import (ReferencesFor, StoredTexts, counted_rows, is_codeswitch_study, missing_runs,
+                                   references_from_uri, searched_cells)
 from xattn_ray.report.transfer import transfer_sections
 from xattn_ray.store import ResultsStore
 
 
 def build_report(store: ResultsStore, experiment: str, out_dir: Path,
-                 references_for: ReferencesFor = references_from_uri) -> Path:
+                 references_for: ReferencesFor | None = None) -> Path:
     """Write `out_dir/report.md` and its figures for `experiment`; return the path of report.md.
 
-    `references_for(test row)` gives the reference lines the significance tests score against. An
-    experiment without rows, or an `out_dir` that is a file, is an `XattnError`, raised before
-    anything is written; the files are written only once every one of them is built.
+    `references_for(test row)` gives the reference lines the significance tests score against; by
+    default the rows' `references_uri` files, read through `store` as their translations are (so the
+    report of an `s3://` store needs no run folder). An experiment without rows, or an `out_dir` that
+    is a file, is an `XattnError`, raised before anything is written; the files are written only once
+    every one of them is built.
     """
+    if references_for is None:
+        references_for = StoredTexts(store)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise XattnError(f"{out_dir}: a file is there; the report needs a folder")

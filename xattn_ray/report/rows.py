@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas
 
-from xattn_ray.store import COUNTED_SELECTIONS, codeswitch_kind
+from xattn_ray.store import COUNTED_SELECTIONS, ResultsStore, StoreError, codeswitch_kind, read_local_text
 
 # The paper's order: the baseline, the full fine-tuning reference, then the cheap policies.
 POLICY_ORDER = ("scratch", "body", "xattn", "randxattn")
@@ -21,23 +20,33 @@ ReferencesFor = Callable[[pandas.Series], "list[str] | None"]
 
 # --- stored files -------------------------------------------------------------------------------
 
-def references_from_uri(row: pandas.Series) -> list[str] | None:
-    """The reference lines a test row was scored against, from its `references_uri` file (None if unknown,
-    or if the file is gone or unreadable: the report then says the test could not be run)."""
-    uri = row.get("references_uri")
-    if not isinstance(uri, str) or not uri:
-        return None
-    return read_lines(uri)
+class StoredTexts:
+    """The text files stored rows name (`hypotheses_uri`, `references_uri`), read through the results store
+    that holds the rows: a local path, or the store's own copy (`ResultsStore.read_text`). Without a store,
+    local paths only. Called on a test row, it gives the references the row was scored against (a
+    `ReferencesFor`); `lines` reads any file a row names, its translations too."""
+
+    def __init__(self, store: ResultsStore | None = None) -> None:
+        self.store = store
+
+    def __call__(self, row: pandas.Series) -> list[str] | None:
+        """The reference lines a test row was scored against, from its `references_uri` (None if unknown,
+        or if the file is gone or unreadable: the report then says the test could not be run)."""
+        uri = row.get("references_uri")
+        return self.lines(uri) if isinstance(uri, str) and uri else None
+
+    def lines(self, uri: str) -> list[str] | None:
+        """One line per sentence, as the pipeline writes them (each followed by a newline); None when the file
+        is gone, not UTF-8 text, or not one the store reads (a store moved, a file edited by hand, another
+        store's copy): the report says what it could not test."""
+        try:
+            text = self.store.read_text(uri) if self.store is not None else read_local_text(uri)
+        except StoreError:
+            return None
+        return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
 
 
-def read_lines(path: str) -> list[str] | None:
-    """One line per sentence, as the pipeline writes them (each followed by a newline); None when the file is
-    gone or not UTF-8 text (a store moved, or a file edited by hand): the report says what it could not test."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
+references_from_uri = StoredTexts()  # rows whose files are on this machine (a local store's rows)
 
 
 # --- rows of any study --------------------------------------------------------------------------

@@ -6,8 +6,8 @@ import logging
 
 import pandas
 
-from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, codeswitch_tests,
-                                   ordered_policies, ordered_variants, primary_child_tests, read_lines,
+from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, StoredTexts,
+                                   codeswitch_tests, ordered_policies, ordered_variants, primary_child_tests,
                                    references_from_uri)
 from xattn_ray.store import codeswitch_kind
 
@@ -24,6 +24,7 @@ def significance(frame: pandas.DataFrame, references_for: ReferencesFor = refere
     seed, bleu (as the test recomputes it from the files), body_bleu (stored), p_value, signature, note
     (why a run could not be tested; its p_value is then NaN).
     """
+    texts = _translations(references_for)
     tests = primary_child_tests(frame)
     results = []
     for (pair, test_set, seed), runs in tests.groupby(["pair", "test_set", "seed"]):
@@ -38,7 +39,7 @@ def significance(frame: pandas.DataFrame, references_for: ReferencesFor = refere
                         for policy in ordered_policies(runs["policy"]) if policy != REFERENCE_POLICY]
         else:
             results += [dict(base, **test) for test in _paired_tests(runs.set_index("policy"), references_for(body),
-                                                                     REFERENCE_POLICY)]
+                                                                     REFERENCE_POLICY, texts)]
     columns = ["pair", "test_set", "system", "seed", "bleu", "body_bleu", "p_value", "signature", "note"]
     return pandas.DataFrame(results, columns=columns).rename(columns={"system": "policy"})
 
@@ -54,6 +55,7 @@ def codeswitch_significance(frame: pandas.DataFrame,
     baseline_bleu (as the test recomputes them from the files), delta (bleu minus baseline_bleu), p_value,
     signature, note (why a run could not be tested; its numbers are then NaN).
     """
+    texts = _translations(references_for)
     tests = codeswitch_tests(frame)
     tests = tests[(tests["stage"] == "codeswitch") & tests["kind"].isin(("seen", "unseen"))]
     results = []
@@ -71,7 +73,8 @@ def codeswitch_significance(frame: pandas.DataFrame,
                         for variant in ordered_variants(runs) if variant != baseline["variant"]]
         else:
             results += [dict(shared, **test) for test in _paired_tests(runs.set_index("variant"),
-                                                                       references_for(baseline), baseline["variant"])]
+                                                                       references_for(baseline), baseline["variant"],
+                                                                       texts)]
     columns = ["system", "baseline", "policy", "seed", "kind", "test_set", "bleu", "baseline_bleu", "p_value",
                "signature", "note"]
     table = pandas.DataFrame(results, columns=columns).rename(columns={"system": "variant"})
@@ -96,11 +99,19 @@ def codeswitch_verdicts(tests: pandas.DataFrame) -> pandas.DataFrame:
     return table[["baseline", "seeds", "better", "worse", "tests", "tests_better", "tests_worse"]]
 
 
-def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline: str) -> list[dict]:
+def _translations(references_for: ReferencesFor) -> StoredTexts:
+    """What reads the runs' stored translations: the store the references are read through, when
+    `references_for` reads them from the rows (a `StoredTexts`); else this machine's disk."""
+    return references_for if isinstance(references_for, StoredTexts) else references_from_uri
+
+
+def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline: str,
+                  texts: StoredTexts) -> list[dict]:
     """One paired bootstrap test of each run of `runs` against the `baseline` run.
 
-    `runs` is indexed by system (a policy, a code-switching variant); each test is a dict of system,
-    bleu and baseline_bleu (as the test recomputes them from the files), p_value, signature and note.
+    `runs` is indexed by system (a policy, a code-switching variant); `texts` reads their translations.
+    Each test is a dict of system, bleu and baseline_bleu (as the test recomputes them from the files),
+    p_value, signature and note.
     """
     from sacrebleu.metrics import BLEU
     from sacrebleu.significance import PairedTest
@@ -112,7 +123,7 @@ def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline
         uri = runs.at[system, "hypotheses_uri"]
         if references is None:
             notes[system] = "no readable reference file (references_uri)"
-        elif not isinstance(uri, str) or (hypotheses := read_lines(uri)) is None:
+        elif not isinstance(uri, str) or (hypotheses := texts.lines(uri)) is None:
             notes[system] = f"hypotheses file missing or unreadable: {uri}"
         elif len(hypotheses) != len(references):
             notes[system] = f"{len(hypotheses)} hypotheses for {len(references)} references"

@@ -64,6 +64,7 @@ class StudyResult:
     analyses: list[dict]  # the study's analysis rows from the results store
     interrupted: bool = False  # Ctrl-C ended it: runs left in `unfinished` continue with --resume
     rows: pandas.DataFrame | None = None  # the study's counted rows in the results store (report.rows.counted_rows)
+    store: ResultsStore | None = None  # where the rows are, and the texts they name
 
 
 NOT_STARTED = "not started: the study was interrupted"
@@ -123,7 +124,7 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
         rows = counted_rows(store.read(experiment=experiment.name))
         analyses = rows[(rows["stage"] == "analysis") & (rows["status"] == "ok")]
         return StudyResult(experiment, results, unfinished, analyses.to_dict("records"), INTERRUPTION.requested,
-                           rows)
+                           rows, store)
 
 
 def _tune_then_confirm(experiment: Experiment, storage: Path, store: ResultsStore, plan: ResourcePlan,

@@ -4,6 +4,7 @@ its results, then every run that did not finish."""
 from __future__ import annotations
 
 from xattn_ray.report.findings import findings_lines, study_findings
+from xattn_ray.report.rows import StoredTexts
 from xattn_ray.runner.study import NOT_STARTED, StudyResult
 from xattn_ray.study.kinds import kind_of
 
@@ -13,7 +14,7 @@ def format_summary(result: StudyResult) -> str:
     never started."""
     lines = kind_of(result.experiment).summary_lines(list(result.results.values()), result.analyses)
     if result.rows is not None:
-        lines += findings_lines(study_findings(result.rows))
+        lines += findings_lines(study_findings(result.rows, StoredTexts(result.store)))  # texts on S3 too
     lines += [f"not finished: {identifier}: {why}" for identifier, why in sorted(result.unfinished.items())
               if why != NOT_STARTED]
     not_started = sum(why == NOT_STARTED for why in result.unfinished.values())
