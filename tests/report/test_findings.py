@@ -141,6 +141,21 @@ def test_each_grid_cell_is_checked_on_its_own_runs_never_pooled(tmp_path):
     assert found[4][1].count("lr=0.00") == 2 and found[5][0] == HELD  # analyses are split the same way
 
 
+def test_table2_gives_each_grid_cell_a_column_as_the_findings_do():
+    from xattn_ray.report.transfer import table2
+
+    def cell(lr: float, **numbers) -> list[dict]:
+        return [{**r, "run_id": f"{r['run_id']}-lr{lr:g}", "hparams": json.dumps({"options": {"lr": lr}, "size": None})}
+                for r in study_rows(**numbers) if r["stage"] != "parent"]
+    parent = [r for r in study_rows() if r["stage"] == "parent"]
+    rows = pandas.DataFrame([make_row(**r) for r in parent + cell(0.001) + cell(0.002, bleu={**PAPER, "xattn": 10.0})])
+    table = table2(rows)
+    assert list(table.columns) == ["lb-pv lr=0.001", "lb-pv lr=0.002"]
+    # Each cell against its own body; pooled, xattn would be 14.60 against body's 20.10.
+    assert table.at["xattn", "lb-pv lr=0.001"] == "**19.10 (−1.00)**"
+    assert table.at["xattn", "lb-pv lr=0.002"] == "10.10 (−10.00)"
+
+
 def test_missing_policies_and_analyses_are_not_enough_runs(tmp_path):
     rows = study_rows(bleu={"body": 20.0, "xattn": 19.0}, bli=(40.0, None), forgetting=(None, None),
                       zeroshot=(None, 2.0))

@@ -8,8 +8,8 @@ import json
 import pandas
 
 from xattn_ray.report.codeswitch import codeswitch_bleu
-from xattn_ray.report.rows import (CODESWITCH_KINDS, codeswitch_tests, is_codeswitch_study, ok_rows, ordered_pairs,
-                                   ordered_policies, ordered_variants, primary_child_tests)
+from xattn_ray.report.rows import (CODESWITCH_KINDS, codeswitch_tests, is_codeswitch_study, ok_rows, ordered_columns,
+                                   ordered_pairs, ordered_policies, ordered_variants, primary_child_tests)
 from xattn_ray.report.transfer import child_bleu
 
 FIGURE_DPI = 150
@@ -55,10 +55,10 @@ def _bleu_by_pair(frame: pandas.DataFrame):
     summary = child_bleu(frame)
     if summary.empty:
         return None
-    pairs = ordered_pairs(primary_child_tests(frame))
+    columns = ordered_columns(primary_child_tests(frame))  # a pair, or a pair's grid cells
     policies = ordered_policies(summary["policy"])
-    bars = {policy: summary[summary["policy"] == policy].set_index("pair").reindex(pairs) for policy in policies}
-    return _bar_chart(pairs, bars, _colors(policies), xlabel="child pair", title="BLEU by pair and policy",
+    bars = {policy: summary[summary["policy"] == policy].set_index("column").reindex(columns) for policy in policies}
+    return _bar_chart(columns, bars, _colors(policies), xlabel="child pair", title="BLEU by pair and policy",
                       legend="policy")
 
 

@@ -118,6 +118,20 @@ def ordered_pairs(rows: pandas.DataFrame) -> list[str]:
     return list(dict.fromkeys(keys.sort_values(["parent_pair", "side", "pair"])["pair"]))
 
 
+def child_column(rows: pandas.DataFrame) -> pandas.Series:
+    """Where each child row's number goes in Table 2: its pair, with its grid cell when it has one
+    (`lb-pv lr=0.008`), so that runs trained with different grid options or sizes are never pooled."""
+    cells = rows["hparams"].map(grid_cell) if "hparams" in rows else pandas.Series("", index=rows.index)
+    return (rows["pair"] + " " + cells.fillna("")).str.strip()
+
+
+def ordered_columns(rows: pandas.DataFrame) -> list[str]:
+    """Table 2's columns: the pairs in `ordered_pairs` order, each pair's grid cells by name."""
+    pairs = ordered_pairs(rows)
+    columns = rows.assign(column=child_column(rows))[["pair", "column"]].drop_duplicates()
+    return sorted(columns["column"], key=lambda column: (pairs.index(column.split(" ", 1)[0]), column))
+
+
 def primary_test_sets(frame: pandas.DataFrame) -> dict[str, str]:
     """Each child pair's first test set by name: the one Table 2, the tests and the figures use."""
     tests = ok_rows(frame, "test", "child")

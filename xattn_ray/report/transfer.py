@@ -8,8 +8,8 @@ import pandas
 
 from xattn_ray.report.costs import cost_cells, mean_costs
 from xattn_ray.report.markdown import markdown_table, mean_std, number, signed, untested_lines
-from xattn_ray.report.rows import (REFERENCE_POLICY, ReferencesFor, ok_rows, ordered_pairs, ordered_policies,
-                                   primary_child_tests, primary_test_sets)
+from xattn_ray.report.rows import (REFERENCE_POLICY, ReferencesFor, child_column, ok_rows, ordered_columns,
+                                   ordered_pairs, ordered_policies, primary_child_tests, primary_test_sets)
 from xattn_ray.report.significance import BOOTSTRAP_SAMPLES, SIGNIFICANCE_LEVEL, significance
 
 
@@ -22,41 +22,43 @@ def transfer_sections(frame: pandas.DataFrame, references_for: ReferencesFor) ->
 # --- Table 2 ------------------------------------------------------------------------------------
 
 def child_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
-    """BLEU of every (pair, policy) on the pair's primary test set, over seeds.
+    """BLEU of every (pair, grid cell, policy) on the pair's primary test set, over seeds.
 
-    Columns: pair, policy, test_set, mean, std (NaN for one seed), seeds, vs_body (mean minus the
-    body's mean on the same pair; NaN where there is no body, and for body itself), best (one of the
-    two highest means of its pair; ties at second place are all best).
+    Columns: pair, column (the pair and its grid cell: `child_column`), policy, test_set, mean, std
+    (NaN for one seed), seeds, vs_body (mean minus the body's mean in the same column; NaN where there is
+    no body, and for body itself), best (one of the two highest means of its column; ties at second
+    place are all best).
     """
     tests = primary_child_tests(frame)
     if tests.empty:  # every child failed, or none ran: no cells (and no arithmetic on empty text columns)
-        return pandas.DataFrame(columns=["pair", "policy", "test_set", "mean", "std", "seeds", "vs_body", "best"])
-    summary = (tests.groupby(["pair", "policy", "test_set"])["bleu"]
+        return pandas.DataFrame(columns=["pair", "column", "policy", "test_set", "mean", "std", "seeds", "vs_body",
+                                         "best"])
+    summary = (tests.assign(column=child_column(tests)).groupby(["pair", "column", "policy", "test_set"])["bleu"]
                .agg(mean="mean", std="std", seeds="count").reset_index())
-    body = summary[summary["policy"] == REFERENCE_POLICY].set_index("pair")["mean"]
-    summary["vs_body"] = summary["mean"] - summary["pair"].map(body)
+    body = summary[summary["policy"] == REFERENCE_POLICY].set_index("column")["mean"]
+    summary["vs_body"] = summary["mean"] - summary["column"].map(body)
     summary.loc[summary["policy"] == REFERENCE_POLICY, "vs_body"] = float("nan")
-    second_best = summary.groupby("pair")["mean"].transform(lambda means: means.nlargest(2).min())
+    second_best = summary.groupby("column")["mean"].transform(lambda means: means.nlargest(2).min())
     summary["best"] = summary["mean"] >= second_best
     return summary
 
 
 def table2(frame: pandas.DataFrame) -> pandas.DataFrame:
-    """The paper's Table 2 as text cells: rows = policies, columns = child pairs.
+    """The paper's Table 2 as text cells: rows = policies, columns = child pairs (one per grid cell).
 
     A cell is `mean ± std`, with `(±difference)` from body for the transfer policies (not for
     scratch, which is no transfer), in **bold** when among the two best of its column.
     """
     summary = child_bleu(frame)
-    pairs, policies = ordered_pairs(primary_child_tests(frame)), ordered_policies(summary["policy"])
+    columns, policies = ordered_columns(primary_child_tests(frame)), ordered_policies(summary["policy"])
     cells = {}
     for row in summary.itertuples():
         text = mean_std(row.mean, row.std, row.seeds)
         if row.policy not in ("scratch", REFERENCE_POLICY) and row.vs_body == row.vs_body:
             text += f" ({signed(row.vs_body)})"
-        cells[(row.policy, row.pair)] = f"**{text}**" if row.best else text
-    table = pandas.DataFrame([[cells.get((policy, pair), "") for pair in pairs] for policy in policies],
-                             index=policies, columns=pairs)
+        cells[(row.policy, row.column)] = f"**{text}**" if row.best else text
+    table = pandas.DataFrame([[cells.get((policy, column), "") for column in columns] for policy in policies],
+                             index=policies, columns=columns)
     table.index.name = "policy"
     return table
 
@@ -81,8 +83,9 @@ def _table2_section(frame: pandas.DataFrame) -> str:
     lines = ["## Table 2: BLEU of child models", "",
              f"sacreBLEU on {where}; mean ± standard deviation over seeds; in parentheses the difference "
              f"from `{REFERENCE_POLICY}`; the two best of each pair in bold.", "", markdown_table(table2(frame))]
-    if primary_child_tests(frame).duplicated(["pair", "policy", "seed"]).any():
-        lines += ["", "Several runs share a pair, policy and seed (grid sizes or options): their BLEU is pooled."]
+    tests = primary_child_tests(frame)
+    if tests.assign(column=child_column(tests)).duplicated(["column", "policy", "seed"]).any():
+        lines += ["", "Several runs share a pair, grid cell, policy and seed: their BLEU is pooled."]
     parents = parent_bleu(frame)
     if not parents.empty:
         lines += ["", "Parent" + ("s" if len(parents) > 1 else "") + ": " + "; ".join(
