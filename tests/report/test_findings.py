@@ -141,8 +141,8 @@ def test_each_grid_cell_is_checked_on_its_own_runs_never_pooled(tmp_path):
     assert found[4][1].count("lr=0.00") == 2 and found[5][0] == HELD  # analyses are split the same way
 
 
-def test_table2_gives_each_grid_cell_a_column_as_the_findings_do():
-    from xattn_ray.report.transfer import table2
+def test_the_tables_give_each_grid_cell_its_own_column_or_row_as_the_findings_do():
+    from xattn_ray.report.transfer import bli_table, forgetting_table, table2, zeroshot_table
 
     def cell(lr: float, **numbers) -> list[dict]:
         return [{**r, "run_id": f"{r['run_id']}-lr{lr:g}", "hparams": json.dumps({"options": {"lr": lr}, "size": None})}
@@ -154,6 +154,10 @@ def test_table2_gives_each_grid_cell_a_column_as_the_findings_do():
     # Each cell against its own body; pooled, xattn would be 14.60 against body's 20.10.
     assert table.at["xattn", "lb-pv lr=0.001"] == "**19.10 (−1.00)**"
     assert table.at["xattn", "lb-pv lr=0.002"] == "10.10 (−10.00)"
+    rows_of = {"lb-pv lr=0.001", "lb-pv lr=0.002"}
+    assert set(forgetting_table(rows).index.get_level_values("pair")) == rows_of
+    assert set(bli_table(rows).index.get_level_values("pair")) == rows_of
+    assert set(zeroshot_table(rows)["pair"]) == {"lb-lc lr=0.001", "lb-lc lr=0.002"}
 
 
 def test_missing_policies_and_analyses_are_not_enough_runs(tmp_path):

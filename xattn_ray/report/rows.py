@@ -125,6 +125,12 @@ def child_column(rows: pandas.DataFrame) -> pandas.Series:
     return (rows["pair"] + " " + cells.fillna("")).str.strip()
 
 
+def cells_as_pairs(rows: pandas.DataFrame) -> pandas.DataFrame:
+    """`rows` whose `pair` names their grid cell too (`child_column`): the analyses' tables, keyed by pair,
+    then never pool runs of different grid options or sizes."""
+    return rows.assign(pair=child_column(rows)) if not rows.empty else rows
+
+
 def ordered_columns(rows: pandas.DataFrame) -> list[str]:
     """Table 2's columns: the pairs in `ordered_pairs` order, each pair's grid cells by name."""
     pairs = ordered_pairs(rows)

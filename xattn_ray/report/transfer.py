@@ -8,8 +8,9 @@ import pandas
 
 from xattn_ray.report.costs import cost_cells, mean_costs
 from xattn_ray.report.markdown import markdown_table, mean_std, number, signed, untested_lines
-from xattn_ray.report.rows import (REFERENCE_POLICY, ReferencesFor, child_column, ok_rows, ordered_columns,
-                                   ordered_pairs, ordered_policies, primary_child_tests, primary_test_sets)
+from xattn_ray.report.rows import (REFERENCE_POLICY, ReferencesFor, cells_as_pairs, child_column, ok_rows,
+                                   ordered_columns, ordered_pairs, ordered_policies, primary_child_tests,
+                                   primary_test_sets)
 from xattn_ray.report.significance import BOOTSTRAP_SAMPLES, SIGNIFICANCE_LEVEL, significance
 
 
@@ -135,7 +136,7 @@ def forgetting_table(frame: pandas.DataFrame) -> pandas.DataFrame:
     Rows = (child pair, parent test set); columns: `parent` (the parent's own BLEU on that set,
     `reference_bleu`), then one column per policy (mean over seeds). Empty without forgetting rows.
     """
-    rows = ok_rows(frame, "forgetting")
+    rows = cells_as_pairs(ok_rows(frame, "forgetting"))
     if rows.empty:
         return pandas.DataFrame()
     keys = ["pair", "test_set"]
@@ -148,7 +149,7 @@ def forgetting_table(frame: pandas.DataFrame) -> pandas.DataFrame:
 
 def zeroshot_table(frame: pandas.DataFrame) -> pandas.DataFrame:
     """BLEU of stitched models on pairs no model trained on: pair, test_set, policy, mean, std, seeds, stitched_from."""
-    rows = ok_rows(frame, "zeroshot")
+    rows = cells_as_pairs(ok_rows(frame, "zeroshot"))
     if rows.empty:
         return pandas.DataFrame()
     keys = ["pair", "test_set", "policy"]
@@ -162,7 +163,7 @@ def zeroshot_table(frame: pandas.DataFrame) -> pandas.DataFrame:
 
 def bli_table(frame: pandas.DataFrame) -> pandas.DataFrame:
     """Lexicon-induction precision@1 (%): rows = (pair, dictionary, method), columns = policies, plus `entries`."""
-    rows = ok_rows(frame, "bli")
+    rows = cells_as_pairs(ok_rows(frame, "bli"))
     if rows.empty:
         return pandas.DataFrame()
     keys = ["pair", "dictionary", "bli_method"]
@@ -197,7 +198,8 @@ def _zeroshot_section(frame: pandas.DataFrame) -> str:
     lines = ["## Zero-shot translation", "", "Models stitched from two children, scored on a pair neither trained on.",
              "", markdown_table(text)]
     # The paper's yardstick: models trained from scratch on (a little of) the zero-shot pair itself.
-    baselines = ok_rows(frame, "test", "parent").merge(table[["pair", "test_set"]].drop_duplicates())
+    pairs = table.assign(pair=table["pair"].str.split(" ").str[0])  # without the grid cell
+    baselines = ok_rows(frame, "test", "parent").merge(pairs[["pair", "test_set"]].drop_duplicates())
     if not baselines.empty:
         lines += ["", "Trained from scratch on the same pair: " + "; ".join(
             f"{row.run_id} {number(row.bleu)} on `{row.test_set}`"
