@@ -59,7 +59,7 @@ from dataclasses import dataclass, replace
 import pandas
 
 from xattn_ray.report.markdown import MINUS, number
-from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, codeswitch_tests, grid_cell,
+from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, codeswitch_tests, grid_cells,
                                    is_codeswitch_study, ok_rows, ordered_variants, primary_child_tests,
                                    references_from_uri)
 from xattn_ray.report.significance import SIGNIFICANCE_LEVEL, codeswitch_significance, significance
@@ -303,7 +303,7 @@ def _cell_frames(frame: pandas.DataFrame) -> list[tuple[str, pandas.DataFrame]]:
     """The study's rows split by grid cell (`grid_cell`: grid options and sizes), each with the parents'
     rows; a study without grid options is one cell, "". A claim is checked in each cell, so runs trained
     with different grid values (or added before the grid had options) are never pooled."""
-    labels = frame["hparams"].map(grid_cell) if "hparams" in frame else pandas.Series("", index=frame.index)
+    labels = grid_cells(frame)
     parents = frame["stage"] == "parent"
     cells = sorted(set(labels[~parents]))
     if len(cells) <= 1:

@@ -118,11 +118,15 @@ def ordered_pairs(rows: pandas.DataFrame) -> list[str]:
     return list(dict.fromkeys(keys.sort_values(["parent_pair", "side", "pair"])["pair"]))
 
 
+def grid_cells(rows: pandas.DataFrame) -> pandas.Series:
+    """Each row's `grid_cell` ("" for every row of a store without `hparams`)."""
+    return rows["hparams"].map(grid_cell) if "hparams" in rows else pandas.Series("", index=rows.index)
+
+
 def child_column(rows: pandas.DataFrame) -> pandas.Series:
     """Where each child row's number goes in Table 2: its pair, with its grid cell when it has one
     (`lb-pv lr=0.008`), so that runs trained with different grid options or sizes are never pooled."""
-    cells = rows["hparams"].map(grid_cell) if "hparams" in rows else pandas.Series("", index=rows.index)
-    return (rows["pair"] + " " + cells.fillna("")).str.strip()
+    return (rows["pair"] + " " + grid_cells(rows)).str.strip()
 
 
 def cells_as_pairs(rows: pandas.DataFrame) -> pandas.DataFrame:
