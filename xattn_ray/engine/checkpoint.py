@@ -205,9 +205,13 @@ def _model_config(path: Path, raw: Any) -> ModelConfig:
     if required:
         raise CheckpointError(f"{path}: model_config lacks {', '.join(required)}")
     for name, value in raw.items():
-        # bool is an int to Python, never a size or a probability here
-        wanted = {int: (int,), float: (int, float)}.get(types[name], (object,))
-        if isinstance(value, bool) or not isinstance(value, wanted):
+        # bool is an int to Python, never a size or a probability here; the named variants are checked
+        # by ModelConfig itself
+        if types[name] is bool:
+            if not isinstance(value, bool):
+                raise CheckpointError(f"{path}: model_config: {name} must be true or false, got {value!r}")
+        elif types[name] in (int, float) and (isinstance(value, bool) or not isinstance(
+                value, (int,) if types[name] is int else (int, float))):
             raise CheckpointError(f"{path}: model_config: {name} must be a number, got {value!r}")
     try:
         config = ModelConfig(**raw)
@@ -228,6 +232,10 @@ def _tokenizer(path: Path, blobs: Any, side: str) -> Tokenizer:
             and blob["model"] and isinstance(blob.get("metadata"), dict)):
         raise CheckpointError(f"{path}: tokenizers.{side} is missing or malformed (it needs a language, the "
                               f"SentencePiece model's bytes and metadata)")
+    vocabulary = blob.get("vocabulary")
+    if vocabulary is not None and not (isinstance(vocabulary, list) and len(vocabulary) > 4
+                                       and all(isinstance(piece, str) for piece in vocabulary)):
+        raise CheckpointError(f"{path}: tokenizers.{side}.vocabulary must be a list of pieces (strings)")
     try:
         return Tokenizer.from_bytes(blob)
     except RuntimeError:  # SentencePiece's parse error

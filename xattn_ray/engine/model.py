@@ -5,18 +5,26 @@ pre-norm layers (layer norm before each sub-layer) and a final layer norm in enc
 learned positional embeddings; a layer norm on the embedding sum; no sqrt(d) embedding scaling;
 separate source and target vocabularies; the target token embeddings double as the output projection.
 
+Five options hold the pretrained models researchers start from (`pretrained.py`), with the same
+parameter names, so every policy, the KV cache and every analysis work on them unchanged. A Marian
+(OPUS-MT) model is `norm: post` (layer norm after each residual sum, no final norms), `positions:
+sinusoidal` (a fixed table, not a parameter), `scale_embedding` (tokens times sqrt(D)), no
+`embedding_norm`, `activation: silu` and `logits_bias` (a bias on the output logits).
+
 Parameter names are the vocabulary of freeze policies (`policies.py`), so they are stable:
 
     src_embed.{tokens,positions,norm}.*                      the source embedding group  (`src`)
-    tgt_embed.{tokens,positions,norm}.*                      the target embedding group  (`tgt`;
+    tgt_embed.{tokens,positions,norm,logits_bias}*           the target embedding group  (`tgt`;
                                                              tokens.weight is also the output layer)
     encoder.layers.N.{self_attn_norm,self_attn,ffn_norm,ffn}.*
-    encoder.final_norm.*
+    encoder.final_norm.*                                     (`norm: pre` only)
     decoder.layers.N.{self_attn_norm,self_attn,cross_attn_norm,cross_attn,ffn_norm,ffn}.*
     decoder.final_norm.*
     ...attn.{q_proj,k_proj,v_proj,out_proj}.{weight,bias}   ffn.{fc1,fc2}.{weight,bias}
 
-`decoder.layers.N.cross_attn*` is the `xattn` group: the cross-attention and the layer norm before it.
+`decoder.layers.N.cross_attn*` is the `xattn` group: the cross-attention and its layer norm (before
+it in pre-norm, after its residual sum in post-norm). `positions` is a parameter only when learned,
+`norm` only with `embedding_norm`, `logits_bias` only with that option.
 
 With `attention: xlquery` (Foroutan et al. 2023) each encoder self-attention also has a cross-lingual
 query, `encoder.layers.N.self_attn.q_cross_proj.{weight,bias}` (the `xlquery` group), used on
@@ -66,12 +74,25 @@ class ModelConfig:
     cross_alpha: float = TRAINING_ALPHAS.cross
     eval_mono_alpha: float = EVALUATION_ALPHAS.mono
     eval_cross_alpha: float = EVALUATION_ALPHAS.cross
+    # The options of pretrained architectures (module docstring); the defaults are the paper's model.
+    norm: Literal["pre", "post"] = "pre"  # layer norm before each sub-layer (+ final norms), or after
+    positions: Literal["learned", "sinusoidal"] = "learned"
+    scale_embedding: bool = False  # token embeddings times sqrt(d_model)
+    embedding_norm: bool = True  # a layer norm on the embedding sum
+    activation: Literal["relu", "gelu", "silu"] = "relu"  # inside the feed-forward block
+    logits_bias: bool = False  # a bias on the output logits (Marian's `final_logits_bias`)
 
     def __post_init__(self) -> None:
         # The alphas are checked (MaskAlphas) where they are used: when an xlquery encoder is built.
         # Invalid is a ValueError naming the field, so an experiment file's `model:` error names its key.
         if self.attention not in ("standard", "xlquery"):
             raise Invalid("attention", f"must be 'standard' or 'xlquery', got {self.attention!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise Invalid(name, f"must be one of {', '.join(map(repr, allowed))}, got {getattr(self, name)!r}")
+        for name in ("scale_embedding", "embedding_norm", "logits_bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise Invalid(name, f"must be true or false, got {getattr(self, name)!r}")
         for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "ffn_dim", "heads", "encoder_layers",
                      "decoder_layers"):
             if getattr(self, name) < 1:
@@ -93,6 +114,12 @@ class ModelConfig:
         return MaskAlphas(self.eval_mono_alpha, self.eval_cross_alpha)
 
 
+# The allowed values of the options that name a variant.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "norm": ("pre", "post"), "positions": ("learned", "sinusoidal"), "activation": ("relu", "gelu", "silu")}
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}
+
+
 # The presets named by experiments; any field can still be overridden.
 PRESETS: dict[str, dict[str, int]] = {
     "base": dict(d_model=512, ffn_dim=2048, heads=8, encoder_layers=6, decoder_layers=6),  # the paper's
@@ -110,40 +137,68 @@ def preset_config(preset: str, src_vocab_size: int, tgt_vocab_size: int, **overr
 
 
 class Embedding(nn.Module):
-    """Token plus learned position embeddings, then a layer norm (fairseq's `layernorm_embedding`)."""
+    """Token plus position embeddings, then (fairseq's `layernorm_embedding`) a layer norm.
 
-    def __init__(self, vocab_size: int, config: ModelConfig):
+    The target side's embedding (`output=True`) is also the output layer: its token embeddings are the
+    projection onto the vocabulary, plus `logits_bias` [V] when the config has one.
+    """
+
+    def __init__(self, vocab_size: int, config: ModelConfig, output: bool = False):
         super().__init__()
         self.tokens = nn.Embedding(vocab_size, config.d_model, padding_idx=PAD_ID)
-        self.positions = nn.Embedding(config.max_positions, config.d_model)
-        self.norm = nn.LayerNorm(config.d_model)
+        self.scale = config.d_model ** 0.5 if config.scale_embedding else 1.0
+        self.positions = (nn.Embedding(config.max_positions, config.d_model) if config.positions == "learned"
+                          else SinusoidalPositions(config.max_positions, config.d_model))
+        self.norm = nn.LayerNorm(config.d_model) if config.embedding_norm else nn.Identity()
+        self.logits_bias = nn.Parameter(torch.zeros(vocab_size)) if output and config.logits_bias else None
         self.dropout = nn.Dropout(config.dropout)
+        self.max_positions = config.max_positions
 
     def forward(self, ids: Tensor, start: int = 0) -> Tensor:
         """[B, T] token ids at positions start..start+T-1 -> [B, T, D]."""
         length = ids.shape[1]
-        if start + length > self.positions.num_embeddings:
-            raise ValueError(f"sequence of {start + length} positions exceeds max_positions "
-                             f"{self.positions.num_embeddings}")
+        if start + length > self.max_positions:
+            raise ValueError(f"sequence of {start + length} positions exceeds max_positions {self.max_positions}")
         positions = torch.arange(start, start + length, device=ids.device)
-        return self.dropout(self.norm(self.tokens(ids) + self.positions(positions)))
+        return self.dropout(self.norm(self.tokens(ids) * self.scale + self.positions(positions)))
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed position vectors [max_positions, D]: sin(p / 10000^(2i/D)) in the first half of each, cos in
+    the second (Marian's layout, not interleaved), computed in float64 and rounded once.
+
+    A buffer rebuilt from the config, not a parameter: no policy trains it and checkpoints do not carry it.
+    """
+
+    def __init__(self, max_positions: int, d_model: int):
+        super().__init__()
+        exponents = 2 * torch.div(torch.arange(d_model), 2, rounding_mode="floor") / d_model
+        angles = torch.arange(max_positions, dtype=torch.float64)[:, None] / 10000 ** exponents.double()
+        table = torch.cat([angles[:, 0::2].sin(), angles[:, 1::2].cos()], dim=1).float()
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """[T] positions -> [T, D]."""
+        return self.table[positions]
 
 
 class FeedForward(nn.Module):
-    """Position-wise D -> ffn_dim -> D with a ReLU."""
+    """Position-wise D -> ffn_dim -> D with the config's activation (ReLU by default)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
         self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.activation = ACTIVATIONS[config.activation]
         self.activation_dropout = nn.Dropout(config.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.activation_dropout(F.relu(self.fc1(x))))
+        return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
 
 
 class EncoderLayer(nn.Module):
-    """Pre-norm self-attention then feed-forward, each added back to the residual stream."""
+    """Self-attention then feed-forward, each added back to the residual stream; each sub-layer's layer
+    norm comes before it (pre-norm) or after the residual sum (post-norm)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -153,6 +208,7 @@ class EncoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm == "pre"
 
     def forward(self, x: Tensor, src_mask: Tensor,
                 structured_masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -160,18 +216,25 @@ class EncoderLayer(nn.Module):
 
         `structured_masks` (M1, M2) [B, 1, S, S] (xlquery on code-switched input) replace `src_mask`.
         """
-        normed = self.self_attn_norm(x)
-        keys, values = self.self_attn.project_keys_values(normed)
-        if structured_masks is None:
-            attended = self.self_attn(normed, keys, values, mask=src_mask)
-        else:
-            attended = self.self_attn(normed, keys, values, structured_masks=structured_masks)
-        x = x + self.dropout(attended)
-        return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        def attend(h: Tensor) -> Tensor:
+            keys, values = self.self_attn.project_keys_values(h)
+            if structured_masks is None:
+                return self.self_attn(h, keys, values, mask=src_mask)
+            return self.self_attn(h, keys, values, structured_masks=structured_masks)
+
+        x = residual(x, attend, self.self_attn_norm, self.dropout, self.pre_norm)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
+
+
+def residual(x: Tensor, sublayer, norm: nn.Module, dropout: nn.Module, pre_norm: bool) -> Tensor:
+    """x + dropout(sublayer(norm(x))) in pre-norm; norm(x + dropout(sublayer(x))) in post-norm."""
+    if pre_norm:
+        return x + dropout(sublayer(norm(x)))
+    return norm(x + dropout(sublayer(x)))
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm causal self-attention, cross-attention to the source, feed-forward."""
+    """Causal self-attention, cross-attention to the source, feed-forward; pre- or post-norm."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -182,6 +245,7 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.pre_norm = config.norm == "pre"
 
     def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
                 past_kv: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -190,13 +254,19 @@ class DecoderLayer(nn.Module):
         Training passes whole prefixes (`past_kv` None, causal mask). Incremental decoding passes the
         newest position only, with the keys/values of the earlier positions in `past_kv`.
         """
-        normed = self.self_attn_norm(x)
-        keys, values = self.self_attn.project_keys_values(normed)
-        if past_kv is not None:
-            keys, values = torch.cat([past_kv[0], keys], dim=2), torch.cat([past_kv[1], values], dim=2)
-        x = x + self.dropout(self.self_attn(normed, keys, values, causal=past_kv is None))
-        x = x + self.dropout(self.cross_attend(self.cross_attn_norm(x), cross_kv, src_mask))
-        return x + self.dropout(self.ffn(self.ffn_norm(x))), (keys, values)
+        kv: list[tuple[Tensor, Tensor]] = []  # this step's keys/values, kept for the next step
+
+        def attend_to_prefix(h: Tensor) -> Tensor:
+            keys, values = self.self_attn.project_keys_values(h)
+            if past_kv is not None:
+                keys, values = torch.cat([past_kv[0], keys], dim=2), torch.cat([past_kv[1], values], dim=2)
+            kv.append((keys, values))
+            return self.self_attn(h, keys, values, causal=past_kv is None)
+
+        x = residual(x, attend_to_prefix, self.self_attn_norm, self.dropout, self.pre_norm)
+        x = residual(x, lambda h: self.cross_attend(h, cross_kv, src_mask), self.cross_attn_norm, self.dropout,
+                     self.pre_norm)
+        return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm), kv[0]
 
     def cross_attend(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor) -> Tensor:
         """Cross-attention from x [B*K, T, D] to the keys/values [B, H, S, Dh] of B sources.
@@ -212,11 +282,16 @@ class DecoderLayer(nn.Module):
         return self.cross_attn(grouped, *cross_kv, mask=src_mask).reshape(rows, length, d_model)
 
 
+def final_norm(config: ModelConfig) -> nn.Module:
+    """The layer norm after the last layer: pre-norm layers leave their output unnormalised."""
+    return nn.LayerNorm(config.d_model) if config.norm == "pre" else nn.Identity()
+
+
 class Encoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.encoder_layers))
-        self.final_norm = nn.LayerNorm(config.d_model)
+        self.final_norm = final_norm(config)
         # Parameter-free, so the standard model's names are unchanged; None when there is no Q_cross.
         self.structured_dropout = (StructuredDropout(config.training_alphas, config.evaluation_alphas)
                                    if config.attention == "xlquery" else None)
@@ -239,7 +314,7 @@ class Decoder(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.decoder_layers))
-        self.final_norm = nn.LayerNorm(config.d_model)
+        self.final_norm = final_norm(config)
 
 
 @dataclass
@@ -274,7 +349,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.src_embed = Embedding(config.src_vocab_size, config)
-        self.tgt_embed = Embedding(config.tgt_vocab_size, config)
+        self.tgt_embed = Embedding(config.tgt_vocab_size, config, output=True)
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.reset_parameters()
@@ -332,8 +407,8 @@ class Transformer(nn.Module):
         return self.decoder.final_norm(x)
 
     def output_logits(self, hidden: Tensor) -> Tensor:
-        """[..., D] -> [..., V]: the tied output projection (no bias, as in fairseq)."""
-        return F.linear(hidden, self.tgt_embed.tokens.weight)
+        """[..., D] -> [..., V]: the tied output projection (no bias as in fairseq, unless `logits_bias`)."""
+        return F.linear(hidden, self.tgt_embed.tokens.weight, self.tgt_embed.logits_bias)
 
     def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None,
                 src_segments: Tensor | None = None) -> Tensor:
@@ -365,13 +440,18 @@ class Transformer(nn.Module):
 
 
 def initialise_embedding_group(embedding: Embedding) -> None:
-    """Fresh embeddings: tokens and positions normal(0, D^-0.5), pad row zero; layer norm identity."""
+    """Fresh embeddings: tokens and learned positions normal(0, D^-0.5), pad row zero; layer norm
+    identity; logits bias zero."""
     d_model = embedding.tokens.embedding_dim
     with torch.no_grad():
         nn.init.normal_(embedding.tokens.weight, mean=0.0, std=d_model ** -0.5)
         embedding.tokens.weight[PAD_ID].zero_()
-        nn.init.normal_(embedding.positions.weight, mean=0.0, std=d_model ** -0.5)
-        embedding.norm.reset_parameters()
+        if isinstance(embedding.positions, nn.Embedding):
+            nn.init.normal_(embedding.positions.weight, mean=0.0, std=d_model ** -0.5)
+        if isinstance(embedding.norm, nn.LayerNorm):
+            embedding.norm.reset_parameters()
+        if embedding.logits_bias is not None:
+            embedding.logits_bias.zero_()
 
 
 def initialise_linears(module: nn.Module) -> None:

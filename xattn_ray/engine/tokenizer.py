@@ -102,39 +102,58 @@ class Tokenizer:
     """A trained subword model of one language: batched encoding and decoding, and its vocabulary.
 
     `metadata` records how the model was made (options, chosen size, the `auto` search, text hash).
+
+    A tokenizer imported with a pretrained model (`pretrained.py`) keeps the model's own `vocabulary`:
+    SentencePiece only cuts text into pieces, and the vocabulary (pieces by id, PAD BOS EOS UNK first)
+    gives their ids; a piece it lacks is UNK. Marian's vocabularies work this way, one list shared by
+    the languages of a model.
     """
 
-    def __init__(self, language: str, model: bytes, metadata: dict) -> None:
+    def __init__(self, language: str, model: bytes, metadata: dict, vocabulary: Sequence[str] | None = None) -> None:
         self.language = language
         self.metadata = metadata
         self._model = model
         self._processor = spm.SentencePieceProcessor(model_proto=model)
-        self.vocab_size: int = self._processor.get_piece_size()
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
+        self._ids = None if vocabulary is None else {piece: index for index, piece in enumerate(vocabulary)}
+        self.vocab_size: int = self._processor.get_piece_size() if vocabulary is None else len(vocabulary)
 
     def __repr__(self) -> str:
         return f"Tokenizer(language={self.language!r}, vocab_size={self.vocab_size})"
 
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         """Piece ids of each line, without BOS or EOS (the model adds those)."""
-        return self._processor.encode(list(lines))
+        if self._ids is None:
+            return self._processor.encode(list(lines))
+        return [[self._ids.get(piece, UNK_ID) for piece in pieces]
+                for pieces in self._processor.encode(list(lines), out_type=str)]
 
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         """Detokenised text of each id sequence, read up to its first EOS, ignoring PAD and BOS."""
         batch = [_content_ids(sequence) for sequence in ids]
-        return self._processor.decode(batch) if batch else []  # SentencePiece reads [] as one empty line
+        if not batch:
+            return []  # SentencePiece reads [] as one empty line
+        if self.vocabulary is None:
+            return self._processor.decode(batch)
+        return [self._processor.decode_pieces([self.vocabulary[index] for index in sequence]) for sequence in batch]
 
     def pieces(self) -> list[str]:
         """Every piece of the vocabulary, indexed by id."""
+        if self.vocabulary is not None:
+            return list(self.vocabulary)
         return [self._processor.id_to_piece(piece_id) for piece_id in range(self.vocab_size)]
 
     def to_bytes(self) -> dict:
         """The tokenizer as plain data (str, bytes, dict, list, numbers) for a checkpoint."""
-        return {"language": self.language, "model": self._model, "metadata": copy.deepcopy(self.metadata)}
+        blob = {"language": self.language, "model": self._model, "metadata": copy.deepcopy(self.metadata)}
+        if self.vocabulary is not None:
+            blob["vocabulary"] = list(self.vocabulary)
+        return blob
 
     @classmethod
     def from_bytes(cls, blob: dict) -> Tokenizer:
         """The tokenizer that `to_bytes` stored."""
-        return cls(blob["language"], blob["model"], blob["metadata"])
+        return cls(blob["language"], blob["model"], blob["metadata"], blob.get("vocabulary"))
 
 
 def _content_ids(sequence: Sequence[int]) -> list[int]:
