@@ -113,6 +113,8 @@ SCHEMA = pa.schema([
     pa.field("config_hash", pa.string()),  # hash of `hparams`, the first half of `run_id`
     pa.field("checkpoint_uri", pa.string()),  # the model the row's numbers come from
     pa.field("parent_checkpoint_sha256", pa.string()),  # sha256 of the checkpoint the run started from
+    pa.field("pretrained", pa.string()),  # the pretrained model (folder or hub id) a parent was imported from,
+    pa.field("pretrained_sha256", pa.string()),  # and the hash of its files; a child's: its parent's
     pa.field("status", pa.string(), nullable=False),  # ok / failed / stopped
     pa.field("selection", pa.string()),  # grid / search / confirmed / superseded: see SELECTIONS
     pa.field("error", pa.string()),  # what went wrong, for a failed run

@@ -35,6 +35,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "bias": ("*.bias",),
 }
 NEW_EMBED = "new_embed"  # stands for `src` or `tgt`, whichever side the child replaces
+EMBED_INITS = ("random", "shared", "mean")
 
 
 def embedding_group(side: Side) -> str:
@@ -48,12 +49,20 @@ class Policy:
     init: Literal["parent", "random"] = "parent"  # `random`: no transfer (the scratch baseline)
     train: list[str] = field(default_factory=list)  # group names or parameter-name patterns
     reinit: list[str] = field(default_factory=list)  # groups given fresh weights before training
+    # How the new side's token embeddings start (transfer.py): `random` (the paper), `shared` (the
+    # parent's row for every piece both vocabularies have, OpenNMT-py's update_vocab idea), `mean`
+    # (every row the parent's mean row).
+    embed_init: Literal["random", "shared", "mean"] = "random"
 
     def __post_init__(self) -> None:
         if not self.train:
             raise Invalid("train", "a policy must train at least one group")
         if self.init == "random" and self.reinit:
             raise Invalid("reinit", "a `random` policy re-initialises everything already")
+        if self.embed_init not in EMBED_INITS:
+            raise Invalid("embed_init", f"must be one of {', '.join(EMBED_INITS)}, got {self.embed_init!r}")
+        if self.init == "random" and self.embed_init != "random":
+            raise Invalid("embed_init", "a `random` policy starts from nothing of the parent's")
 
 
 POLICIES: dict[str, Policy] = {

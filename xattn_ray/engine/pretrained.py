@@ -33,6 +33,7 @@ Shapes: V vocabulary size, D d_model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -50,6 +51,10 @@ SUPPORTED = ("marian",)  # model_type values of config.json this module imports
 TOKENIZER_FILES = ("source.spm", "target.spm", "vocab.json")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 ACTIVATIONS = {"swish": "silu", "silu": "silu", "relu": "relu", "gelu": "gelu"}  # Hugging Face name -> ours
+
+# The ModelConfig options of every imported Marian model (its sizes come from its config.json).
+PRETRAINED_ARCHITECTURE = dict(norm="post", positions="sinusoidal", scale_embedding=True, embedding_norm=False,
+                               activation="silu", logits_bias=True)
 
 # Hugging Face's names inside a Marian layer -> the engine's (model.py's docstring lists them).
 LAYER_NAMES = {
@@ -103,13 +108,31 @@ def load_pretrained(source: str, src_lang: str, tgt_lang: str) -> tuple[LoadedMo
     return LoadedModel(model, src_tokenizer, tgt_tokenizer, extra), provenance
 
 
+def is_hub_id(source: str) -> bool:
+    """Whether `source` has the form of a hub id, `owner/name` (a folder path may too: folders win)."""
+    return not source.startswith((".", "~", "/")) and re.fullmatch(r"[\w.-]+/[\w.-]+", source) is not None
+
+
+def pretrained_files_sha256(source: str) -> str:
+    """The hash of the model's files (`Provenance.files_sha256`) without building the model; computed once
+    per process for files of the same sizes and modification times."""
+    files = _resolve_files(source)
+    return _cached_sha256(tuple(sorted((name, str(path), path.stat().st_size, path.stat().st_mtime_ns)
+                                       for name, path in files.items())))
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_sha256(files: tuple[tuple[str, str, int, int], ...]) -> str:
+    return _files_sha256({name: Path(path) for name, path, _, _ in files})
+
+
 def _resolve_files(source: str) -> dict[str, Path]:
     """The paths of the model's files, from a local folder or through the Hugging Face cache."""
     folder = Path(source).expanduser()
     if folder.is_dir():
         found = {path.name: path for path in folder.iterdir() if path.is_file()}
     else:
-        if Path(source).is_absolute() or source.startswith((".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+        if not is_hub_id(source):
             raise PretrainedError(f"{source}: no such folder, and not a hub id of the form owner/name")
         found = _from_hub(source)
     weights = next((found[name] for name in WEIGHT_FILES if name in found), None)

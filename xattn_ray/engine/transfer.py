@@ -3,7 +3,9 @@
 Gheini et al. (2021) move a Fr-En parent to De-En (new source) or Fr-De (new target). The child gets a
 new embedding group for the new side, freshly initialised for the new language's vocabulary; every
 other parameter is copied from the parent, except groups the policy re-initialises (`randxattn`).
-Then the policy decides what trains.
+Then the policy decides what trains. A policy's `embed_init` may start the new token embeddings from
+the parent instead (`shared`: the parent's row for each piece the two vocabularies share; `mean`: the
+parent's mean row); the rest of the new group (positions, embedding norm) is then the parent's too.
 
 After training, `graft_embeddings` moves an embedding group the other way, from one trained model into
 another: plugging the parent's embeddings back into a child measures forgetting, and joining one
@@ -19,10 +21,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
 from xattn_ray.engine.checkpoint import LoadedModel
 from xattn_ray.engine.model import Transformer
 from xattn_ray.engine.policies import NEW_EMBED, Policy, Side, embedding_group, freeze, select, trainable_names
 from xattn_ray.engine.structured_dropout import MaskAlphas
+from xattn_ray.engine.tokenizer import PAD_ID
 from xattn_ray.errors import XattnError
 
 
@@ -42,10 +47,13 @@ class Child:
     copied: frozenset[str]  # parameters holding the parent's values
 
 
-def make_child(parent: Transformer, side: Side, vocab_size: int, policy: Policy, policy_name: str) -> Child:
+def make_child(parent: Transformer, side: Side, vocab_size: int, policy: Policy, policy_name: str,
+               pieces: tuple[list[str], list[str]] | None = None) -> Child:
     """Build the child of `parent` whose `side` gets a new vocabulary of `vocab_size` pieces.
 
     A `random` policy (the scratch baseline) keeps the parent's architecture but none of its weights.
+    `pieces` (the parent's and the child's vocabularies of that side, by id) is needed by a policy
+    whose `embed_init` is `shared`.
     """
     vocab_field = "src_vocab_size" if side == "source" else "tgt_vocab_size"
     child = Transformer(dataclasses.replace(parent.config, **{vocab_field: vocab_size}))
@@ -54,11 +62,42 @@ def make_child(parent: Transformer, side: Side, vocab_size: int, policy: Policy,
     if policy.init == "parent":
         fresh = select(names, [NEW_EMBED, *policy.reinit], side, policy_name)
         parent_state = parent.state_dict()
+        if policy.embed_init != "random":
+            fresh -= _start_from_parent(child, parent, side, policy.embed_init, pieces)
         child.load_state_dict({name: parent_state[name] for name in names if name not in fresh}, strict=False)
         copied = set(names) - fresh
     trainable = trainable_names(child, policy, side, policy_name)
     freeze(child, trainable)
     return Child(model=child, side=side, trainable=frozenset(trainable), copied=frozenset(copied))
+
+
+def _start_from_parent(child: Transformer, parent: Transformer, side: Side, how: str,
+                       pieces: tuple[list[str], list[str]] | None) -> set[str]:
+    """Set the child's new token embeddings [V', D] (and logits bias [V']) from the parent's [V, D]; return
+    the names of the new group's other parameters, which are then copied from the parent as they are.
+
+    `shared`: row i of the child is the parent's row of the same piece, where the parent has it (the
+    rest keep their fresh random values); `mean`: every row is the parent's mean row. PAD stays zero.
+    """
+    group = "src_embed" if side == "source" else "tgt_embed"
+    new, old = getattr(child, group), getattr(parent, group)
+    with torch.no_grad():
+        if how == "mean":
+            new.tokens.weight.copy_(old.tokens.weight.mean(dim=0).expand_as(new.tokens.weight))
+            if new.logits_bias is not None:
+                new.logits_bias.fill_(float(old.logits_bias.mean()))
+        else:
+            if pieces is None:
+                raise TransferError("embed_init `shared` needs both vocabularies' pieces")
+            parent_ids = {piece: index for index, piece in enumerate(pieces[0])}
+            pairs = [(index, parent_ids[piece]) for index, piece in enumerate(pieces[1]) if piece in parent_ids]
+            if pairs:
+                rows, sources = (torch.tensor(column) for column in zip(*pairs))
+                new.tokens.weight[rows] = old.tokens.weight[sources]
+                if new.logits_bias is not None:
+                    new.logits_bias[rows] = old.logits_bias[sources]
+        new.tokens.weight[PAD_ID].zero_()
+    return {f"{group}.{name}" for name, _ in new.named_parameters() if name not in ("tokens.weight", "logits_bias")}
 
 
 # What an embedding group shares with the body it joins. The vocabulary size of the grafted side

@@ -20,6 +20,7 @@ from typing import Literal
 from xattn_ray.data.options import (CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice, changed_side,
                                     check_language)
 from xattn_ray.engine.model import PRESETS, preset_config
+from xattn_ray.engine.pretrained import PRETRAINED_ARCHITECTURE, is_hub_id
 from xattn_ray.engine.policies import POLICIES, Policy, PolicyError, Side, embedding_group, select
 from xattn_ray.engine.tokenizer import TokenizerOptions
 from xattn_ray.engine.train import TrainConfig
@@ -53,7 +54,8 @@ class _RunFields:
 
 @dataclass(frozen=True)
 class ParentConfig(_RunFields):
-    """A parent run: a model trained from scratch on one pair, the starting point of transfer."""
+    """A parent run: a model trained from scratch on one pair, or imported from a pretrained model
+    (`pretrained`: a Marian model's folder or hub id, scored on the corpus's test sets, never trained)."""
 
     name: str  # how children refer to it
     pair: str  # e.g. "fr-en"
@@ -63,10 +65,17 @@ class ParentConfig(_RunFields):
     test_sets: list[str] | None = None  # names from the corpus's `test`; None: all
     seed: int = 1  # children of every grid seed start from this parent
     train: TrainConfig | None = None  # this parent's own training options; None: the experiment's `train`
+    pretrained: str | None = None  # a folder (relative to the experiment file) or a Hugging Face hub id
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_seed(self.seed, "seed")
+        if self.pretrained is not None:
+            if not self.pretrained.strip():
+                raise Invalid("pretrained", "names a model folder or hub id; it is empty")
+            for key in ("lines", "size", "train"):
+                if getattr(self, key) is not None:
+                    raise Invalid(key, "a pretrained parent is imported, not trained: it takes no " + key)
 
 
 @dataclass(frozen=True)
@@ -285,7 +294,7 @@ def load_experiment(path: str | Path) -> Experiment:
     document = load_yaml(path)
     experiment = build(Experiment, document)
     _check_references(experiment, document)
-    experiment = _with_environment_expanded(experiment, document)
+    experiment = _with_environment_expanded(experiment, document, path.resolve().parent)
     object.__setattr__(experiment, "base_dir", path.resolve().parent)
     return experiment
 
@@ -466,10 +475,14 @@ def _check_policies(experiment: Experiment, doc: YamlDocument) -> None:
         return ("grid", "policies", experiment.grid.policies.index(name))
 
     attentions = experiment.grid.attention if experiment.codeswitch is not None else ["standard"]
-    for attention in attentions:
+    # A pretrained parent's children have its architecture's names (no embedding norm or final norms,
+    # a logits bias): policies are checked against those too.
+    architectures = [(attention, {}) for attention in attentions] + (
+        [("standard", PRETRAINED_ARCHITECTURE)] if any(p.pretrained for p in experiment.parents) else [])
+    for attention, options in architectures:
         with torch.device("meta"):  # names only: no weights are allocated
-            model = Transformer(preset_config(experiment.model.preset, 8, 8, **experiment.model.overrides(),
-                                              attention=attention))
+            model = Transformer(preset_config(experiment.model.preset, 8, 8, **{
+                **experiment.model.overrides(), **options}, attention=attention))
         names = [name for name, _ in model.named_parameters()]
         for name, policy in experiment.policies.items():  # each pattern names something, used or not
             for key in ("train", "reinit"):
@@ -512,8 +525,9 @@ def apply_options(train: TrainConfig, options: dict[str, float]) -> TrainConfig:
 
 
 
-def _with_environment_expanded(experiment: Experiment, doc: YamlDocument) -> Experiment:
-    """Expand `${NAME}` in every data path (corpora, dictionaries), naming the key when one is missing."""
+def _with_environment_expanded(experiment: Experiment, doc: YamlDocument, base_dir: Path) -> Experiment:
+    """Expand `${NAME}` in every data path (corpora, dictionaries, pretrained models), naming the key when
+    one is missing; a pretrained model's folder becomes absolute (`base_dir` is the file's folder)."""
 
     def expand(files: SplitFiles | None, key_path: tuple) -> SplitFiles | None:
         if files is None:
@@ -531,13 +545,25 @@ def _with_environment_expanded(experiment: Experiment, doc: YamlDocument) -> Exp
             valid=expand(corpus.valid, at + ("valid",)),
             test={t: expand(f, at + ("test", t)) for t, f in corpus.test.items()},
         )
+    parents = [dataclasses.replace(parent, pretrained=_model_location(
+        expand_environment(parent.pretrained, doc.where(("parents", i, "pretrained"))), base_dir))
+        if parent.pretrained else parent for i, parent in enumerate(experiment.parents)]
     analyses = experiment.analyses
     if analyses.lexicon is not None:
         at = ("analyses", "lexicon", "dictionaries")
         folders = [expand_environment(folder, doc.where(at + (i,)))
                    for i, folder in enumerate(analyses.lexicon.dictionaries)]
         analyses = dataclasses.replace(analyses, lexicon=dataclasses.replace(analyses.lexicon, dictionaries=folders))
-    return dataclasses.replace(experiment, corpora=corpora, analyses=analyses)
+    return dataclasses.replace(experiment, corpora=corpora, parents=parents, analyses=analyses)
+
+
+def _model_location(value: str, base_dir: Path) -> str:
+    """A pretrained model's folder as an absolute path (relative ones are relative to the experiment file),
+    or a hub id as it is: `owner/name` that is no folder beside the file."""
+    folder = base_dir / Path(value).expanduser()
+    if folder.is_dir() or not is_hub_id(value):
+        return os.path.normpath(folder)
+    return value
 
 
 def corpus_identity(experiment: Experiment, name: str) -> dict:

@@ -13,15 +13,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from torch import nn
 
-from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.engine.batching import EncodedPairs
+from xattn_ray.engine.checkpoint import LoadedModel, load_model, save_model
 from xattn_ray.engine.evaluate import TestResult, score_encoded
 from xattn_ray.engine.model import Transformer
 from xattn_ray.engine.policies import count_parameters
 from xattn_ray.engine.tokenizer import EOS_ID, Tokenizer
-from xattn_ray.engine.train import Reporter, TrainConfig, TrainingData, train
+from xattn_ray.engine.train import Reporter, TrainConfig, TrainingData, train, validation_loss
 from xattn_ray.study.config import Experiment
 from xattn_ray.study.run_folder import Result, RunFolder, TestScore
 from xattn_ray.study.spec import RunSpec
@@ -74,25 +76,12 @@ def train_and_score(context: RunContext, pair: str, parent_pair: str | None, sid
     trained = context.wrap_model(model) if context.wrap_model is not None else model
     outcome = train(trained, training, context.train_config, folder.path, context.reporter,
                     folder.path if context.resume else None, identity)
+    rank = dist.get_rank() if dist.is_initialized() else 0
     scores: dict[str, TestScore] = {}
     valid_bleu = None
-    rank = dist.get_rank() if dist.is_initialized() else 0
     if rank == 0 and not outcome.failed and outcome.best_checkpoint.is_file():
-        best = load_model(outcome.best_checkpoint).model
-        evaluation = experiment.evaluation
-        decoding = dict(beam=evaluation.beam, length_penalty=evaluation.length_penalty,
-                        max_len_a=evaluation.max_len_a, max_len_b=evaluation.max_len_b,
-                        max_tokens=evaluation.max_tokens)
-        for name, test in tests.items():
-            scored = score_encoded(best, training.tgt_tokenizer, test.sources, test.segments, test.references,
-                                   **decoding)
-            # Translations and references side by side: reports and significance tests never re-decode.
-            folder.hypotheses(name).write_text("".join(h + "\n" for h in scored.hypotheses))
-            folder.references(name).write_text("".join(r + "\n" for r in test.references))
-            scores[name] = _test_score(scored, folder, name)
-        if valid is not None:
-            valid_bleu = score_encoded(best, training.tgt_tokenizer, valid.sources, valid.segments, valid.references,
-                                       **decoding).bleu.score
+        scores, valid_bleu = score(context, load_model(outcome.best_checkpoint).model, training.tgt_tokenizer, tests,
+                                   valid)
     progress = outcome.progress
     result = Result(
         run_id=context.run_id, config_hash=context.config_hash, spec=spec, pair=pair, parent_pair=parent_pair,
@@ -105,6 +94,44 @@ def train_and_score(context: RunContext, pair: str, parent_pair: str | None, sid
         parent_checkpoint_sha256=context.parent_checkpoint_sha256)
     if rank == 0:
         folder.write_result(result)
+    return result
+
+
+def score(context: RunContext, model: Transformer, tgt_tokenizer: Tokenizer, tests: dict[str, TestSet],
+          valid: TestSet | None) -> tuple[dict[str, TestScore], float | None]:
+    """Decode every test set (and `valid`, when given) with the experiment's evaluation settings; write
+    translations and references into the run's folder. Returns the test scores and the valid BLEU."""
+    evaluation, folder = context.experiment.evaluation, context.folder
+    decoding = dict(beam=evaluation.beam, length_penalty=evaluation.length_penalty, max_len_a=evaluation.max_len_a,
+                    max_len_b=evaluation.max_len_b, max_tokens=evaluation.max_tokens)
+    scores: dict[str, TestScore] = {}
+    for name, test in tests.items():
+        scored = score_encoded(model, tgt_tokenizer, test.sources, test.segments, test.references, **decoding)
+        # Translations and references side by side: reports and significance tests never re-decode.
+        folder.hypotheses(name).write_text("".join(h + "\n" for h in scored.hypotheses))
+        folder.references(name).write_text("".join(r + "\n" for r in test.references))
+        scores[name] = _test_score(scored, folder, name)
+    valid_bleu = None if valid is None else score_encoded(
+        model, tgt_tokenizer, valid.sources, valid.segments, valid.references, **decoding).bleu.score
+    return scores, valid_bleu
+
+
+def score_imported(context: RunContext, pair: str, loaded: LoadedModel, valid: EncodedPairs,
+                   tests: dict[str, TestSet]) -> Result:
+    """A parent imported from a pretrained model: nothing trains. Its model is saved as the run's best
+    checkpoint (children start from it), its validation loss measured, its test sets scored."""
+    folder, model = context.folder, loaded.model
+    folder.path.mkdir(parents=True, exist_ok=True)
+    save_model(folder.best_checkpoint, model, loaded.src_tokenizer, loaded.tgt_tokenizer, extra=loaded.extra)
+    loss = validation_loss(model, valid, context.train_config.max_tokens, torch.device("cpu"))
+    scores, _ = score(context, model, loaded.tgt_tokenizer, tests, None)
+    counts = count_parameters(model)
+    result = Result(
+        run_id=context.run_id, config_hash=context.config_hash, spec=context.spec, pair=pair, parent_pair=None,
+        side=None, stop_reason="pretrained", updates=0, train_seconds=0.0, target_tokens_per_second=0.0,
+        best_valid_loss=loss, valid_curve=[(0, loss)], trainable_params=counts.trainable, total_params=counts.total,
+        tests=scores, valid_bleu=None, checkpoint=str(folder.best_checkpoint), status="ok")
+    folder.write_result(result)
     return result
 
 

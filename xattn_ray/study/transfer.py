@@ -1,6 +1,7 @@
 """Transfer studies (Gheini et al. 2021): parents trained from scratch, children moved to a new language.
 
-A parent run trains a model on its pair. A child run loads its parent's best checkpoint, trains (or
+A parent run trains a model on its pair, or imports a pretrained one (`engine.pretrained`: a Marian
+model, scored on the corpus's test sets, never trained). A child run loads its parent's best checkpoint, trains (or
 reuses from the cache) a SentencePiece model for the new language on the child's training text, keeps
 the parent's tokenizer for the side that does not change, builds the child with
 `engine.transfer.make_child` under its freeze policy, trains it and scores its test sets.
@@ -30,6 +31,7 @@ from xattn_ray.engine.batching import encode_pairs
 from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.engine.model import Transformer, config_differences, preset_config
 from xattn_ray.engine.policies import count_parameters
+from xattn_ray.engine.pretrained import load_pretrained, pretrained_files_sha256
 from xattn_ray.engine.tokenizer import Tokenizer, train_tokenizer
 from xattn_ray.engine.train import TrainConfig, TrainingData
 from xattn_ray.engine.transfer import make_child
@@ -38,7 +40,7 @@ from xattn_ray.study.config import ChildConfig, Experiment, ParentConfig, corpus
 from xattn_ray.study.run_folder import Result
 from xattn_ray.study.spec import RunSpec, StagePlan, model_options
 from xattn_ray.study.summary import mean_std
-from xattn_ray.study.training import RunContext, text_test_set, train_and_score
+from xattn_ray.study.training import RunContext, score_imported, text_test_set, train_and_score
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,14 @@ def check_parent_checkpoint(experiment: Experiment, spec: RunSpec, path: Path) -
     architecture and translate the parent's pair; a one-line error says which does not hold."""
     loaded = load_model(path)
     config = loaded.model.config
+    parent = experiment.parent(run_config(experiment, spec).parent)
     expected = preset_config(experiment.model.preset, config.src_vocab_size, config.tgt_vocab_size,
                              **experiment.model.overrides())
-    if differences := config_differences(expected, config):
+    # a pretrained parent has its own architecture, not the experiment's `model`
+    if not parent.pretrained and (differences := config_differences(expected, config)):
         raise ConfigError(f"{path}: architecture differs from the model of experiment {experiment.name!r}: "
                           f"{'; '.join(differences)}")
-    pair = experiment.parent(run_config(experiment, spec).parent).language_pair
+    pair = parent.language_pair
     found = f"{loaded.src_tokenizer.language}-{loaded.tgt_tokenizer.language}"
     if found != str(pair):
         raise ConfigError(f"{path}: a {found} model, but run {spec.run!r} starts from a {pair} parent")
@@ -97,7 +101,7 @@ class RunData:
     held), validation pairs, named test sets."""
 
     pair: LanguagePair
-    train: TrainingText
+    train: TrainingText | None  # None for a pretrained parent, which does not train
     valid: ParallelText
     tests: dict[str, ParallelText]
 
@@ -111,8 +115,8 @@ def load_run_data(experiment: Experiment, run: Run, cache_dir: Path) -> RunData:
     corpus_name = run_corpus(experiment, run)
     corpus = resolve_corpus(corpus_name, experiment.corpora[corpus_name], experiment.base_dir, cache_dir)
     pair = run.language_pair
-    train = training_text(*corpus.pair_files(corpus.train, pair, "train"), run.training_slice, experiment.filters,
-                          cache_dir)
+    train = None if getattr(run, "pretrained", None) else training_text(
+        *corpus.pair_files(corpus.train, pair, "train"), run.training_slice, experiment.filters, cache_dir)
     valid = read_parallel(*corpus.pair_files(corpus.valid, pair, "valid"))
     test_names = run.test_sets if run.test_sets is not None else list(corpus.tests)
     tests = {name: read_parallel(*corpus.pair_files(corpus.tests[name], pair, f"test {name}"))
@@ -152,8 +156,13 @@ class Transfer:
         payload = {"pair": run.pair, "lines": run.lines, "size": run.size, "test_sets": run.test_sets,
                    "corpus": corpus_identity(experiment, run_corpus(experiment, run))}
         if spec.stage == "child":
-            payload["policy"] = {"name": spec.policy, **dataclasses.asdict(experiment.policy(spec.policy))}
+            policy = dataclasses.asdict(experiment.policy(spec.policy))
+            if policy["embed_init"] == "random":  # the default leaves the hashes of runs from before it as they were
+                del policy["embed_init"]
+            payload["policy"] = {"name": spec.policy, **policy}
             payload["init"] = CHILD_INIT  # runs from before it started at their parent's initial values
+        elif run.pretrained:  # another model, or the same name with other files, is another parent
+            payload["pretrained"] = pretrained_provenance(run)
         return payload
 
     def row_fields(self, experiment: Experiment, spec: RunSpec) -> dict:
@@ -161,8 +170,11 @@ class Transfer:
         pair = run.language_pair
         parent_pair = None if spec.stage == "parent" else experiment.parent(run.parent).pair
         side = None if parent_pair is None else ("source" if pair.src != parent_pair.split("-")[0] else "target")
+        origin = run if spec.stage == "parent" else experiment.parent(run.parent)
+        provenance = pretrained_provenance(origin) if origin.pretrained else {"model": None, "files_sha256": None}
         return dict(parent_pair=parent_pair, pair=str(pair), src_lang=pair.src, tgt_lang=pair.tgt, side=side,
-                    train_size=run.size)
+                    train_size=run.size, pretrained=provenance["model"],
+                    pretrained_sha256=provenance["files_sha256"])
 
     def hparams(self, experiment: Experiment, spec: RunSpec) -> dict:
         run = run_config(experiment, spec)
@@ -177,15 +189,19 @@ class Transfer:
         # Streams every training slice to count what cleaning keeps: constant memory, whatever the corpus.
         runs = experiment_runs(experiment)
         loaded = {run_name(run): load_run_data(experiment, run, cache) for run in runs}
-        cleaning = {name: data.train.scan() for name, data in loaded.items()}
+        cleaning = {name: data.train.scan() for name, data in loaded.items() if data.train is not None}
         lines = [f"{'run':<14} {'pair':<8} {'from':<22} {'train pairs':>11} {'dropped':>8} {'valid':>6}  tests"]
         for run in runs:
             data = loaded[run_name(run)]
             origin = "scratch" if isinstance(run, ParentConfig) else f"{run.parent} ({_side_words(experiment, run)})"
-            report = cleaning[run_name(run)]
-            dropped = report.empty + report.too_long + report.bad_ratio
+            kept, dropped = "-", "-"
+            if run_name(run) in cleaning:
+                report = cleaning[run_name(run)]
+                kept, dropped = report.kept, report.empty + report.too_long + report.bad_ratio
+            else:
+                origin = "pretrained"
             tests = ", ".join(f"{name} {len(text)}" for name, text in data.tests.items())
-            lines.append(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {report.kept:>11} {dropped:>8} "
+            lines.append(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {kept:>11} {dropped:>8} "
                          f"{len(data.valid):>6}  {tests}")
         return lines
 
@@ -252,16 +268,39 @@ def _side_tokenizer(experiment: Experiment, data: RunData, index: int, cache: Pa
     return train_tokenizer(language, text, experiment.tokenizer, cache / "spm", text_identity=text.identity)
 
 
+def pretrained_provenance(parent: ParentConfig) -> dict:
+    """What names a pretrained parent's model: as the experiment gives it, and the hash of its files."""
+    return {"model": parent.pretrained, "files_sha256": pretrained_files_sha256(parent.pretrained)}
+
+
 def _run_parent(context: RunContext) -> Result:
-    """Train the parent from scratch and score its test sets."""
+    """Train the parent from scratch (or import its pretrained model) and score its test sets."""
     experiment, spec = context.experiment, context.spec
-    data = load_run_data(experiment, run_config(experiment, spec), context.cache)
+    parent = run_config(experiment, spec)
+    data = load_run_data(experiment, parent, context.cache)
+    if parent.pretrained:
+        return _import_parent(context, parent, data)
     src_tok = _side_tokenizer(experiment, data, 0, context.cache)
     tgt_tok = _side_tokenizer(experiment, data, 1, context.cache)
     torch.manual_seed(spec.seed)
     model = Transformer(preset_config(experiment.model.preset, src_tok.vocab_size, tgt_tok.vocab_size,
                                       **experiment.model.overrides(), **model_options(spec)))
     return _train_and_score(context, None, None, model, data, src_tok, tgt_tok)
+
+
+def _import_parent(context: RunContext, parent: ParentConfig, data: RunData) -> Result:
+    """The pretrained model as the parent run's best checkpoint, scored; its files must still be the ones
+    the run's hash was made from."""
+    loaded, provenance = load_pretrained(parent.pretrained, data.pair.src, data.pair.tgt)
+    planned = pretrained_provenance(parent)["files_sha256"]
+    if provenance.files_sha256 != planned:
+        raise ConfigError(f"{parent.pretrained}: the model's files changed while the study ran (sha256 "
+                          f"{provenance.files_sha256[:12]}, planned {planned[:12]}); run it again")
+    max_positions = loaded.model.config.max_positions
+    valid = encode_pairs(data.valid.src, data.valid.tgt, loaded.src_tokenizer, loaded.tgt_tokenizer, max_positions)
+    tests = {name: text_test_set(text.src, text.tgt, loaded.src_tokenizer, max_positions)
+             for name, text in data.tests.items()}
+    return score_imported(context, str(data.pair), loaded, valid, tests)
 
 
 CHILD_INIT = "own stream"
@@ -294,9 +333,10 @@ def _run_child(context: RunContext) -> Result:
         src_tok, tgt_tok = _side_tokenizer(experiment, data, 0, context.cache), parent.tgt_tokenizer
     else:
         src_tok, tgt_tok = parent.src_tokenizer, _side_tokenizer(experiment, data, 1, context.cache)
-    new_vocab = src_tok.vocab_size if side == "source" else tgt_tok.vocab_size
+    new_tok, parent_tok = (src_tok, parent.src_tokenizer) if side == "source" else (tgt_tok, parent.tgt_tokenizer)
     torch.manual_seed(child_init_seed(spec))
-    built = make_child(parent.model, side, new_vocab, policy, spec.policy)
+    built = make_child(parent.model, side, new_tok.vocab_size, policy, spec.policy,
+                       pieces=(parent_tok.pieces(), new_tok.pieces()))
     if model_options(spec):
         built.model.set_dropout(**model_options(spec))
     log.info("%s %s: %s", spec.run, spec.policy, count_parameters(built.model).summary())
