@@ -1,0 +1,121 @@
+"""A study whose parent is a pretrained Marian model, through `xattn-ray run` on a local Ray instance.
+
+The parent is a tiny random MarianMTModel saved by transformers with real SentencePiece files trained on
+the study's own synthetic corpus (marian_models.py); its children replace the source (lb-pv) and the
+target (la-lb) under every built-in policy and a user policy that starts the new embeddings from the
+pieces both vocabularies share.
+"""
+
+import json
+
+import pytest
+import torch
+
+from marian_models import save_tiny_marian
+from support import summaries, xattn_ray
+from xattn_ray.data.synthetic import FamilySpec, generate_family
+from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.engine.policies import POLICIES, trainable_names
+from xattn_ray.store import ResultsStore
+from xattn_ray.study.config import load_experiment
+
+pytest.importorskip("transformers")
+pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
+
+SPEC = dict(languages=2, sentences=400, seed=3, valid=30, test=20)
+POLICY_NAMES = [*POLICIES, "xattn-shared"]
+
+STUDY = f"""\
+name: opus
+corpora:
+  synth:
+    synthetic: {json.dumps(SPEC)}
+tokenizer: {{vocab_size: 120}}
+model: {{preset: tiny}}
+train: {{lr: 0.003, warmup_updates: 2, max_tokens: 600, max_updates: 8, validate_every: 4, patience: 0}}
+evaluation: {{beam: 2, max_tokens: 2000}}
+parents:
+  - {{name: la-pv, pair: la-pv, corpus: synth, pretrained: opus-mt-la-pv}}
+children:
+  - {{pair: lb-pv, parent: la-pv, lines: [250, 400]}}
+  - {{pair: la-lb, parent: la-pv, lines: [250, 400]}}
+policies:
+  xattn-shared: {{train: [new_embed, xattn], embed_init: shared}}
+grid: {{policies: {json.dumps(POLICY_NAMES)}, seeds: [1]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The finished study: (its folder, its experiment, the parent's Marian folder)."""
+    folder = tmp_path_factory.mktemp("opus")
+    family = generate_family(FamilySpec(**SPEC), folder / "family")
+    text = [line for language in ("la", "pv") for line in (family / f"train.{language}").read_text().splitlines()]
+    save_tiny_marian(folder / "opus-mt-la-pv", text, vocab_size=150)
+    (folder / "opus.yaml").write_text(STUDY)
+    done = xattn_ray("run", "opus.yaml", "--storage", "st", "--num-cpus", "2", cwd=folder, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return folder, load_experiment(folder / "opus.yaml"), folder / "opus-mt-la-pv"
+
+
+def test_the_pretrained_parent_is_imported_and_scored_not_trained(study):
+    folder, _, marian = study
+    rows = ResultsStore(folder / "st" / "results").read(experiment="opus")
+    parent = rows[(rows["stage"] == "parent")]
+    assert set(parent["eval"]) == {"train", "test"} and (parent["updates"] == 0).all()
+    assert (parent["pretrained"] == str(marian)).all() and parent["pretrained_sha256"].str.len().eq(64).all()
+    assert (parent["stop_reason"] == "pretrained").all() and parent["bleu"].notna().any()
+    children = rows[rows["stage"] == "child"]
+    assert (children["pretrained_sha256"] == parent["pretrained_sha256"].iloc[0]).all()
+    assert set(children["policy"]) == set(POLICY_NAMES) and (children["status"] == "ok").all()
+
+
+def test_frozen_tensors_stay_bitwise_and_trained_ones_move(study):
+    folder, _, _ = study
+    runs = summaries(folder / "st", "opus")
+    parent_run = next(run for run in runs.values() if run["spec"]["stage"] == "parent")
+    parent = load_model(parent_run["checkpoint"]).model.state_dict()
+    checked = 0
+    for run in runs.values():
+        spec = run["spec"]
+        if spec["stage"] != "child" or spec["policy"] == "scratch":
+            continue
+        child = load_model(run["checkpoint"])
+        side = run["side"]
+        policy = POLICIES.get(spec["policy"]) or POLICIES["xattn"]
+        trainable = trainable_names(child.model, policy, side, spec["policy"])
+        new_group = "src_embed." if side == "source" else "tgt_embed."
+        for name, tensor in child.model.named_parameters():
+            if name.startswith(new_group) or (spec["policy"] == "randxattn" and ".cross_attn" in name):
+                continue  # not the parent's values to begin with
+            if name in trainable:
+                assert not torch.equal(tensor, parent[name]), f"{run['run_id']}: {name} did not train"
+            else:
+                assert torch.equal(tensor, parent[name]), f"{run['run_id']}: frozen {name} changed"
+            checked += 1
+        # the unchanged side keeps the pretrained model's own vocabulary
+        kept = child.tgt_tokenizer if side == "source" else child.src_tokenizer
+        assert kept.vocabulary is not None and kept.vocabulary[:4] == ["<pad>", "<s>", "</s>", "<unk>"]
+    assert checked > 100
+
+
+def test_shared_embed_init_starts_shared_pieces_at_the_parents_rows(study):
+    """`embed_init: shared` is part of the run's hash (another run id than xattn's), and its new target
+    embeddings began at the parent's rows: after 8 updates the shared rows are still closer to them."""
+    folder, _, _ = study
+    runs = summaries(folder / "st", "opus")
+    by_policy = {(run["pair"], run["spec"]["policy"]): run for run in runs.values() if run["spec"]["stage"] == "child"}
+    shared, plain = by_policy[("la-lb", "xattn-shared")], by_policy[("la-lb", "xattn")]
+    assert shared["config_hash"] != plain["config_hash"]
+    parent_run = next(run for run in runs.values() if run["spec"]["stage"] == "parent")
+    parent = load_model(parent_run["checkpoint"])
+    ids = {piece: i for i, piece in enumerate(parent.tgt_tokenizer.pieces())}
+
+    def distance(run):
+        child = load_model(run["checkpoint"])
+        pairs = [(i, ids[p]) for i, p in enumerate(child.tgt_tokenizer.pieces()) if p in ids and i > 3]
+        rows, sources = (torch.tensor(column) for column in zip(*pairs))
+        weight = child.model.tgt_embed.tokens.weight
+        return float((weight[rows] - parent.model.tgt_embed.tokens.weight[sources]).detach().norm())
+
+    assert distance(shared) < 0.5 * distance(plain)
