@@ -176,3 +176,40 @@ def test_resuming_from_a_bad_last_checkpoint_is_one_line(case, last_checkpoint, 
     message = str(info.value)
     assert message.startswith(f"{folder / LAST_CHECKPOINT}: ") and expected in message and "\n" not in message
     assert sorted(folder.iterdir()) == before  # nothing trained, nothing written
+
+
+def test_a_delta_checkpoint_follows_its_parent_and_refuses_a_changed_or_missing_one(tmp_path, toy_tokenizers):
+    import shutil
+
+    from xattn_ray.engine.checkpoint import delta_base
+    from xattn_ray.engine.policies import POLICIES
+    from xattn_ray.engine.transfer import make_child
+
+    torch.manual_seed(0)
+    parent = Transformer(preset_config("small", 8000, 8000))
+    save_model(tmp_path / "runs" / "parent" / "best.pt", parent, *toy_tokenizers)
+    child = make_child(parent, "source", 8000, POLICIES["xattn"], "xattn").model
+    with torch.no_grad():
+        for name, tensor in child.named_parameters():
+            if tensor.requires_grad:
+                tensor.add_(0.01)  # as if trained
+    delta_file = tmp_path / "runs" / "child" / "best.pt"
+    save_model(delta_file, child, *toy_tokenizers, base=delta_base(tmp_path / "runs" / "parent" / "best.pt"))
+    save_model(tmp_path / "full.pt", child, *toy_tokenizers)
+    # An xattn child of `small` stores its new source embeddings and cross-attention: a fraction of the file.
+    share = delta_file.stat().st_size / (tmp_path / "full.pt").stat().st_size
+    assert share < 0.4, share
+    # The whole storage folder moves: the parent is found beside it (a relative path), bit for bit.
+    shutil.move(tmp_path / "runs", tmp_path / "moved")
+    loaded = load_model(tmp_path / "moved" / "child" / "best.pt").model.state_dict()
+    assert all(torch.equal(loaded[name], value) for name, value in child.state_dict().items())
+    # A changed parent is refused, in one line naming the delta
+    save_model(tmp_path / "moved" / "parent" / "best.pt", Transformer(preset_config("small", 8000, 8000)),
+               *toy_tokenizers)
+    with pytest.raises(CheckpointError) as changed:
+        load_model(tmp_path / "moved" / "child" / "best.pt")
+    assert str(changed.value).startswith(f"{tmp_path / 'moved' / 'child' / 'best.pt'}: its parent checkpoint")
+    assert "changed since this delta was written" in str(changed.value) and "\n" not in str(changed.value)
+    (tmp_path / "moved" / "parent" / "best.pt").unlink()
+    with pytest.raises(CheckpointError, match="a delta checkpoint whose parent checkpoint is missing"):
+        load_model(tmp_path / "moved" / "child" / "best.pt")

@@ -1,5 +1,6 @@
 """The training loop: determinism, exact resume after a SIGKILL, early stopping, non-finite losses."""
 
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -165,3 +166,35 @@ def test_resuming_a_finished_run_does_no_more_updates(tmp_path, toy_tokenizers):
     again = train(fresh_model(), toy_data(toy_tokenizers), CONFIG, tmp_path, resume_from=tmp_path)
     assert again.progress.update == first.progress.update == 40
     assert numbers(again.progress.history) == numbers(first.progress.history)
+
+
+def child_of_saved_parent(tmp_path, toy_tokenizers):
+    """(the parent's saved checkpoint, an `xattn` child of it with a new source side)."""
+    from xattn_ray.engine.checkpoint import save_model
+
+    parent_file = tmp_path / "parent" / "best.pt"
+    save_model(parent_file, fresh_model(), *toy_tokenizers)
+    torch.manual_seed(5)
+    child = make_child(load_model(parent_file).model, "source", VOCAB, POLICIES["xattn"], "xattn").model
+    return parent_file, child
+
+
+def test_a_delta_checkpoint_holds_only_what_differs_and_resumes_exactly(tmp_path, toy_tokenizers):
+    from xattn_ray.engine.checkpoint import delta_base, read_checkpoint
+
+    parent_file, child = child_of_saved_parent(tmp_path, toy_tokenizers)
+    reference = train(child, toy_data(toy_tokenizers), CONFIG, tmp_path / "full")
+    parent_file, child = child_of_saved_parent(tmp_path, toy_tokenizers)
+    short = dataclasses.replace(CONFIG, max_updates=24)
+    train(child, toy_data(toy_tokenizers), short, tmp_path / "delta", base=delta_base(parent_file))
+    for name in ("best.pt", "last.pt"):  # the stored tensors: the new source embeddings and the xattn group
+        payload = read_checkpoint(tmp_path / "delta" / name, ())
+        stored = payload["state_dict" if name == "best.pt" else "model"]
+        assert payload["base"]["sha256"] and all(n.startswith("src_embed.") or ".cross_attn" in n for n in stored)
+    _, resumed_child = child_of_saved_parent(tmp_path, toy_tokenizers)
+    resumed = train(resumed_child, toy_data(toy_tokenizers), CONFIG, tmp_path / "delta", resume_from=tmp_path / "delta",
+                    base=delta_base(parent_file))
+    assert numbers(resumed.progress.history) == numbers(reference.progress.history)
+    final = load_model(tmp_path / "delta" / "best.pt").model.state_dict()
+    for name, value in load_model(reference.best_checkpoint).model.state_dict().items():
+        assert torch.equal(final[name], value), name

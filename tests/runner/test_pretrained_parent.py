@@ -7,6 +7,7 @@ pieces both vocabularies share.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ import torch
 from marian_models import save_tiny_marian
 from support import summaries, xattn_ray
 from xattn_ray.data.synthetic import FamilySpec, generate_family
-from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.engine.checkpoint import file_sha256, load_model, read_checkpoint
 from xattn_ray.engine.policies import POLICIES, trainable_names
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import load_experiment
@@ -93,6 +94,11 @@ def test_frozen_tensors_stay_bitwise_and_trained_ones_move(study):
             else:
                 assert torch.equal(tensor, parent[name]), f"{run['run_id']}: frozen {name} changed"
             checked += 1
+        # a delta of the parent's checkpoint: only what the policy trained and the new embeddings are stored
+        stored = read_checkpoint(Path(run["checkpoint"]), ("base",))
+        assert stored["base"]["sha256"] == file_sha256(Path(parent_run["checkpoint"]))
+        assert set(stored["state_dict"]) <= trainable | {n for n in parent if n.startswith(new_group)} | {
+            n for n in parent if ".cross_attn" in n}
         # the unchanged side keeps the pretrained model's own vocabulary
         kept = child.tgt_tokenizer if side == "source" else child.src_tokenizer
         assert kept.vocabulary is not None and kept.vocabulary[:4] == ["<pad>", "<s>", "</s>", "<unk>"]

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from xattn_ray.engine.batching import PairSource, collate, make_batches, rank_share
-from xattn_ray.engine.checkpoint import atomic_save, load_weights, read_checkpoint, save_model
+from xattn_ray.engine.checkpoint import (DeltaBase, atomic_save, load_weights, model_state_entries, read_checkpoint,
+                                        save_model)
 from xattn_ray.engine.model import Transformer
 from xattn_ray.engine.tokenizer import PAD_ID, Tokenizer
 from xattn_ray.schema import Invalid
@@ -169,11 +170,12 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
 
 def train(model: nn.Module, data: TrainingData, config: TrainConfig, workdir: Path,
           reporter: Reporter | None = None, resume_from: Path | None = None,
-          extra: dict | None = None) -> TrainResult:
+          extra: dict | None = None, base: DeltaBase | None = None) -> TrainResult:
     """Train `model` (a Transformer, or a DDP wrapper of one) until a stopping rule fires.
 
     Writes `workdir/last.pt` (full training state, for resume) and `workdir/best.pt` (the model with
-    the lowest validation loss, with its tokenizers and `extra`) at every validation.
+    the lowest validation loss, with its tokenizers and `extra`) at every validation; with `base` (a
+    child's parent checkpoint) both hold only the weights that differ from it.
     `resume_from`: a folder holding a `last.pt` written by an earlier call.
     """
     reporter = reporter or LogReporter()
@@ -207,8 +209,8 @@ def train(model: nn.Module, data: TrainingData, config: TrainConfig, workdir: Pa
         if rank == 0:
             if improved:
                 save_model(workdir / BEST_CHECKPOINT, core, data.src_tokenizer, data.tgt_tokenizer,
-                           {**(extra or {}), "update": progress.update, "valid_loss": valid_loss})
-            _save_state(workdir / LAST_CHECKPOINT, core, optimizer, progress)
+                           {**(extra or {}), "update": progress.update, "valid_loss": valid_loss}, base)
+            _save_state(workdir / LAST_CHECKPOINT, core, optimizer, progress, base)
         reporter.report(metrics, workdir if rank == 0 else None)
         return config.patience > 0 and progress.bad_validations >= config.patience
 
@@ -327,14 +329,15 @@ def _on(segments: torch.Tensor | None, device: torch.device) -> torch.Tensor | N
     return None if segments is None else segments.to(device)
 
 
-def _save_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, progress: Progress) -> None:
-    atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+def _save_state(path: Path, model: Transformer, optimizer: torch.optim.Optimizer, progress: Progress,
+                base: DeltaBase | None) -> None:
+    atomic_save({**model_state_entries(path, model, base, key="model"), "optimizer": optimizer.state_dict(),
                  "progress": dataclasses.asdict(progress), "torch_rng": torch.get_rng_state()}, path)
 
 
 def _restore(path: Path, model: Transformer, optimizer: torch.optim.Optimizer) -> Progress:
     state = read_checkpoint(path, ("model", "optimizer", "progress", "torch_rng"))
-    load_weights(path, model, state["model"], "model")
+    load_weights(path, model, state, "model")
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
     return Progress(**state["progress"])

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xattn_ray.engine.batching import EncodedPairs
-from xattn_ray.engine.checkpoint import LoadedModel, load_model, save_model
+from xattn_ray.engine.checkpoint import LoadedModel, delta_base, load_model, save_model
 from xattn_ray.engine.evaluate import TestResult, score_encoded
 from xattn_ray.engine.model import Transformer
 from xattn_ray.engine.policies import count_parameters
@@ -67,15 +67,20 @@ def text_test_set(sources: list[str], references: list[str], src_tok: Tokenizer,
 
 
 def train_and_score(context: RunContext, pair: str, parent_pair: str | None, side: str | None, model: Transformer,
-                    training: TrainingData, tests: dict[str, TestSet], valid: TestSet | None = None) -> Result:
+                    training: TrainingData, tests: dict[str, TestSet], valid: TestSet | None = None,
+                    delta_of_parent: bool = False) -> Result:
     """Train `model` in the run's folder, decode every test set with its best checkpoint (and `valid`,
-    when given), write translations, references and, last, `result.json`."""
+    when given), write translations, references and, last, `result.json`.
+
+    `delta_of_parent`: the run's checkpoints hold only what differs from its parent's checkpoint (a child
+    that starts from its parent's weights)."""
     experiment, spec, folder = context.experiment, context.spec, context.folder
     counts = count_parameters(model)
     identity = {"experiment": experiment.name, "run_id": context.run_id, **spec.to_dict(), "pair": pair, "side": side}
     trained = context.wrap_model(model) if context.wrap_model is not None else model
+    base = delta_base(context.parent_checkpoint) if delta_of_parent and context.parent_checkpoint else None
     outcome = train(trained, training, context.train_config, folder.path, context.reporter,
-                    folder.path if context.resume else None, identity)
+                    folder.path if context.resume else None, identity, base)
     rank = dist.get_rank() if dist.is_initialized() else 0
     scores: dict[str, TestScore] = {}
     valid_bleu = None

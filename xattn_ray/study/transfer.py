@@ -340,11 +340,12 @@ def _run_child(context: RunContext) -> Result:
     if model_options(spec):
         built.model.set_dropout(**model_options(spec))
     log.info("%s %s: %s", spec.run, spec.policy, count_parameters(built.model).summary())
-    return _train_and_score(context, str(parent_pair), side, built.model, data, src_tok, tgt_tok)
+    return _train_and_score(context, str(parent_pair), side, built.model, data, src_tok, tgt_tok,
+                            delta_of_parent=policy.init == "parent")
 
 
 def _train_and_score(context: RunContext, parent_pair: str | None, side: str | None, model: Transformer,
-                     data: RunData, src_tok: Tokenizer, tgt_tok: Tokenizer) -> Result:
+                     data: RunData, src_tok: Tokenizer, tgt_tok: Tokenizer, delta_of_parent: bool = False) -> Result:
     max_positions = model.config.max_positions
     # The training pairs from their shard (built by the first run that needs it), valid pairs in memory.
     training = TrainingData(pair_shard(data.train, src_tok, tgt_tok, max_positions, context.cache),
@@ -352,7 +353,8 @@ def _train_and_score(context: RunContext, parent_pair: str | None, side: str | N
                             src_tok, tgt_tok)
     tests = {name: text_test_set(text.src, text.tgt, src_tok, max_positions) for name, text in data.tests.items()}
     valid = text_test_set(data.valid.src, data.valid.tgt, src_tok, max_positions) if context.score_valid else None
-    return train_and_score(context, str(data.pair), parent_pair, side, model, training, tests, valid)
+    return train_and_score(context, str(data.pair), parent_pair, side, model, training, tests, valid,
+                           delta_of_parent)
 
 
 def _analysis_lines(rows: list[dict]) -> list[str]:
