@@ -101,6 +101,8 @@ def _build_parser() -> argparse.ArgumentParser:
     policies.add_argument("--tgt-vocab", type=int, default=8000)
     policies.add_argument("--side", choices=["source", "target"], default="source",
                           help="which side the child replaces (default: %(default)s)")
+    policies.add_argument("--pretrained", metavar="MODEL",
+                          help="a pretrained Marian model (folder or hub id) instead of a preset and vocabularies")
     policies.add_argument("--json", action="store_true", help="print JSON instead of a table")
     policies.set_defaults(handler=_policies)
 
@@ -379,11 +381,17 @@ def _policies(args: argparse.Namespace) -> int:
     from xattn_ray.engine.model import PRESETS, Transformer, preset_config
     from xattn_ray.engine.policies import GROUPS, POLICIES, ParameterCount, group_sizes, trainable_names
 
-    if args.preset not in PRESETS:
-        raise XattnError(f"--preset {args.preset!r}: no such preset (known: {', '.join(PRESETS)})")
-    _at_least("--src-vocab", args.src_vocab, 1)
-    _at_least("--tgt-vocab", args.tgt_vocab, 1)
-    config = preset_config(args.preset, args.src_vocab, args.tgt_vocab)
+    if args.pretrained:
+        from xattn_ray.engine.pretrained import pretrained_config
+
+        config = pretrained_config(args.pretrained)
+        args.preset, args.src_vocab, args.tgt_vocab = args.pretrained, config.src_vocab_size, config.tgt_vocab_size
+    else:
+        if args.preset not in PRESETS:
+            raise XattnError(f"--preset {args.preset!r}: no such preset (known: {', '.join(PRESETS)})")
+        _at_least("--src-vocab", args.src_vocab, 1)
+        _at_least("--tgt-vocab", args.tgt_vocab, 1)
+        config = preset_config(args.preset, args.src_vocab, args.tgt_vocab)
     with torch.device("meta"):  # shapes only: a base model's weights are never allocated
         model = Transformer(config)
     sizes = dict(model.named_parameters())
@@ -397,7 +405,8 @@ def _policies(args: argparse.Namespace) -> int:
         print(json.dumps({"preset": args.preset, "src_vocab": args.src_vocab, "tgt_vocab": args.tgt_vocab,
                           "side": args.side, "groups": groups, "policies": rows}, indent=2))
         return 0
-    print(f"{args.preset} model, vocabularies {args.src_vocab}/{args.tgt_vocab}, new {args.side}")
+    print(f"{args.preset} model, vocabularies {args.src_vocab}/{args.tgt_vocab}, new {args.side}"
+          + (" (the new side's vocabulary size is the parent's here)" if args.pretrained else ""))
     print("groups: " + ", ".join(f"{g} {groups[g]:,}" for g in GROUPS))
     for row in rows:
         print(f"  {row['policy']:<10} {row['summary']}")

@@ -2,7 +2,7 @@
 
 The parent is a tiny random MarianMTModel saved by transformers with real SentencePiece files trained on
 the study's own synthetic corpus (marian_models.py); its children replace the source (lb-pv) and the
-target (la-lb) under every built-in policy and a user policy that starts the new embeddings from the
+target (la-lc) under every built-in policy and a user policy that starts the new embeddings from the
 pieces both vocabularies share.
 """
 
@@ -23,7 +23,7 @@ from xattn_ray.study.config import load_experiment
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 
-SPEC = dict(languages=2, sentences=400, seed=3, valid=30, test=20)
+SPEC = dict(languages=3, sentences=400, seed=3, valid=30, test=20)
 POLICY_NAMES = [*POLICIES, "xattn-shared"]
 
 STUDY = f"""\
@@ -39,10 +39,16 @@ parents:
   - {{name: la-pv, pair: la-pv, corpus: synth, pretrained: opus-mt-la-pv}}
 children:
   - {{pair: lb-pv, parent: la-pv, lines: [250, 400]}}
-  - {{pair: la-lb, parent: la-pv, lines: [250, 400]}}
+  - {{pair: la-lc, parent: la-pv, lines: [250, 400]}}
 policies:
   xattn-shared: {{train: [new_embed, xattn], embed_init: shared}}
 grid: {{policies: {json.dumps(POLICY_NAMES)}, seeds: [1]}}
+analyses:
+  policies: [body, xattn]
+  forgetting: true
+  lexicon: {{children: [lb-pv]}}
+  zeroshot:
+    - {{body: la-lc, embeddings: lb-pv}}
 """
 
 
@@ -69,6 +75,15 @@ def test_the_pretrained_parent_is_imported_and_scored_not_trained(study):
     children = rows[rows["stage"] == "child"]
     assert (children["pretrained_sha256"] == parent["pretrained_sha256"].iloc[0]).all()
     assert set(children["policy"]) == set(POLICY_NAMES) and (children["status"] == "ok").all()
+
+
+def test_the_analyses_run_on_children_of_a_pretrained_parent(study):
+    folder, _, _ = study
+    rows = ResultsStore(folder / "st" / "results").read(experiment="opus")
+    analysed = rows[rows["eval"].isin(["forgetting", "zeroshot", "bli"])]
+    assert {(row.eval, row.policy) for row in analysed.itertuples()} >= {
+        (kind, policy) for kind in ("forgetting", "zeroshot", "bli") for policy in ("body", "xattn")}
+    assert analysed[analysed["eval"] != "bli"]["bleu"].notna().all() and (analysed["status"] == "ok").all()
 
 
 def test_frozen_tensors_stay_bitwise_and_trained_ones_move(study):
@@ -111,7 +126,7 @@ def test_shared_embed_init_starts_shared_pieces_at_the_parents_rows(study):
     folder, _, _ = study
     runs = summaries(folder / "st", "opus")
     by_policy = {(run["pair"], run["spec"]["policy"]): run for run in runs.values() if run["spec"]["stage"] == "child"}
-    shared, plain = by_policy[("la-lb", "xattn-shared")], by_policy[("la-lb", "xattn")]
+    shared, plain = by_policy[("la-lc", "xattn-shared")], by_policy[("la-lc", "xattn")]
     assert shared["config_hash"] != plain["config_hash"]
     parent_run = next(run for run in runs.values() if run["spec"]["stage"] == "parent")
     parent = load_model(parent_run["checkpoint"])

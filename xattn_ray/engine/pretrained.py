@@ -83,15 +83,10 @@ def load_pretrained(source: str, src_lang: str, tgt_lang: str) -> tuple[LoadedMo
     or the model is not one this module imports.
     """
     files = _resolve_files(source)
-    config = json.loads(files["config.json"].read_text(encoding="utf-8"))
-    if config.get("model_type") not in SUPPORTED:
-        raise PretrainedError(f"{source}: model_type {config.get('model_type')!r} is not supported "
-                              f"(supported: {', '.join(SUPPORTED)})")
+    config = _marian_config(source, files)
     src_order, src_vocabulary = _vocabulary(source, files["vocab.json"], config)
-    target_vocab = files.get("target_vocab.json", files["vocab.json"])
-    tgt_order, tgt_vocabulary = _vocabulary(source, target_vocab, config)
-    model_config = _model_config(source, config, len(src_vocabulary), len(tgt_vocabulary))
-    model = Transformer(model_config)
+    tgt_order, tgt_vocabulary = _vocabulary(source, files.get("target_vocab.json", files["vocab.json"]), config)
+    model = Transformer(_model_config(source, config, len(src_vocabulary), len(tgt_vocabulary)))
     state = _engine_state(source, files, src_order, tgt_order)
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
@@ -124,6 +119,28 @@ def pretrained_files_sha256(source: str) -> str:
 @functools.lru_cache(maxsize=32)
 def _cached_sha256(files: tuple[tuple[str, str, int, int], ...]) -> str:
     return _files_sha256({name: Path(path) for name, path, _, _ in files})
+
+
+def pretrained_config(source: str) -> ModelConfig:
+    """The engine's ModelConfig of the Marian model `source`, read from its config and vocabularies alone
+    (no weights are read): what `xattn-ray policies --pretrained` lists the groups of."""
+    files = _resolve_files(source)
+    config = _marian_config(source, files)
+    sizes = [len(_vocabulary(source, files.get(name, files["vocab.json"]), config)[1])
+             for name in ("vocab.json", "target_vocab.json")]
+    return _model_config(source, config, *sizes)
+
+
+def _marian_config(source: str, files: dict[str, Path]) -> dict:
+    """The model's config.json, which must describe a model type this module imports."""
+    try:
+        config = json.loads(files["config.json"].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PretrainedError(f"{files['config.json']}: not a readable config: {err}") from None
+    if not isinstance(config, dict) or config.get("model_type") not in SUPPORTED:
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise PretrainedError(f"{source}: model_type {found!r} is not supported (supported: {', '.join(SUPPORTED)})")
+    return config
 
 
 def _resolve_files(source: str) -> dict[str, Path]:
