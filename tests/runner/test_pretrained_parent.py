@@ -6,6 +6,7 @@ target (la-lc) under every built-in policy and a user policy that starts the new
 pieces both vocabularies share.
 """
 
+import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from marian_models import save_tiny_marian
-from support import summaries, xattn_ray
+from support import EXPERIMENTS, SHARED_DATA, requires_multi30k, summaries, xattn_ray
 from xattn_ray.data.synthetic import FamilySpec, generate_family
 from xattn_ray.engine.checkpoint import file_sha256, load_model, read_checkpoint
 from xattn_ray.engine.policies import POLICIES, trainable_names
@@ -140,3 +141,22 @@ def test_shared_embed_init_starts_shared_pieces_at_the_parents_rows(study):
         return float((weight[rows] - parent.model.tgt_embed.tokens.weight[sources]).detach().norm())
 
     assert distance(shared) < 0.5 * distance(plain)
+
+
+@requires_multi30k
+def test_the_opus_mt_experiment_validates_with_a_local_model_for_the_hub_id(tmp_path):
+    """experiments/opus-mt.yaml names Helsinki-NLP/opus-mt-fr-en; a tiny local Marian model stands in."""
+    text = [line.strip() for language in ("fr", "en")
+            for line in gzip.open(SHARED_DATA / "multi30k" / f"train.{language}.gz", "rt").readlines()[:2000]]
+    save_tiny_marian(tmp_path / "opus-mt-fr-en", text, vocab_size=500)
+    result = xattn_ray("validate", EXPERIMENTS / "opus-mt.yaml", "--storage", tmp_path / "st", cwd=tmp_path,
+                       env={"OPUS_MT_FR_EN": str(tmp_path / "opus-mt-fr-en")})
+    assert result.returncode == 0, result.stderr
+    assert "fr-en          fr-en    pretrained" in result.stdout
+    assert "30 child runs = 2 children x 5 policies" in result.stdout
+    experiment = load_experiment(EXPERIMENTS / "opus-mt.yaml")
+    assert experiment.parents[0].pretrained == "Helsinki-NLP/opus-mt-fr-en"  # a hub id stays one
+    missing = xattn_ray("validate", EXPERIMENTS / "opus-mt.yaml", "--storage", tmp_path / "st", cwd=tmp_path,
+                        env={"OPUS_MT_FR_EN": str(tmp_path / "nowhere")})
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "opus-mt.yaml:" in missing.stderr and "nowhere: no such folder" in missing.stderr

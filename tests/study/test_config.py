@@ -162,7 +162,7 @@ def test_environment_variables_in_paths(tmp_path, monkeypatch):
     assert experiment.corpora["toy"].valid == "/srv/corpora/valid.{lang}"
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "multi30k.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "multi30k.yaml", "opus-mt.yaml"])
 def test_shipped_experiments_load(name):
     experiment = load_experiment(EXPERIMENTS / name)
     assert experiment.parents and experiment.children
@@ -179,3 +179,20 @@ def test_the_plan_of_a_searched_grid_counts_search_trials_at_the_first_seed_then
     line = Transfer().plan_lines(searched)[0]
     assert f"then {cells * 2} search trials" in line and "at seed 1" in line
     assert f"then {cells * 2} confirmation runs" in line and "with seeds 2, 3" in line
+
+
+def test_a_pretrained_parent_is_a_folder_or_a_hub_id_and_takes_no_training_options(tmp_path):
+    def pretrained(model: str) -> str:
+        return VALID.replace("    lines: [0, 10]\n", f"    pretrained: {model}\n")
+
+    (tmp_path / "models" / "opus").mkdir(parents=True)
+    folder = load_experiment(write(tmp_path, pretrained("models/opus"))).parents[0].pretrained
+    assert folder == str(tmp_path / "models" / "opus")  # relative to the experiment file
+    hub = load_experiment(write(tmp_path, pretrained("Helsinki-NLP/opus-mt-fr-en"))).parents[0]
+    assert hub.pretrained == "Helsinki-NLP/opus-mt-fr-en"
+    missing = error_of(tmp_path, pretrained("./elsewhere"))  # names where it looked
+    assert f"parents[0].pretrained: {tmp_path / 'elsewhere'}: no such folder" in missing
+    assert "parents[0].lines: a pretrained parent is imported, not trained" in error_of(
+        tmp_path, VALID.replace("    lines: [0, 10]\n", "    lines: [0, 10]\n    pretrained: models/opus\n"))
+    assert "policies.mine.embed_init: must be one of random, shared, mean" in error_of(
+        tmp_path, VALID + "policies:\n  mine: {train: [new_embed, xattn], embed_init: parent}\n")

@@ -296,6 +296,10 @@ def load_experiment(path: str | Path) -> Experiment:
     _check_references(experiment, document)
     experiment = _with_environment_expanded(experiment, document, path.resolve().parent)
     object.__setattr__(experiment, "base_dir", path.resolve().parent)
+    for i, parent in enumerate(experiment.parents):
+        if parent.pretrained and not is_hub_id(parent.pretrained) and not Path(parent.pretrained).is_dir():
+            raise_at(document, ("parents", i, "pretrained"), f"{parent.pretrained}: no such folder (a pretrained "
+                                                             f"model is a folder or a hub id, owner/name)")
     return experiment
 
 

@@ -31,7 +31,7 @@ from xattn_ray.engine.batching import encode_pairs
 from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.engine.model import Transformer, config_differences, preset_config
 from xattn_ray.engine.policies import count_parameters
-from xattn_ray.engine.pretrained import load_pretrained, pretrained_files_sha256
+from xattn_ray.engine.pretrained import load_pretrained, pretrained_config, pretrained_files_sha256
 from xattn_ray.engine.tokenizer import Tokenizer, train_tokenizer
 from xattn_ray.engine.train import TrainConfig, TrainingData
 from xattn_ray.engine.transfer import make_child
@@ -188,6 +188,9 @@ class Transfer:
     def check_data(self, experiment: Experiment, cache: Path) -> list[str]:
         # Streams every training slice to count what cleaning keeps: constant memory, whatever the corpus.
         runs = experiment_runs(experiment)
+        for parent in experiment.parents:  # its config and vocabularies are read (from the hub's cache, for an id)
+            if parent.pretrained:
+                pretrained_config(parent.pretrained)
         loaded = {run_name(run): load_run_data(experiment, run, cache) for run in runs}
         cleaning = {name: data.train.scan() for name, data in loaded.items() if data.train is not None}
         lines = [f"{'run':<14} {'pair':<8} {'from':<22} {'train pairs':>11} {'dropped':>8} {'valid':>6}  tests"]
