@@ -186,7 +186,7 @@ def test_a_delta_checkpoint_follows_its_parent_and_refuses_a_changed_or_missing_
     from xattn_ray.engine.transfer import make_child
 
     torch.manual_seed(0)
-    parent = Transformer(preset_config("small", 8000, 8000))
+    parent = Transformer(preset_config("base", 8000, 8000))
     save_model(tmp_path / "runs" / "parent" / "best.pt", parent, *toy_tokenizers)
     child = make_child(parent, "source", 8000, POLICIES["xattn"], "xattn").model
     with torch.no_grad():
@@ -196,16 +196,16 @@ def test_a_delta_checkpoint_follows_its_parent_and_refuses_a_changed_or_missing_
     delta_file = tmp_path / "runs" / "child" / "best.pt"
     save_model(delta_file, child, *toy_tokenizers, base=delta_base(tmp_path / "runs" / "parent" / "best.pt"))
     save_model(tmp_path / "full.pt", child, *toy_tokenizers)
-    # An xattn child of `small` stores its new source embeddings and cross-attention: a fraction of the file.
+    # An xattn child of `base` stores its new source embeddings and cross-attention: a fifth of the file
+    # (44 MB of 214 MB).
     share = delta_file.stat().st_size / (tmp_path / "full.pt").stat().st_size
-    assert share < 0.4, share
+    assert 0.15 < share < 0.22, share
     # The whole storage folder moves: the parent is found beside it (a relative path), bit for bit.
     shutil.move(tmp_path / "runs", tmp_path / "moved")
     loaded = load_model(tmp_path / "moved" / "child" / "best.pt").model.state_dict()
     assert all(torch.equal(loaded[name], value) for name, value in child.state_dict().items())
     # A changed parent is refused, in one line naming the delta
-    save_model(tmp_path / "moved" / "parent" / "best.pt", Transformer(preset_config("small", 8000, 8000)),
-               *toy_tokenizers)
+    save_model(tmp_path / "moved" / "parent" / "best.pt", Transformer(preset_config("tiny", 80, 80)), *toy_tokenizers)
     with pytest.raises(CheckpointError) as changed:
         load_model(tmp_path / "moved" / "child" / "best.pt")
     assert str(changed.value).startswith(f"{tmp_path / 'moved' / 'child' / 'best.pt'}: its parent checkpoint")

@@ -130,3 +130,18 @@ def test_what_cannot_be_imported_is_one_line(marian, tmp_path):
                                                     "model_type": "bart"}))
     with pytest.raises(PretrainedError, match="model_type 'bart' is not supported"):
         load_pretrained(str(broken), "fr", "en")
+
+
+def test_policies_lists_the_groups_of_a_pretrained_model(marian):
+    from support import xattn_ray
+
+    folder, loaded, *_ = marian
+    listed = xattn_ray("policies", "--pretrained", folder, "--json")
+    assert listed.returncode == 0, listed.stderr
+    table = json.loads(listed.stdout)
+    named = dict(loaded.model.named_parameters())
+    xattn = sum(p.numel() for n, p in named.items() if ".cross_attn" in n)
+    assert table["groups"]["xattn"] == xattn and table["src_vocab"] == loaded.src_tokenizer.vocab_size
+    rows = {row["policy"]: row for row in table["policies"]}
+    new_source = sum(p.numel() for n, p in named.items() if n.startswith("src_embed."))
+    assert rows["xattn"]["trainable"] == xattn + new_source
