@@ -163,6 +163,9 @@ def model_state_entries(path: Path, model: nn.Module, base: DeltaBase | None, ke
     with `base` the delta and `base` naming the parent checkpoint."""
     state = model.state_dict()
     if base is None:
+        source, target = (state.get(f"{side}_embed.tokens.weight") for side in ("src", "tgt"))
+        if source is not None and target is not None and source.shape == target.shape and torch.equal(source, target):
+            state["tgt_embed.tokens.weight"] = source  # one joint vocabulary (a Marian parent): written once
         return {key: state}
     return {key: base.delta(state), "base": base.reference(path)}
 
