@@ -93,11 +93,15 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
             # 1. Extend every live hypothesis by every token: [B', K*V] candidate scores.
             at_limit = (max_lens == step).repeat_interleave(beam)
             log_probs = _next_token_log_probs(model, hypotheses[:, -1], state, at_limit)
-            vocab_size = log_probs.shape[-1]
-            candidates = (scores[:, None] + log_probs).view(active, beam * vocab_size)
+            # A sentence's best 2K candidates are among its beams' own best 2K tokens (a beam's score
+            # shifts all its candidates alike), so only those [B'*K, 2K] are scored, not all K*V.
+            per_beam = min(2 * beam, log_probs.shape[-1])
+            beam_scores, beam_tokens = log_probs.topk(per_beam, dim=1)
+            candidates = (scores[:, None] + beam_scores).view(active, beam * per_beam)
             # 2. The best 2K candidates: at most K of them end in EOS (one per beam), so at least K go on.
-            top_scores, top_indices = candidates.topk(min(2 * beam, beam * vocab_size), dim=1)
-            top_beams, top_tokens = top_indices // vocab_size, top_indices % vocab_size  # [B', 2K]
+            top_scores, top_indices = candidates.topk(min(2 * beam, beam * per_beam), dim=1)
+            top_beams = top_indices // per_beam  # [B', 2K]
+            top_tokens = beam_tokens.view(active, beam * per_beam).gather(1, top_indices)
             top_rows = torch.arange(active, device=src.device)[:, None] * beam + top_beams
             # 3. Set aside the EOS candidates among the best K, best first, until a sentence has K
             #    (beams not yet started sit at -inf and end nothing).
@@ -207,8 +211,9 @@ def _next_token_log_probs(model: Transformer, tokens: Tensor, state: DecoderStat
     """
     log_probs = model.decode_step(tokens, state)
     log_probs[:, [PAD_ID, BOS_ID]] = float("-inf")
-    log_probs[at_limit, :EOS_ID] = float("-inf")
-    log_probs[at_limit, EOS_ID + 1:] = float("-inf")
+    if bool(at_limit.any()):
+        log_probs[at_limit, :EOS_ID] = float("-inf")
+        log_probs[at_limit, EOS_ID + 1:] = float("-inf")
     return log_probs
 
 
