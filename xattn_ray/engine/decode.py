@@ -92,7 +92,12 @@ def beam_search(model: Transformer, src: Tensor, beam: int = 5, length_penalty: 
             active = len(sentences)
             # 1. Extend every live hypothesis by every token: [B', K*V] candidate scores.
             at_limit = (max_lens == step).repeat_interleave(beam)
-            log_probs = _next_token_log_probs(model, hypotheses[:, -1], state, at_limit)
+            if step == 0:  # a sentence's K hypotheses are all BOS yet: decode one per sentence, then copy
+                first = _next_token_log_probs(model, hypotheses[::beam, -1], state, at_limit[::beam])
+                log_probs = first.repeat_interleave(beam, dim=0)
+                state = state.select(torch.arange(batch_size, device=src.device).repeat_interleave(beam))
+            else:
+                log_probs = _next_token_log_probs(model, hypotheses[:, -1], state, at_limit)
             # A sentence's best 2K candidates are among its beams' own best 2K tokens (a beam's score
             # shifts all its candidates alike), so only those [B'*K, 2K] are scored, not all K*V.
             per_beam = min(2 * beam, log_probs.shape[-1])
