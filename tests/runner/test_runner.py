@@ -89,6 +89,9 @@ def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, tiny_study):
     try:
         checkpoint = wait_for(lambda: next((tmp_path / "st" / "tiny" / "runs").glob("*/last.pt"), None), 300,
                               "a checkpoint", process)
+        # The trial writes last.pt, then reports; a loaded machine can delay the report, so wait for Tune's
+        # record of update 20 before the kill (it must then never be reported again).
+        wait_for(lambda: 20 in tune_updates(tmp_path, checkpoint), 120, "Tune's record of update 20", process)
         wait_for(lambda: trial_processes(marker), 30, "the trial's process", process)
         for pid in trial_processes(marker):
             os.kill(pid, signal.SIGKILL)
@@ -101,11 +104,26 @@ def test_a_killed_trial_resumes_from_its_checkpoint(tmp_path, tiny_study):
     # Tune's record of the trial: it failed once, and after the retry it reported from the checkpoint on,
     # never from update 20 again.
     trial_dir = next((tmp_path / "st" / "tiny" / "tune" / "parents").glob(f"{checkpoint.parent.name}*"))
-    reported = [json.loads(line).get("update") for line in (trial_dir / "result.json").read_text().splitlines()]
-    reported = [u for u in reported if u is not None]
+    reported = tune_updates(tmp_path, checkpoint)
     assert reported.count(20) == 1 and len(reported) > len(set(reported)) - 1
     assert (trial_dir / "error.txt").is_file() or any(trial_dir.glob("error*"))
     assert_exactly_once(tmp_path / "st" / "results", "tiny", 1)
+
+
+def tune_updates(tmp_path: Path, checkpoint: Path) -> list[int]:
+    """The updates Tune's result.json records for the trial of the run whose checkpoint is `checkpoint`."""
+    trial_dir = next((tmp_path / "st" / "tiny" / "tune" / "parents").glob(f"{checkpoint.parent.name}*"), None)
+    if trial_dir is None or not (trial_dir / "result.json").is_file():
+        return []
+    updates = []
+    for line in (trial_dir / "result.json").read_text().splitlines():
+        try:
+            update = json.loads(line).get("update")
+        except ValueError:  # a line Tune is still writing
+            continue
+        if update is not None:
+            updates.append(update)
+    return updates
 
 
 @pytest.mark.slow
