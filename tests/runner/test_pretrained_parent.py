@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import CODESWITCH_PRETRAIN
 from marian_models import save_tiny_marian
 from support import EXPERIMENTS, SHARED_DATA, requires_multi30k, summaries, xattn_ray
 from xattn_ray.data.synthetic import FamilySpec, generate_family
@@ -160,3 +161,22 @@ def test_the_opus_mt_experiment_validates_with_a_local_model_for_the_hub_id(tmp_
                         env={"OPUS_MT_FR_EN": str(tmp_path / "nowhere")})
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "opus-mt.yaml:" in missing.stderr and "nowhere: no such folder" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_code_switching_study_starts_from_a_pretrained_base(tmp_path, tiny_study):
+    """The base of a code-switching study imported from a Marian model: scored, not trained; Q_cross
+    pretraining and the grid (standard and xlquery) fine-tune it."""
+    family = generate_family(FamilySpec(languages=3, sentences=1200, seed=2, valid=60, test=30), tmp_path / "family")
+    text = [line for language in ("la", "lb", "lc", "pv")
+            for line in (family / f"train.{language}").read_text().splitlines()]
+    save_tiny_marian(tmp_path / "opus-mt-mul-pv", text, vocab_size=200)
+    study = tiny_study(tmp_path, "codeswitch", pretrain=CODESWITCH_PRETRAIN + "\n  pretrained: opus-mt-mul-pv")
+    done = xattn_ray("run", study, "--storage", "st", "--num-cpus", "2", cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = ResultsStore(tmp_path / "st" / "results").read(experiment="cs")
+    base = rows[rows["stage"] == "base"]
+    assert (base["updates"] == 0).all() and (base["pretrained"] == str(tmp_path / "opus-mt-mul-pv")).all()
+    tuned = rows[(rows["stage"] == "codeswitch") & (rows["eval"] == "train")]
+    assert set(tuned["attention"]) == {"standard", "xlquery"} and (tuned["status"] == "ok").all()
+    assert (tuned["updates"] > 0).all() and tuned["pretrained_sha256"].notna().all()

@@ -196,3 +196,18 @@ def test_a_pretrained_parent_is_a_folder_or_a_hub_id_and_takes_no_training_optio
         tmp_path, VALID.replace("    lines: [0, 10]\n", "    lines: [0, 10]\n    pretrained: models/opus\n"))
     assert "policies.mine.embed_init: must be one of random, shared, mean" in error_of(
         tmp_path, VALID + "policies:\n  mine: {train: [new_embed, xattn], embed_init: parent}\n")
+
+
+@pytest.mark.parametrize("name, digest", [("quickstart.yaml", "1f7d9d925c99123e"),
+                                          ("codeswitch-synthetic.yaml", "7ac6f5f221b36af9")])
+def test_the_run_ids_of_the_shipped_synthetic_studies_stay_as_they_were(name, digest):
+    """A new option must not change the hash of runs that do not use it: a changed run id retrains a
+    finished study. (Studies on files hash their absolute paths, so only the synthetic ones are pinned.)"""
+    import hashlib
+
+    from xattn_ray.study.kinds import kind_of
+    from xattn_ray.study.runs import run_id
+
+    experiment = load_experiment(EXPERIMENTS / name)
+    ids = [run_id(experiment, spec) for stage in kind_of(experiment).stages(experiment) for spec in stage.specs]
+    assert hashlib.sha256(" ".join(ids).encode()).hexdigest()[:16] == digest

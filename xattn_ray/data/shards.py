@@ -138,7 +138,11 @@ def encoded_shard(recipe: dict, blocks: Callable[[], Iterator[EncodedPairs]], sr
 
 
 def _model_digest(tokenizer: Tokenizer) -> str:
-    return hashlib.sha256(tokenizer.to_bytes()["model"]).hexdigest()
+    """What fixes a tokenizer's ids: its SentencePiece model, and the piece list of an imported one."""
+    digest = hashlib.sha256(tokenizer.to_bytes()["model"])
+    if tokenizer.vocabulary is not None:
+        digest.update("\n".join(tokenizer.vocabulary).encode())
+    return digest.hexdigest()
 
 
 def _blocks(items: Iterator, size: int) -> Iterator[list]:

@@ -14,6 +14,7 @@ frozen model. Users add policies in the experiment file with the same fields.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Literal
@@ -63,6 +64,14 @@ class Policy:
             raise Invalid("embed_init", f"must be one of {', '.join(EMBED_INITS)}, got {self.embed_init!r}")
         if self.init == "random" and self.embed_init != "random":
             raise Invalid("embed_init", "a `random` policy starts from nothing of the parent's")
+
+    def identity(self) -> dict:
+        """The fields a run's hash includes: `embed_init` only when not `random`, the default it had
+        before it was an option, so runs from before keep their hashes."""
+        fields = dataclasses.asdict(self)
+        if fields["embed_init"] == "random":
+            del fields["embed_init"]
+        return fields
 
 
 POLICIES: dict[str, Policy] = {

@@ -41,17 +41,18 @@ from xattn_ray.engine.batching import EncodedPairs
 from xattn_ray.engine.checkpoint import load_model
 from xattn_ray.engine.model import Transformer, preset_config
 from xattn_ray.engine.policies import NEW_EMBED, count_parameters, freeze, select
+from xattn_ray.engine.pretrained import load_pretrained, pretrained_files_sha256
 from xattn_ray.engine.structured_dropout import MaskAlphas
 from xattn_ray.engine.tokenizer import Tokenizer, train_tokenizer
 from xattn_ray.engine.train import TrainConfig, TrainingData
 from xattn_ray.engine.transfer import to_xlquery
-from xattn_ray.errors import DataError
+from xattn_ray.errors import ConfigError, DataError
 from xattn_ray.store import codeswitch_kind
 from xattn_ray.study.config import CodeSwitchStudy, Experiment, corpus_identity
 from xattn_ray.study.run_folder import Result
 from xattn_ray.study.spec import RunSpec, StagePlan, model_options
 from xattn_ray.study.summary import mean_std
-from xattn_ray.study.training import RunContext, TestSet, train_and_score
+from xattn_ray.study.training import RunContext, TestSet, score_imported, train_and_score
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +213,18 @@ def _run(context: RunContext) -> Result:
     experiment, spec = context.experiment, context.spec
     study = experiment.codeswitch
     data = load_study_data(experiment, context.cache)
-    src_tok, tgt_tok = study_tokenizers(experiment, data, context.cache / "spm")
+    if spec.stage == "base" and study.pretrained:
+        return _import_base(context, data)
     torch.manual_seed(spec.seed)
     if context.parent_checkpoint is None:
+        src_tok, tgt_tok = study_tokenizers(experiment, data, context.cache / "spm")
         model = Transformer(preset_config(experiment.model.preset, src_tok.vocab_size, tgt_tok.vocab_size,
                                           **experiment.model.overrides(), **model_options(spec)))
         parent_pair = None
-    else:
-        model = _prepared(load_model(context.parent_checkpoint).model, spec, experiment)
+    else:  # the base's tokenizers, as its checkpoint carries them (trained here or imported)
+        parent = load_model(context.parent_checkpoint)
+        src_tok, tgt_tok = parent.src_tokenizer, parent.tgt_tokenizer
+        model = _prepared(parent.model, spec, experiment)
         parent_pair = study_pair(study)
     log.info("%s: %s", spec.stage, count_parameters(model).summary())
     max_positions = model.config.max_positions
@@ -244,6 +249,21 @@ def _run(context: RunContext) -> Result:
     tests = {} if spec.stage == "pretrain" else \
         test_sets(data, study, src_tok, tgt_tok, max_positions, codeswitched=spec.stage == "codeswitch")
     return train_and_score(context, study_pair(study), parent_pair, None, model, training, tests)
+
+
+def _import_base(context: RunContext, data: StudyData) -> Result:
+    """The pretrained base, imported and scored on the monolingual test sets (read as the study reads
+    them: `BOS sentence EOS`, a start the pretrained model never saw, so it scores below its own format)."""
+    study = context.experiment.codeswitch
+    loaded, provenance = load_pretrained(study.pretrained, source_language(study), study.pivot)
+    planned = pretrained_files_sha256(study.pretrained)
+    if provenance.files_sha256 != planned:
+        raise ConfigError(f"{study.pretrained}: the model's files changed while the study ran (sha256 "
+                          f"{provenance.files_sha256[:12]}, planned {planned[:12]}); run it again")
+    max_positions = loaded.model.config.max_positions
+    valid = _monolingual(data.valid, study, loaded.src_tokenizer, loaded.tgt_tokenizer, max_positions)
+    tests = test_sets(data, study, loaded.src_tokenizer, loaded.tgt_tokenizer, max_positions, codeswitched=False)
+    return score_imported(context, study_pair(study), loaded, valid, tests)
 
 
 def _prepared(parent: Transformer, spec: RunSpec, experiment: Experiment) -> Transformer:
@@ -307,11 +327,14 @@ class CodeSwitching:
     def hash_payload(self, experiment: Experiment, spec: RunSpec) -> dict:
         study = experiment.codeswitch
         examples = {key: value for key, value in dataclasses.asdict(study).items()
-                    if key not in ("base_train", "pretrain")}
+                    if key not in ("base_train", "pretrain", "pretrained")}
         payload = {"codeswitch": examples, "attention": spec.attention, "alphas": spec.alphas,
                    "corpus": corpus_identity(experiment, study.corpus)}
+        if study.pretrained:  # left out otherwise, so runs from before the option keep their hashes
+            payload["pretrained"] = {"model": study.pretrained,
+                                     "files_sha256": pretrained_files_sha256(study.pretrained)}
         if spec.stage == "codeswitch":
-            payload["policy"] = {"name": spec.policy, **dataclasses.asdict(experiment.policy(spec.policy))}
+            payload["policy"] = {"name": spec.policy, **experiment.policy(spec.policy).identity()}
         return payload
 
     def row_fields(self, experiment: Experiment, spec: RunSpec) -> dict:
@@ -319,8 +342,11 @@ class CodeSwitching:
         study = experiment.codeswitch
         pair = study_pair(study)
         alphas = spec.alphas or (None, None)
+        provenance = {"pretrained": study.pretrained, "pretrained_sha256": pretrained_files_sha256(
+            study.pretrained)} if study.pretrained else {}
         return dict(parent_pair=None if spec.stage == "base" else pair, pair=pair, src_lang="+".join(study.sources),
-                    tgt_lang=study.pivot, attention=spec.attention, mono_alpha=alphas[0], cross_alpha=alphas[1])
+                    tgt_lang=study.pivot, attention=spec.attention, mono_alpha=alphas[0], cross_alpha=alphas[1],
+                    **provenance)
 
     def hparams(self, experiment: Experiment, spec: RunSpec) -> dict:
         return {"codeswitch": dataclasses.asdict(experiment.codeswitch)}

@@ -207,8 +207,13 @@ class CodeSwitchStudy:
     seed: int = 1  # the base model's seed and the examples' pairing
     base_train: TrainConfig | None = None  # None: the experiment's `train`
     pretrain: TrainConfig | None = None  # Q_cross pretraining; None: Q_cross starts as a copy of Q
+    # The base imported from a pretrained Marian model (a folder or hub id) instead of trained: it must
+    # translate every source into the pivot; its joint vocabulary serves all of them.
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
+        if self.pretrained is not None and self.base_train is not None:
+            raise Invalid("base_train", "a pretrained base is imported, not trained: it takes no base_train")
         for i, code in enumerate(self.sources):
             check_language(code, ("sources", i))
         check_language(self.pivot, "pivot")
@@ -296,10 +301,13 @@ def load_experiment(path: str | Path) -> Experiment:
     _check_references(experiment, document)
     experiment = _with_environment_expanded(experiment, document, path.resolve().parent)
     object.__setattr__(experiment, "base_dir", path.resolve().parent)
-    for i, parent in enumerate(experiment.parents):
-        if parent.pretrained and not is_hub_id(parent.pretrained) and not Path(parent.pretrained).is_dir():
-            raise_at(document, ("parents", i, "pretrained"), f"{parent.pretrained}: no such folder (a pretrained "
-                                                             f"model is a folder or a hub id, owner/name)")
+    models = [(("parents", i, "pretrained"), parent.pretrained) for i, parent in enumerate(experiment.parents)]
+    if experiment.codeswitch is not None:
+        models.append((("codeswitch", "pretrained"), experiment.codeswitch.pretrained))
+    for key_path, model in models:
+        if model and not is_hub_id(model) and not Path(model).is_dir():
+            raise_at(document, key_path, f"{model}: no such folder (a pretrained model is a folder or a hub id, "
+                                         f"owner/name)")
     return experiment
 
 
@@ -482,7 +490,9 @@ def _check_policies(experiment: Experiment, doc: YamlDocument) -> None:
     # A pretrained parent's children have its architecture's names (no embedding norm or final norms,
     # a logits bias): policies are checked against those too.
     architectures = [(attention, {}) for attention in attentions] + (
-        [("standard", PRETRAINED_ARCHITECTURE)] if any(p.pretrained for p in experiment.parents) else [])
+        [(attention, PRETRAINED_ARCHITECTURE) for attention in attentions]
+        if any(p.pretrained for p in experiment.parents) or (experiment.codeswitch and experiment.codeswitch.pretrained)
+        else [])
     for attention, options in architectures:
         with torch.device("meta"):  # names only: no weights are allocated
             model = Transformer(preset_config(experiment.model.preset, 8, 8, **{
@@ -552,13 +562,17 @@ def _with_environment_expanded(experiment: Experiment, doc: YamlDocument, base_d
     parents = [dataclasses.replace(parent, pretrained=_model_location(
         expand_environment(parent.pretrained, doc.where(("parents", i, "pretrained"))), base_dir))
         if parent.pretrained else parent for i, parent in enumerate(experiment.parents)]
+    codeswitch = experiment.codeswitch
+    if codeswitch is not None and codeswitch.pretrained:
+        codeswitch = dataclasses.replace(codeswitch, pretrained=_model_location(
+            expand_environment(codeswitch.pretrained, doc.where(("codeswitch", "pretrained"))), base_dir))
     analyses = experiment.analyses
     if analyses.lexicon is not None:
         at = ("analyses", "lexicon", "dictionaries")
         folders = [expand_environment(folder, doc.where(at + (i,)))
                    for i, folder in enumerate(analyses.lexicon.dictionaries)]
         analyses = dataclasses.replace(analyses, lexicon=dataclasses.replace(analyses.lexicon, dictionaries=folders))
-    return dataclasses.replace(experiment, corpora=corpora, parents=parents, analyses=analyses)
+    return dataclasses.replace(experiment, corpora=corpora, parents=parents, codeswitch=codeswitch, analyses=analyses)
 
 
 def _model_location(value: str, base_dir: Path) -> str:

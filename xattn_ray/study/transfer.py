@@ -156,10 +156,7 @@ class Transfer:
         payload = {"pair": run.pair, "lines": run.lines, "size": run.size, "test_sets": run.test_sets,
                    "corpus": corpus_identity(experiment, run_corpus(experiment, run))}
         if spec.stage == "child":
-            policy = dataclasses.asdict(experiment.policy(spec.policy))
-            if policy["embed_init"] == "random":  # the default leaves the hashes of runs from before it as they were
-                del policy["embed_init"]
-            payload["policy"] = {"name": spec.policy, **policy}
+            payload["policy"] = {"name": spec.policy, **experiment.policy(spec.policy).identity()}
             payload["init"] = CHILD_INIT  # runs from before it started at their parent's initial values
         elif run.pretrained:  # another model, or the same name with other files, is another parent
             payload["pretrained"] = pretrained_provenance(run)
