@@ -33,7 +33,6 @@ Shapes: V vocabulary size, D d_model.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
@@ -42,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from xattn_ray.engine.checkpoint import LoadedModel
+from xattn_ray.engine.checkpoint import LoadedModel, file_sha256
 from xattn_ray.engine.model import ModelConfig, Transformer
 from xattn_ray.engine.tokenizer import Tokenizer
 from xattn_ray.errors import XattnError
@@ -95,7 +94,7 @@ def load_pretrained(source: str, src_lang: str, tgt_lang: str) -> tuple[LoadedMo
         raise PretrainedError(f"{source}: the weights do not fit a Marian model of its config.json "
                               f"(missing {missing[:2]}, unexpected {unexpected[:2]}, wrong shape {wrong[:2]})")
     model.load_state_dict(state)
-    provenance = Provenance(model=source, files_sha256=_files_sha256(files))
+    provenance = Provenance(model=source, files_sha256=_files_sha256(files))  # cached: planning hashed them
     metadata = {"pretrained": source, "files_sha256": provenance.files_sha256}
     src_tokenizer = Tokenizer(src_lang, files["source.spm"].read_bytes(), dict(metadata), src_vocabulary)
     tgt_tokenizer = Tokenizer(tgt_lang, files["target.spm"].read_bytes(), dict(metadata), tgt_vocabulary)
@@ -109,16 +108,8 @@ def is_hub_id(source: str) -> bool:
 
 
 def pretrained_files_sha256(source: str) -> str:
-    """The hash of the model's files (`Provenance.files_sha256`) without building the model; computed once
-    per process for files of the same sizes and modification times."""
-    files = _resolve_files(source)
-    return _cached_sha256(tuple(sorted((name, str(path), path.stat().st_size, path.stat().st_mtime_ns)
-                                       for name, path in files.items())))
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_sha256(files: tuple[tuple[str, str, int, int], ...]) -> str:
-    return _files_sha256({name: Path(path) for name, path, _, _ in files})
+    """The hash of the model's files (`Provenance.files_sha256`) without building the model."""
+    return _files_sha256(_resolve_files(source))
 
 
 def pretrained_config(source: str) -> ModelConfig:
@@ -268,11 +259,7 @@ def _read_weights(source: str, path: Path) -> dict[str, torch.Tensor]:
 
 
 def _files_sha256(files: dict[str, Path]) -> str:
-    """One SHA-256 over the files read, each as its name and its bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(files[name].name.encode() + b"\0")
-        with files[name].open("rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """One SHA-256 over the files read, each as its name and its own sha256, in name order (each file is
+    read once per process for the same size and modification time: `checkpoint.file_sha256`)."""
+    return hashlib.sha256("".join(f"{files[name].name}\0{file_sha256(files[name])}\n"
+                                  for name in sorted(files)).encode()).hexdigest()
