@@ -85,3 +85,32 @@ def test_policies_command_counts_the_papers_groups():
     table = xattn_ray("policies", "--preset", "small", "--side", "target")
     assert "xattn      trainable params:" in table.stdout and "new target" in table.stdout
     assert xattn_ray("policies", "--preset", "huge").returncode == 2
+
+
+def test_version_help_and_exit_codes():
+    import xattn_ray as package
+    from xattn_ray.cli import EXIT_CODES
+    from xattn_ray.runner.stages import EXIT_INTERRUPTED
+
+    version = xattn_ray("--version")
+    assert version.returncode == 0 and version.stdout.startswith(f"xattn-ray {package.__version__}")
+    help_text = xattn_ray("--help")
+    assert help_text.returncode == 0 and "freeze policies" in help_text.stdout
+    assert "exit status:" in help_text.stdout and all(f"  {code} " in help_text.stdout for code in (0, 1, 2, 130))
+    assert EXIT_INTERRUPTED in EXIT_CODES
+
+
+def test_notebooks_import_the_store_and_the_loader_from_the_package():
+    import subprocess
+    import sys
+
+    from support import PROJECT
+
+    code = ("import sys, xattn_ray\n"
+            "assert 'torch' not in sys.modules and 'xattn_ray.store' not in sys.modules\n"  # lazy: a fast import
+            "from xattn_ray import ResultsStore, load_experiment\n"
+            f"experiment = load_experiment({str(EXPERIMENTS / 'quickstart.yaml')!r})\n"
+            "print(experiment.name, ResultsStore.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["quickstart", "ResultsStore"]

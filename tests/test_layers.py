@@ -27,7 +27,6 @@ PACKAGE_DIR = PROJECT / PACKAGE
 # must be given a layer here. A module may import modules of its own layer or of lower-ranked ones.
 LAYERS: dict[str, int] = {
     # ground: errors, atomic files, config-schema helpers and the results store; every layer may use them.
-    "xattn_ray": 0,
     "xattn_ray.errors": 0,
     "xattn_ray.files": 0,
     "xattn_ray.schema": 0,
@@ -42,7 +41,9 @@ LAYERS: dict[str, int] = {
     "xattn_ray.report": 4,
     # runner: the studies on Ray (Tune, Train); the only package that imports Ray.
     "xattn_ray.runner": 5,
-    # top: the `xattn-ray` command and `python -m xattn_ray`.
+    # top: the `xattn-ray` command, `python -m xattn_ray`, and the package's own `__init__.py`, which
+    # hands notebooks the store and the experiment loader (`from xattn_ray import ResultsStore`).
+    "xattn_ray": 6,
     "xattn_ray.cli": 6,
     "xattn_ray.__main__": 6,
 }

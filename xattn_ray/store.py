@@ -182,10 +182,8 @@ def code_version() -> str:
     """The package version, plus `+g<commit>` when the package runs from a git checkout."""
     try:
         version = importlib.metadata.version("xattn-ray")
-    except importlib.metadata.PackageNotFoundError:
-        import xattn_ray
-
-        version = getattr(xattn_ray, "__version__", "unknown")
+    except importlib.metadata.PackageNotFoundError:  # run from a folder that was never installed
+        version = "unknown"
     package = Path(__file__).resolve().parent
     # The package's own files must be tracked: an installed copy inside some other repository (a
     # virtual environment in a project folder) would otherwise report that repository's commit.

@@ -1,25 +1,52 @@
 """The live table of trials on the terminal: one compact table at most every `interval` seconds.
 
 Tune's own console output is turned off (it prints every result of every trial); this callback keeps
-the last result of each trial and prints state, update, losses, BLEU and time, quietly enough to read.
-Trials are named by their run ids (`lb-pv-xattn-s1-3f2a9c01`).
+the last result of each trial and prints state, updates done of the run's budget, losses, BLEU, time
+and an estimate of the time left, quietly enough to read. Trials are named by their run ids
+(`lb-pv-xattn-s1-3f2a9c01`).
+
+The estimate is the budget left at the pace this table has seen: updates per second between the
+trial's first report here and its latest (so a resumed trial is not credited with its earlier
+updates), or the seconds left of a time budget, whichever ends first. Early stopping can end a run
+sooner, so it is an upper bound.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 from ray.tune import Callback
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What ends a run's training, as far as a clock can tell: 0 means no such limit."""
+
+    max_updates: int = 0
+    max_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pace:
+    """A trial's first report seen by the table: (update, monotonic seconds)."""
+
+    update: int
+    seen: float
+
+
 class ProgressTable(Callback):
-    def __init__(self, stage: str, interval: float = 30.0, stream=None):
+    def __init__(self, stage: str, interval: float = 30.0, stream=None,
+                 budget: Callable[[object], Budget] | None = None):
         self.stage = stage
         self.interval = interval
         self.stream = stream or sys.stdout
+        self.budget = budget or (lambda trial: Budget())  # a trial's budget, from its config
         self.last: dict[str, dict] = {}
         self.states: dict[str, str] = {}
+        self.paces: dict[str, Pace] = {}
         self.started = time.monotonic()
         self.printed = 0.0
         self.changed = False  # something to show since the last table
@@ -29,6 +56,8 @@ class ProgressTable(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[str(trial)] = {**self.last.get(str(trial), {}), **result}  # the final report lacks train_loss
+        if result.get("update") is not None and str(trial) not in self.paces:
+            self.paces[str(trial)] = Pace(result["update"], time.monotonic())
         self.states[str(trial)] = "RUNNING"
         self._maybe_print(trials)
 
@@ -51,16 +80,50 @@ class ProgressTable(Callback):
             return
         self.printed, self.changed = now, False
         lines = [f"[{self.stage}] {now - self.started:6.0f} s"]
-        lines.append(f"  {'run':<40} {'state':<8} {'update':>6} {'train':>6} {'valid':>6} {'BLEU':>6} {'time':>6}")
+        lines.append(f"  {'run':<40} {'state':<8} {'updates':>13} {'train':>6} {'valid':>6} {'BLEU':>6} "
+                     f"{'time':>6} {'left':>7}")
         for trial in trials:
             name = str(trial)
             result = self.last.get(name, {})
             state = self.states.get(name, "PENDING")
+            budget = self.budget(trial)
             bleu = next((v for k, v in result.items() if k.startswith("bleu/")), None)
-            lines.append(f"  {name[:40]:<40} {state:<8} {_num(result.get('update'), 'd'):>6} "
+            left = time_left(budget, result, self.paces.get(name), now) if state == "RUNNING" else None
+            lines.append(f"  {name[:40]:<40} {state:<8} {updates_of_budget(result.get('update'), budget):>13} "
                          f"{_num(result.get('train_loss'), '.2f'):>6} {_num(result.get('valid_loss'), '.2f'):>6} "
-                         f"{_num(bleu, '.1f'):>6} {_num(result.get('time_total_s'), '.0f'):>6}")
+                         f"{_num(bleu, '.1f'):>6} {_num(result.get('time_total_s'), '.0f'):>6} "
+                         f"{duration(left):>7}")
         print("\n".join(lines), file=self.stream, flush=True)
+
+
+def updates_of_budget(update: int | None, budget: Budget) -> str:
+    """`120/300` (updates done of the budget), `120` without an update budget, `-` before any report."""
+    done = _num(update, "d")
+    return f"{done}/{budget.max_updates}" if budget.max_updates else done
+
+
+def time_left(budget: Budget, result: dict, pace: Pace | None, now: float) -> float | None:
+    """Seconds until the budget ends at the pace seen since `pace`; None when nothing bounds it yet."""
+    estimates = []
+    update = result.get("update")
+    if budget.max_updates and pace is not None and update is not None and update > pace.update and now > pace.seen:
+        per_second = (update - pace.update) / (now - pace.seen)
+        estimates.append(max(0, budget.max_updates - update) / per_second)
+    if budget.max_seconds and result.get("train_seconds") is not None:
+        estimates.append(max(0.0, budget.max_seconds - result["train_seconds"]))
+    return min(estimates) if estimates else None
+
+
+def duration(seconds: float | None) -> str:
+    """`45s`, `3m05s`, `2h07m`; `-` for no estimate."""
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _num(value, spec: str) -> str:

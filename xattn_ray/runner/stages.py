@@ -18,12 +18,12 @@ from ray.tune import Stopper
 
 from xattn_ray.runner.local_ray import end_local_ray
 from xattn_ray.runner.plan import DRIVER_RESOURCE, ResourcePlan
-from xattn_ray.runner.progress import ProgressTable
+from xattn_ray.runner.progress import Budget, ProgressTable
 from xattn_ray.runner.trial import MAX_FAILURES, TrialContext, run_trial
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import Experiment
 from xattn_ray.study.records import outcome_rows, stale_rows, unfinished_rows
-from xattn_ray.study.runs import run_folder, run_id, set_aside, stale_reason, unfinished_parent
+from xattn_ray.study.runs import run_folder, run_id, set_aside, stale_reason, train_config, unfinished_parent
 from xattn_ray.study.spec import RunSpec
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command ended by Ctrl-C
@@ -133,6 +133,10 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
     def trial_name(trial) -> str:
         return run_id(experiment, RunSpec.from_dict(trial.config["spec"]))
 
+    def trial_budget(trial) -> Budget:
+        train = train_config(experiment, RunSpec.from_dict(trial.config["spec"]))
+        return Budget(train.max_updates, train.max_seconds)
+
     tuner = tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(num_samples=samples, search_alg=search_alg, scheduler=scheduler, metric=metric,
@@ -140,7 +144,7 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=stage, storage_path=str(storage / experiment.name / "tune"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                                  stop=INTERRUPTION, callbacks=[ProgressTable(stage, progress_interval)]))
+                                  stop=INTERRUPTION, callbacks=[ProgressTable(stage, progress_interval, budget=trial_budget)]))
     results = tuner.fit()
     for result in results:
         spec = RunSpec.from_dict(result.config["spec"])
