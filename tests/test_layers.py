@@ -26,10 +26,12 @@ PACKAGE_DIR = PROJECT / PACKAGE
 # most specific key wins. The root `xattn_ray` is its `__init__.py` only, so that a new top-level module
 # must be given a layer here. A module may import modules of its own layer or of lower-ranked ones.
 LAYERS: dict[str, int] = {
-    # ground: errors, atomic files, config-schema helpers and the results store; every layer may use them.
+    # ground: errors, atomic files, config-schema helpers (YAML in, JSON Schema out) and the results store;
+    # every layer may use them.
     "xattn_ray.errors": 0,
     "xattn_ray.files": 0,
     "xattn_ray.schema": 0,
+    "xattn_ray.json_schema": 0,
     "xattn_ray.store": 0,
     # engine: tokenizer, model, attention, training loop, decoding, scoring: PyTorch, knows no study.
     "xattn_ray.engine": 1,

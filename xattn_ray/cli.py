@@ -153,6 +153,12 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, required=True, help="folder for report.md and its PNG figures")
     report.set_defaults(handler=_report)
 
+    schema = commands.add_parser("schema", help="print the experiment file's JSON Schema, for editors to complete "
+                                                "and check keys")
+    schema.add_argument("--out", type=Path, metavar="FILE",
+                        help="write to this file (atomically) instead of standard output")
+    schema.set_defaults(handler=_schema)
+
     data = commands.add_parser("data", help="generate or download data").add_subparsers(required=True,
                                                                                          metavar="ACTION")
     synth = data.add_parser("synth", help="write a synthetic language family (corpora + dictionaries)")
@@ -483,6 +489,22 @@ def _report(args: argparse.Namespace) -> int:
         raise XattnError(f"--out {args.out} is inside the results store {store.uri}: write it elsewhere")
     path = build_report(store, args.experiment, args.out)
     print(f"wrote {path}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from xattn_ray.json_schema import json_schema_text
+    from xattn_ray.study.config import Experiment
+
+    if args.out is not None and args.out.is_dir():
+        raise XattnError(f"--out {args.out} is a folder: give a file name")
+    text = json_schema_text(Experiment, title="xattn-ray experiment file")
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from xattn_ray.files import write_atomically
+
+        write_atomically(args.out, text.encode())
     return 0
 
 
