@@ -79,17 +79,32 @@ def test_make_row_rejects_unknown_columns_and_bad_values(fields, message):
 
 
 @pytest.mark.parametrize("column, value", [("seed", 1.5), ("bleu", "31.2"), ("pair", 3), ("updates", True),
-                                           ("run_id", None), ("created_at", "2024-05-01"),
-                                           ("options", {"lr": "high"}), ("options", [0.1]), ("options", {3: 0.1}),
-                                           ("valid_losses", [[100, 5.5]]), ("valid_losses", "[[100, 5.5]]"),
-                                           ("valid_losses", [{"update": 1.5, "valid_loss": 5.5}]),
-                                           ("valid_losses", [{"update": 100, "valid_loss": None}])])
+                                           ("run_id", None), ("created_at", "2024-05-01")])
 def test_a_wrong_type_names_the_column_and_writes_nothing(tmp_path, column, value):
     good = bleu_rows("good-s1", 30.0)
     bad = make_row(experiment="m30k", run_id="bad-s1", stage="child", eval="test", status="ok") | {column: value}
     with pytest.raises(StoreError, match=f"results column '{column}'"):
         ResultsStore(tmp_path).write([*good, bad])  # the good group comes first and is still not written
     assert all_files(tmp_path) == []  # no result file, no temporary file
+
+
+OPTIONS_KIND = "a dict from a string to a number"
+CURVE_KIND = "a list of {update: an integer, valid_loss: a number}"
+
+
+@pytest.mark.parametrize("column, value, kind", [
+    ("options", {"lr": "high"}, OPTIONS_KIND), ("options", {"lr": True}, OPTIONS_KIND),  # pyarrow would take 1.0
+    ("options", [0.1], OPTIONS_KIND), ("options", {3: 0.1}, OPTIONS_KIND),
+    ("valid_losses", [[100, 5.5]], CURVE_KIND), ("valid_losses", "[[100, 5.5]]", CURVE_KIND),
+    ("valid_losses", [{"update": 1.5, "valid_loss": 5.5}], CURVE_KIND),
+    ("valid_losses", [{"update": 100, "valid_loss": None}], CURVE_KIND),
+    ("valid_losses", [{"update": 100, "valid_loss": 5.5, "bleu": 3.0}], CURVE_KIND)])
+def test_a_typed_column_says_what_it_takes(tmp_path, column, value, kind):
+    row = make_row(experiment="m30k", run_id="bad-s1", stage="child", eval="train", status="ok", **{column: value})
+    with pytest.raises(StoreError) as caught:
+        ResultsStore(tmp_path).write([row])
+    assert str(caught.value).startswith(f"results column {column!r} takes {kind}, not ")
+    assert all_files(tmp_path) == []
 
 
 def test_run_id_must_be_a_file_name(tmp_path):
