@@ -32,7 +32,10 @@ def all_files(root: Path) -> list[Path]:
 
 def test_every_column_round_trips_with_its_type_and_nulls_stay_null(tmp_path):
     example = {pa.int32(): 7, pa.int64(): 2**40, pa.float64(): 31.25, pa.string(): "text",
-               pa.timestamp("us", tz="UTC"): datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)}
+               pa.timestamp("us", tz="UTC"): datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc),
+               SCHEMA.field("valid_losses").type: [{"update": 100, "valid_loss": 5.5},
+                                                   {"update": 200, "valid_loss": 4.25}],
+               SCHEMA.field("options").type: {"lr": 0.0003, "warmup_updates": 4000.0}}
     full = {field.name: example[field.type] for field in SCHEMA}
     full |= {"stage": "parent", "eval": "test", "status": "ok", "selection": "grid", "experiment": "m30k",
              "run_id": "full-s1"}
@@ -44,7 +47,7 @@ def test_every_column_round_trips_with_its_type_and_nulls_stay_null(tmp_path):
         "experiment=m30k/stage=child/sparse-s1.bli.parquet", "experiment=m30k/stage=parent/full-s1.test.parquet"]
     table = store.table()
     assert table.schema == SCHEMA  # partition columns too: plain strings, not dictionaries
-    rows = {row["run_id"]: row for row in table.to_pylist()}
+    rows = {row["run_id"]: row for row in table.to_pylist(maps_as_pydicts="strict")}
     assert rows["full-s1"] == full
     assert rows["full-s1"]["created_at"].utcoffset().total_seconds() == 0
     assert rows["sparse-s1"]["schema_version"] == SCHEMA_VERSION and rows["sparse-s1"]["code_version"] == code_version()
@@ -56,10 +59,10 @@ def test_every_column_round_trips_with_its_type_and_nulls_stay_null(tmp_path):
 
 def test_make_row_completes_a_row_and_encodes_json_columns():
     row = make_row(experiment="e", run_id="r", stage="child", eval="test", status="ok", bleu=30.0,
-                   valid_curve=[[100, 5.5], [200, 4.25]], hparams={"lr": 0.001})
+                   stitched_from={"body": "a", "embeddings": "b"}, hparams={"lr": 0.001})
     assert list(row) == SCHEMA.names
-    assert row["chrf"] is None and row["schema_version"] == SCHEMA_VERSION
-    assert json.loads(row["valid_curve"]) == [[100, 5.5], [200, 4.25]] and row["hparams"] == '{"lr": 0.001}'
+    assert row["chrf"] is None and row["schema_version"] == SCHEMA_VERSION == 2
+    assert json.loads(row["stitched_from"]) == {"body": "a", "embeddings": "b"} and row["hparams"] == '{"lr": 0.001}'
     assert code_version().split("+g")[0] == xattn_ray.__version__ and row["code_version"] == code_version()
 
 
@@ -83,6 +86,25 @@ def test_a_wrong_type_names_the_column_and_writes_nothing(tmp_path, column, valu
     with pytest.raises(StoreError, match=f"results column '{column}'"):
         ResultsStore(tmp_path).write([*good, bad])  # the good group comes first and is still not written
     assert all_files(tmp_path) == []  # no result file, no temporary file
+
+
+OPTIONS_KIND = "a dict from a string to a number"
+CURVE_KIND = "a list of {update: an integer, valid_loss: a number}"
+
+
+@pytest.mark.parametrize("column, value, kind", [
+    ("options", {"lr": "high"}, OPTIONS_KIND), ("options", {"lr": True}, OPTIONS_KIND),  # pyarrow would take 1.0
+    ("options", [0.1], OPTIONS_KIND), ("options", {3: 0.1}, OPTIONS_KIND),
+    ("valid_losses", [[100, 5.5]], CURVE_KIND), ("valid_losses", "[[100, 5.5]]", CURVE_KIND),
+    ("valid_losses", [{"update": 1.5, "valid_loss": 5.5}], CURVE_KIND),
+    ("valid_losses", [{"update": 100, "valid_loss": None}], CURVE_KIND),
+    ("valid_losses", [{"update": 100, "valid_loss": 5.5, "bleu": 3.0}], CURVE_KIND)])
+def test_a_typed_column_says_what_it_takes(tmp_path, column, value, kind):
+    row = make_row(experiment="m30k", run_id="bad-s1", stage="child", eval="train", status="ok", **{column: value})
+    with pytest.raises(StoreError) as caught:
+        ResultsStore(tmp_path).write([row])
+    assert str(caught.value).startswith(f"results column {column!r} takes {kind}, not ")
+    assert all_files(tmp_path) == []
 
 
 def test_run_id_must_be_a_file_name(tmp_path):

@@ -13,7 +13,7 @@ readers skip) beside its final name and renamed into place; in an object store (
 uploaded to its final key, which shows an object only once the upload is complete. Either way a reader
 sees a whole file or none, a crash leaves what was there, and writing a run's evaluation again (a
 retried or resumed trial) replaces its rows instead of adding to them. Nothing deletes rows. Readers
-list the files, then read them through the one `SCHEMA`; `ResultsStore.sql` puts DuckDB over the rows
+list the files, then read them as rows of the one `SCHEMA`; `ResultsStore.sql` puts DuckDB over the rows
 as a table named `results`.
 
 A row's `hypotheses_uri` and `references_uri` name text files. A local store keeps the paths of the
@@ -21,6 +21,13 @@ run's own files; any other store copies the files into `texts/` as it writes the
 name the copies (`s3://bucket/prefix/texts/...`), so a report reads them from any machine. A copy is
 named by its content: a retry writes the same key, and one reference file shared by many runs is one
 object. `ResultsStore.read_text` reads those two kinds of name and refuses any other.
+
+Each row records the `SCHEMA_VERSION` of the code that wrote it, and a store may hold files of several
+versions side by side (a study resumed by newer code). A column never changes its type under its name,
+so that anything reading all the files at once (DuckDB's `read_parquet(..., union_by_name = true)`)
+can combine them; a column whose type changes is retired and its successor takes a new name. Readers
+of this module see one table of the current version: the retired columns of older files are converted
+on read (`_as_current`), never in the files themselves.
 
 Queries are read-only and see the rows and nothing else: the rows are loaded first, then DuckDB runs
 in memory with external access off and its configuration locked, so no query reads or writes a file,
@@ -42,7 +49,7 @@ import re
 import subprocess
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,7 +66,10 @@ from xattn_ray.errors import XattnError
 if TYPE_CHECKING:
     import pandas
 
-SCHEMA_VERSION = 1  # bump when a column changes meaning or type; adding a column needs no bump
+# Bump when a column changes meaning or is replaced; adding a column needs no bump. Version 2: the
+# validation curve moved from JSON text (`valid_curve`, retired) to `valid_losses`, the grid options got
+# their column `options`, and `train_size` counts the pairs trained on (version 1: the requested size).
+SCHEMA_VERSION = 2
 
 STAGES = ("parent", "child", "analysis", "base", "pretrain", "codeswitch")  # the last three: code-switching studies
 EVALS = ("train", "test", "forgetting", "zeroshot", "bli")
@@ -69,6 +79,9 @@ STATUSES = ("ok", "failed", "stopped")
 # is superseded. A row without a value (a store written before the column existed) is a grid run.
 SELECTIONS = ("grid", "search", "confirmed", "superseded")
 COUNTED_SELECTIONS = ("grid", "confirmed")
+
+# One validation during training: the update it followed and the validation loss it measured.
+VALID_POINT = pa.struct([pa.field("update", pa.int64()), pa.field("valid_loss", pa.float64())])
 
 # Every column of every row. A metric that does not apply to a row is null, never zero.
 SCHEMA = pa.schema([
@@ -102,13 +115,14 @@ SCHEMA = pa.schema([
     pa.field("train_seconds", pa.float64()),
     pa.field("target_tokens_per_second", pa.float64()),  # training throughput
     pa.field("best_valid_loss", pa.float64()),
-    pa.field("valid_curve", pa.string()),  # JSON list of [update, valid_loss]
+    pa.field("valid_losses", pa.list_(VALID_POINT)),  # every validation of the run, in order
     pa.field("stop_reason", pa.string()),  # why training ended, e.g. patience, max_updates
-    pa.field("train_size", pa.int64()),  # training sentence pairs after cleaning
+    pa.field("train_size", pa.int64()),  # training pairs the run trained on, after cleaning (version 1: asked for)
     pa.field("attention", pa.string()),  # encoder self-attention of a code-switching run: standard / xlquery
     pa.field("mono_alpha", pa.float64()),  # xlquery training: keep probability of M1's cross-segment entries
     pa.field("cross_alpha", pa.float64()),  # xlquery training: keep probability of M2's within-segment entries
     pa.field("stitched_from", pa.string()),  # JSON: the models a stitched model was assembled from
+    pa.field("options", pa.map_(pa.string(), pa.float64())),  # the grid's or search's values, e.g. {lr: 3e-4}
     pa.field("hparams", pa.string()),  # JSON of the run's full resolved config
     pa.field("config_hash", pa.string()),  # hash of `hparams`, the first half of `run_id`
     pa.field("checkpoint_uri", pa.string()),  # the model the row's numbers come from
@@ -123,8 +137,12 @@ SCHEMA = pa.schema([
     pa.field("created_at", pa.timestamp("us", tz="UTC")),
 ])
 
+# Columns of older versions that files of those versions hold, and `_as_current` turns into today's.
+RETIRED = pa.schema([
+    pa.field("valid_curve", pa.string()),  # version 1: JSON list of [update, valid_loss]; now `valid_losses`
+])
 # Columns holding JSON text: `make_row` encodes other values given for them.
-JSON_COLUMNS = ("valid_curve", "stitched_from", "hparams")
+JSON_COLUMNS = ("stitched_from", "hparams")
 # Columns naming a text file: a store that is not a local folder holds copies of those files (`texts/`).
 TEXT_COLUMNS = ("hypotheses_uri", "references_uri")
 
@@ -249,6 +267,8 @@ class ResultsStore:
 
         `filters` is a `pyarrow.compute.Expression` or pyarrow's DNF list form, e.g.
         `[("policy", "=", "xattn"), ("seed", "in", [1, 2])]`. An empty store gives an empty table.
+        Rows of older schema versions come as the current version's (`_as_current`), and the filters
+        see them so.
         """
         import pyarrow.dataset as ds  # here, not above: it imports pandas, which most commands never need
 
@@ -261,10 +281,12 @@ class ResultsStore:
             # every listed file stays readable. Text copies (`texts/`) are not results files.
             paths = sorted(info.path for info in listed
                            if info.type == pafs.FileType.File and _is_results_file(info.base_name))
-            dataset = ds.FileSystemDataset.from_paths(paths, schema=SCHEMA, format=ds.ParquetFileFormat(),
+            dataset = ds.FileSystemDataset.from_paths(paths, schema=_READ_SCHEMA, format=ds.ParquetFileFormat(),
                                                       filesystem=self._fs)
-            # Reading through SCHEMA orders and types the columns, and fills any column a file lacks with nulls.
-            return dataset.to_table(filter=expression)
+            # Reading through one schema orders and types the columns, and fills any column a file lacks with
+            # nulls: the retired ones in files of today's version, today's new ones in older files.
+            rows = _as_current(dataset.to_table())
+            return rows if expression is None else rows.filter(expression)
         except (pa.ArrowException, OSError) as err:
             unknown = _UNKNOWN_COLUMN.search(str(err))  # pyarrow's own message goes on to list the whole schema
             if unknown:
@@ -272,8 +294,8 @@ class ResultsStore:
             raise StoreError(f"cannot read results store {self.uri}: {_one_line(err)}") from None
 
     def read(self, experiment: str | None = None, filters: pc.Expression | list | None = None) -> pandas.DataFrame:
-        """`table(experiment, filters)` as a pandas DataFrame."""
-        return self.table(experiment, filters).to_pandas()
+        """`table(experiment, filters)` as a pandas DataFrame (`options` as dicts)."""
+        return self.table(experiment, filters).to_pandas(maps_as_pydicts="strict")
 
     def check_exists(self) -> None:
         """Raise `StoreError` unless the store's folder is there (a store no study wrote to is not)."""
@@ -355,8 +377,8 @@ class ResultsStore:
             return _answer(answer)
 
     def sql(self, query: str) -> pandas.DataFrame:
-        """`sql_table(query)` as a pandas DataFrame."""
-        return self.sql_table(query).to_pandas()
+        """`sql_table(query)` as a pandas DataFrame (maps as dicts)."""
+        return self.sql_table(query).to_pandas(maps_as_pydicts="strict")
 
     def _path(self, experiment: str, stage: str, run_id: str, evaluation: str) -> str:
         if not _RUN_ID.fullmatch(run_id):
@@ -422,6 +444,46 @@ class ResultsStore:
             if isinstance(err, OSError):
                 raise StoreError(f"cannot write {path}: {_one_line(err)}") from None
             raise
+
+
+_READ_SCHEMA = pa.schema([*SCHEMA, *RETIRED])  # what a reader takes from a file of any version
+
+
+def _as_current(rows: pa.Table) -> pa.Table:
+    """`rows` read through `_READ_SCHEMA` as rows of the current `SCHEMA`.
+
+    Version 1's JSON `valid_curve` becomes `valid_losses`, and a version-1 row's `options` are those its
+    `hparams` record (a version-1 row that newer code wrote again, as a search relabelling its rows does,
+    holds both already). `train_size` stays as stored: `schema_version` tells which meaning it has.
+    """
+    converted = {}
+    try:
+        if rows["valid_curve"].null_count < rows.num_rows:  # some files of version 1
+            converted["valid_losses"] = [
+                _points_of_json(text) if points is None and text is not None else points
+                for points, text in zip(rows["valid_losses"].to_pylist(), rows["valid_curve"].to_pylist())]
+        if pc.any(pc.equal(rows["schema_version"], 1)).as_py():
+            converted["options"] = [
+                _options_of_hparams(record) if given is None and version == 1 and record is not None else given
+                for given, version, record in zip(rows["options"].to_pylist(), rows["schema_version"].to_pylist(),
+                                                  rows["hparams"].to_pylist())]
+    except (ValueError, TypeError, AttributeError) as err:
+        raise StoreError(f"a version-1 row holds damaged JSON: {_one_line(err)}") from None
+    for name, values in converted.items():
+        field = SCHEMA.field(name)
+        rows = rows.set_column(rows.schema.get_field_index(name), field, pa.array(values, field.type))
+    return rows.select(SCHEMA.names)
+
+
+def _points_of_json(text: str) -> list[dict[str, Any]]:
+    """Version 1's `valid_curve`, `[[update, valid_loss], ...]`, as the points of `valid_losses`."""
+    return [{"update": int(update), "valid_loss": float(loss)} for update, loss in json.loads(text)]
+
+
+def _options_of_hparams(text: str) -> dict[str, float] | None:
+    """The grid or search values a run's `hparams` JSON records, or None when it records none."""
+    options = json.loads(text).get("options")
+    return None if options is None else {name: float(value) for name, value in sorted(options.items())}
 
 
 @dataclass(frozen=True)
@@ -506,6 +568,15 @@ def _fits(type_: pa.DataType, value: Any) -> bool:
         return isinstance(value, numbers.Real)
     if pa.types.is_timestamp(type_):
         return isinstance(value, datetime)
+    if pa.types.is_map(type_):  # a dict, or the (key, value) pairs that pyarrow's `to_pylist` gives
+        items = value.items() if isinstance(value, Mapping) else value if isinstance(value, (list, tuple)) else None
+        return items is not None and all(isinstance(item, tuple) and len(item) == 2 and _fits(type_.key_type, item[0])
+                                         and _fits(type_.item_type, item[1]) for item in items)
+    if pa.types.is_list(type_):
+        return isinstance(value, (list, tuple)) and all(_fits(type_.value_type, item) for item in value)
+    if pa.types.is_struct(type_):
+        return (isinstance(value, Mapping) and set(value) == set(type_.names)
+                and all(_fits(field.type, value[field.name]) for field in type_))
     return isinstance(value, str)
 
 
@@ -514,6 +585,12 @@ def _kind(type_: pa.DataType) -> str:
         return "an integer"
     if pa.types.is_floating(type_):
         return "a number"
+    if pa.types.is_map(type_):
+        return f"a dict from {_kind(type_.key_type)} to {_kind(type_.item_type)}"
+    if pa.types.is_list(type_):
+        return f"a list of {_kind(type_.value_type)}"
+    if pa.types.is_struct(type_):
+        return "{" + ", ".join(f"{field.name}: {_kind(field.type)}" for field in type_) + "}"
     return "a datetime" if pa.types.is_timestamp(type_) else "a string"
 
 

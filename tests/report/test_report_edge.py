@@ -17,7 +17,7 @@ from support import xattn_ray
 
 EXPERIMENT = "edge"
 COSTS = dict(trainable_params=1000, total_params=4000, train_seconds=2.0, target_tokens_per_second=300.0, updates=10,
-             valid_curve=[[5, 3.0], [10, 2.5]])
+             valid_losses=[{"update": 5, "valid_loss": 3.0}, {"update": 10, "valid_loss": 2.5}])
 
 
 def row(run_id: str, stage: str, evaluation: str, status: str = "ok", **fields) -> dict:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.study.codeswitch import load_study_data
 from xattn_ray.study.config import load_experiment
 from xattn_ray.errors import ConfigError
 from xattn_ray.study.kinds import kind_of
@@ -128,6 +129,9 @@ def test_base_is_scored_on_single_sentences_and_finetuning_on_every_kind(trained
     hypotheses = folder.hypotheses("test.unseen.lb+lc").read_text().splitlines()
     assert len(references) == len(hypotheses) == 20
     assert json.loads(folder.result_file.read_text())["status"] == "ok"
+    # The base trains on every source's kept lines, one example each (none here is too long for the model).
+    kept = load_study_data(experiment, storage / "cache").base_train[experiment.codeswitch.pivot]
+    assert outcomes["base", None].train_size == len(experiment.codeswitch.sources) * len(kept)
 
 
 def test_pretraining_changes_only_q_cross_and_starts_it_from_q(trained):

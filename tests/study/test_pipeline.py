@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from xattn_ray.engine.checkpoint import load_model
+from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import load_experiment
+from xattn_ray.study.records import outcome_rows
 from xattn_ray.study.runs import run, run_folder
 from xattn_ray.study.spec import RunSpec
+from xattn_ray.study.transfer import load_run_data, run_config
 from xattn_ray.engine.policies import POLICIES
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,28 @@ def test_a_four_policy_grid_on_one_child_slice_builds_its_shard_once(study, capl
     messages = [record.getMessage() for record in caplog.records]
     assert sum(message.startswith("shard built: ") for message in messages) == 1, messages
     assert sum(message.startswith("shard reused: ") for message in messages) == 3, messages
+
+
+def test_rows_hold_the_pairs_left_after_cleaning_the_grid_options_and_the_curve(tmp_path, tiny_study):
+    """Length filters drop pairs of the slices, so the pairs trained on are fewer than asked for."""
+    experiment = load_experiment(tiny_study(tmp_path, name="filtered", extra="filters: {max_tokens: 10}",
+                                            grid="grid: {policies: [xattn], seeds: [1], sizes: [100], "
+                                                 "options: {lr: [0.002]}}"))
+    parent_spec, child_spec = RunSpec("parent", "la-pv", 1), RunSpec("child", "lb-pv", 1, "xattn", 100, {"lr": 0.002})
+    store = ResultsStore(tmp_path / "results")
+    for spec in (parent_spec, child_spec):
+        store.write(outcome_rows(experiment, spec, run(experiment, spec, tmp_path / "runs")))
+    rows = store.table(filters=[("eval", "=", "train")]).to_pylist(maps_as_pydicts="strict")
+    train = {row["stage"]: row for row in rows}
+    for spec in (parent_spec, child_spec):
+        # Counted apart from the run: a streamed pass over the slice, through the same filters.
+        kept = load_run_data(experiment, run_config(experiment, spec), tmp_path / "runs" / "cache").train.scan().kept
+        assert train[spec.stage]["train_size"] == kept
+        assert run_folder(tmp_path / "runs", experiment, spec).result().train_size == kept
+    assert train["child"]["train_size"] < 100 and train["parent"]["train_size"] < 250  # lines [0, 250]
+    assert train["child"]["options"] == {"lr": 0.002} and train["parent"]["options"] == {}
+    assert [point["update"] for point in train["child"]["valid_losses"]] == [6, 12]
+    assert train["child"]["best_valid_loss"] == min(point["valid_loss"] for point in train["child"]["valid_losses"])
 
 
 def xattn_ray(*args, cwd):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pandas
 
@@ -100,7 +99,7 @@ def _bar_chart(groups: list[str], bars: dict[str, pandas.DataFrame], colors: dic
 def _valid_curves(frame: pandas.DataFrame):
     import matplotlib.pyplot as plt
 
-    train = ok_rows(frame, "train", "child").dropna(subset=["valid_curve"])
+    train = ok_rows(frame, "train", "child").dropna(subset=["valid_losses"])
     if train.empty:
         return None
     pairs = ordered_pairs(train)
@@ -111,9 +110,8 @@ def _valid_curves(frame: pandas.DataFrame):
     figure, grid = plt.subplots(rows, columns, figsize=(4.2 * columns + 1.5, 3.4 * rows), squeeze=False)
     for axes, pair in zip(grid.flat, pairs):
         for run in train[train["pair"] == pair].sort_values(["policy", "seed"]).itertuples():
-            curve = json.loads(run.valid_curve)
-            if curve:
-                updates, losses = zip(*curve)
+            if len(run.valid_losses):
+                updates, losses = zip(*((point["update"], point["valid_loss"]) for point in run.valid_losses))
                 axes.plot(updates, losses, color=colors[run.policy], linewidth=1, alpha=0.8, marker=".")
         axes.set_title(pair)
         axes.set_xlabel("update")

@@ -28,7 +28,8 @@ def run_fields(experiment: Experiment, spec: RunSpec, selection: str = "grid") -
     if selection in ("search", "confirmed"):  # how the run's configuration was chosen, for the report
         hparams["search"] = {**dataclasses.asdict(experiment.search), "trial_seed": experiment.grid.seeds[0]}
     return dict(experiment=experiment.name, run_id=run_id(experiment, spec), stage=spec.stage, policy=spec.policy,
-                seed=spec.seed, hparams=json.dumps(hparams, sort_keys=True, default=str),
+                seed=spec.seed, options=dict(sorted(spec.options.items())),
+                hparams=json.dumps(hparams, sort_keys=True, default=str),
                 config_hash=config_hash(experiment, spec), selection=selection, **kind.row_fields(experiment, spec))
 
 
@@ -39,11 +40,13 @@ def outcome_rows(experiment: Experiment, spec: RunSpec, result: Result, trial_id
                   total_params=result.total_params, updates=result.updates, train_seconds=result.train_seconds,
                   target_tokens_per_second=result.target_tokens_per_second,
                   best_valid_loss=_finite(result.best_valid_loss), stop_reason=result.stop_reason,
+                  train_size=result.train_size,
                   checkpoint_uri=result.checkpoint, parent_checkpoint_sha256=result.parent_checkpoint_sha256,
                   status=result.status, ray_trial_id=trial_id,
                   error=None if result.ok else result.stop_reason)
-    rows = [make_row(**shared, eval="train", valid_curve=json.dumps([list(point) for point in result.valid_curve]),
-                     bleu=result.valid_bleu, test_set="valid" if result.valid_bleu is not None else None)]
+    valid_losses = [{"update": update, "valid_loss": loss} for update, loss in result.valid_curve]
+    rows = [make_row(**shared, eval="train", valid_losses=valid_losses, bleu=result.valid_bleu,
+                     test_set="valid" if result.valid_bleu is not None else None)]
     for name, test in result.tests.items():
         rows.append(make_row(**shared, eval="test", test_set=name, bleu=test.bleu, chrf=test.chrf,
                              bleu_signature=test.bleu_signature, chrf_signature=test.chrf_signature,

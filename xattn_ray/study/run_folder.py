@@ -66,6 +66,9 @@ class Result:
     # sha256 of the checkpoint the run started from (its parent's best.pt); None for a run from scratch,
     # and in results written before runs recorded it
     parent_checkpoint_sha256: str | None = None
+    # training pairs the run trained on: what cleaning kept, less pairs too long for the model's positions;
+    # None for a parent imported from a pretrained model, and in results written before runs recorded it
+    train_size: int | None = None
 
     @property
     def ok(self) -> bool:

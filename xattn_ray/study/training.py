@@ -96,7 +96,7 @@ def train_and_score(context: RunContext, pair: str, parent_pair: str | None, sid
         valid_curve=[(m["update"], m["valid_loss"]) for m in progress.history],
         trainable_params=counts.trainable, total_params=counts.total, tests=scores, valid_bleu=valid_bleu,
         checkpoint=str(outcome.best_checkpoint), status="failed" if outcome.failed else "ok",
-        parent_checkpoint_sha256=context.parent_checkpoint_sha256)
+        parent_checkpoint_sha256=context.parent_checkpoint_sha256, train_size=len(training.train))
     if rank == 0:
         folder.write_result(result)
     return result

@@ -170,8 +170,7 @@ class Transfer:
         origin = run if spec.stage == "parent" else experiment.parent(run.parent)
         provenance = pretrained_provenance(origin) if origin.pretrained else {"model": None, "files_sha256": None}
         return dict(parent_pair=parent_pair, pair=str(pair), src_lang=pair.src, tgt_lang=pair.tgt, side=side,
-                    train_size=run.size, pretrained=provenance["model"],
-                    pretrained_sha256=provenance["files_sha256"])
+                    pretrained=provenance["model"], pretrained_sha256=provenance["files_sha256"])
 
     def hparams(self, experiment: Experiment, spec: RunSpec) -> dict:
         run = run_config(experiment, spec)
