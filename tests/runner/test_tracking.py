@@ -7,13 +7,14 @@ section's mistakes are checked in this process, on the loaded experiment.
 """
 
 import json
+import os
 import struct
 import sys
 from pathlib import Path
 
 import pytest
 
-from xattn_ray.errors import ConfigError
+from xattn_ray.errors import ConfigError, XattnError
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import load_experiment
 from xattn_ray.study.runs import all_specs, run_id
@@ -198,6 +199,22 @@ def test_the_command_line_chooses_the_backend_and_keeps_the_files_section_of_it(
     assert chosen.tracking.backend == "wandb" and chosen.tracking.project is None
     assert chosen.base_dir == experiment.base_dir == tmp_path  # relative paths still resolve against the file
     assert with_tracking(experiment, "none").tracking is None
+
+
+def test_the_sections_wandb_mode_is_the_studys_and_online_needs_a_login(tmp_path, tiny_study, monkeypatch):
+    """Ray's W&B callback asks for an API key unless the environment's WANDB_MODE is offline: the section's
+    `mode` is put there. Its `dir` is relative to the experiment file."""
+    from xattn_ray.runner.tracking import open_tracking
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no W&B login of this machine's user either
+    offline = load_experiment(tiny_study(tmp_path, extra="tracking: {backend: wandb, mode: offline, dir: wb}"))
+    open_tracking(offline, tmp_path / "st")
+    assert os.environ["WANDB_MODE"] == "offline" and (tmp_path / "wb").is_dir()
+    online = load_experiment(tiny_study(tmp_path, name="live", extra="tracking: {backend: wandb, mode: online}"))
+    with pytest.raises(XattnError, match=r"^Weights & Biases tracking \(.*/st/wandb\): No WandB API key found"):
+        open_tracking(online, tmp_path / "st")
 
 
 def test_a_tracker_that_cannot_open_is_one_line_before_anything_trains(tmp_path, tiny_study):
