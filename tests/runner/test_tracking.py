@@ -64,9 +64,11 @@ def test_mlflow_file_store_gets_one_run_per_trial_with_its_configuration_and_cur
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 reads its file store only when told to
     client = MlflowClient((tmp_path / "study" / "mlruns").as_uri())
     experiment = client.get_experiment_by_name("tiny-tracked")
-    tracked = {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+    runs = client.search_runs([experiment.experiment_id])
     results, stored = summaries(tmp_path / "st", "tiny"), stored_runs(tmp_path / "st", "tiny")
-    assert sorted(tracked) == sorted(results) == sorted(stored)  # one MLflow run per trial, named by its run id
+    # one MLflow run per trial, named by its run id
+    assert sorted(run.info.run_name for run in runs) == sorted(results) == sorted(stored)
+    tracked = {run.info.run_name: run for run in runs}
     for identifier, run in tracked.items():
         assert run.info.status == "FINISHED"
         params = run.data.params
