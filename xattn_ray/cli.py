@@ -87,6 +87,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all of this machine's)")
     run.add_argument("--progress-every", type=float, default=30.0, metavar="SECONDS",
                      help="seconds between progress tables (default: %(default)s)")
+    run.add_argument("--tracking", choices=["mlflow", "wandb", "none"],
+                     help="track every trial in MLflow or W&B, instead of the file's `tracking:` backend (none: "
+                          "no tracking)")
     run.set_defaults(handler=_run)
 
     train = commands.add_parser("train", help="run one run of an experiment in this process (debugging)")
@@ -265,6 +268,7 @@ def _run(args: argparse.Namespace) -> int:
     from xattn_ray.runner.summary import format_summary
     from xattn_ray.study.config import load_experiment
     from xattn_ray.study.kinds import kind_of
+    from xattn_ray.study.tracking import with_tracking
 
     if args.address and args.address.startswith("ray://"):
         raise XattnError(f"--address {args.address}: a Ray Client address runs the study's driver on this machine, "
@@ -273,6 +277,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.num_cpus is not None and args.address:
         raise XattnError("--num-cpus sizes the local Ray instance; a cluster given by --address has its own")
     experiment = load_experiment(args.experiment)
+    if args.tracking:
+        experiment = with_tracking(experiment, args.tracking)
     if "://" in str(args.storage) or str(args.storage).startswith("s3:"):
         raise XattnError(f"--storage {args.storage}: must be a folder every node can see (e.g. a shared "
                          f"filesystem mount); put results on object storage with --store")
@@ -286,7 +292,7 @@ def _run(args: argparse.Namespace) -> int:
         import shlex
 
         options = {"--storage": args.storage if args.storage != DEFAULT_STORAGE else None, "--store": args.store,
-                   "--address": args.address, "--num-cpus": args.num_cpus}
+                   "--address": args.address, "--num-cpus": args.num_cpus, "--tracking": args.tracking}
         again = shlex.join(["xattn-ray", "run", str(args.experiment)] + [
             part for name, value in options.items() if value is not None for part in (name, str(value))])
         print(f"xattn-ray: interrupted: {len(result.unfinished)} run(s) unfinished; continue with "

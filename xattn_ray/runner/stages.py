@@ -19,6 +19,7 @@ from ray.tune import Stopper
 from xattn_ray.runner.local_ray import end_local_ray
 from xattn_ray.runner.plan import DRIVER_RESOURCE, ResourcePlan
 from xattn_ray.runner.progress import Budget, ProgressTable
+from xattn_ray.runner.tracking import tracking_callbacks
 from xattn_ray.runner.trial import MAX_FAILURES, TrialContext, run_trial
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import Experiment
@@ -144,7 +145,9 @@ def tune_stage(stage: str, experiment: Experiment, param_space: dict, storage: P
                                     trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=tune.RunConfig(name=stage, storage_path=str(storage / experiment.name / "tune"), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-                                  stop=INTERRUPTION, callbacks=[ProgressTable(stage, progress_interval, budget=trial_budget)]))
+                                  stop=INTERRUPTION,
+                                  callbacks=[ProgressTable(stage, progress_interval, budget=trial_budget),
+                                             *tracking_callbacks(experiment, storage, selection)]))
     results = tuner.fit()
     for result in results:
         spec = RunSpec.from_dict(result.config["spec"])

@@ -10,6 +10,9 @@
          search: the confirmed ones);
       4. the finished runs' results, for the summary (rows of reused runs were written again: idempotent).
 
+With a `tracking:` section, each stage's trials are also tracked in MLflow or W&B (runner/tracking.py),
+whose store is opened once before anything trains.
+
 A run is finished when its folder holds `result.json` (written last). Finished runs are reused:
 adding a policy or a seed to a finished study trains only what is new; only a run whose parent's
 checkpoint changed since it started trains again. A run with checkpoints but no result was
@@ -37,6 +40,7 @@ from xattn_ray.runner.plan import ResourcePlan, plan_resources
 from xattn_ray.runner.search import (best_trials, confirmation_specs, record_choices, relabel_unchosen,
                                      run_search)
 from xattn_ray.runner.stages import INTERRUPTION, cluster_resources, run_stage
+from xattn_ray.runner.tracking import open_tracking
 from xattn_ray.store import ResultsStore
 from xattn_ray.study.config import Experiment
 from xattn_ray.study.kinds import kind_of
@@ -98,6 +102,7 @@ def run_study(experiment: Experiment, storage: Path, store_uri: str, resume: boo
         stages = [stage for stage in stages if stage.name != "children"]
     _refuse_unfinished(experiment, storage, [spec for stage in stages for spec in stage.specs], resume)
     store = ResultsStore(store_uri)
+    open_tracking(experiment, storage)
     unfinished: dict[str, str] = {}
     with _interruptible():
         connect(address, num_cpus)

@@ -76,7 +76,8 @@ def run_trial(config: dict, context: TrialContext) -> None:
     final = {"finished": True, "status": result.status, "update": result.updates,
              "valid_loss": result.best_valid_loss, "valid_bleu": result.valid_bleu}
     for name, test in result.tests.items():
-        final[f"bleu/{name.replace('+', '_')}"] = test.bleu  # TensorBoard tags allow no `+`
+        tag = name.replace("+", "_")  # TensorBoard tags allow no `+`
+        final[f"bleu/{tag}"], final[f"chrf/{tag}"] = test.bleu, test.chrf
     ray.tune.report(final)
 
 

@@ -28,6 +28,7 @@ from xattn_ray.errors import ConfigError, XattnError
 from xattn_ray.schema import Invalid, YamlDocument, build, check_file_name, expand_environment, load_yaml
 from xattn_ray.study.sweep import (TUNABLE_MODEL_FIELDS, TUNABLE_TRAIN_FIELDS, GridConfig, ResourcesConfig, SearchConfig,
                                    check_seed)
+from xattn_ray.study.tracking import TrackingConfig
 
 
 class _RunFields:
@@ -266,6 +267,7 @@ class Experiment:
     search: SearchConfig | None = None
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     analyses: AnalysesConfig = field(default_factory=AnalysesConfig)
+    tracking: TrackingConfig | None = None  # an experiment tracker for the trials (no part of any run's hash)
     # Where the file was read from: relative data paths resolve against it.
     base_dir: Path = field(default=Path("."), init=False, compare=False)
 
