@@ -53,6 +53,24 @@ def test_origlang_keeps_the_documents_first_written_in_that_language(sacrebleu_c
         corpus_with(SacrebleuTestSet("wmt14", origlang="de"), tmp_path).read_test("newstest", FR_EN)
 
 
+def test_a_reader_waits_while_another_process_has_sacrebleu_write_the_sets_files(sacrebleu_cache, tmp_path):
+    """Trials starting together on one machine: the one holding the set's lock has sacreBLEU extract its files,
+    the others wait for it rather than read a half-written file."""
+    import fcntl
+    import threading
+
+    lay_sacrebleu_release(sacrebleu_cache, "wmt14", "fr-en", DOCUMENTS)
+    corpus, read = corpus_with(SacrebleuTestSet("wmt14"), tmp_path), []
+    reader = threading.Thread(target=lambda: read.append(corpus.read_test("newstest", FR_EN)))
+    with open(sacrebleu_cache / ".xattn-ray.wmt14.lock", "a") as writing:  # another process, writing the set
+        fcntl.flock(writing, fcntl.LOCK_EX)
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive() and not (sacrebleu_cache / "wmt14" / "wmt14.fr-en.src").exists()
+    reader.join(30)
+    assert read[0].tgt == ["The cat sleeps.", "The weather is nice in Paris.", "The dog runs."]
+
+
 def test_a_pair_the_set_lacks_or_several_references_are_one_line_errors(sacrebleu_cache, tmp_path):
     with pytest.raises(DataError, match=r"'wmt14' has no pair ja-en \(it has: cs-en, en-cs, de-en"):
         corpus_with(SacrebleuTestSet("wmt14"), tmp_path).read_test("newstest", LanguagePair("ja", "en"))
@@ -87,3 +105,32 @@ def test_without_network_or_files_validate_says_which_file_is_missing_and_where(
     assert "downloading https://data.statmt.org/wmt16/translation-task/test.tgz failed" in message
     assert f"sacreBLEU keeps its test sets in {cache} (the SACREBLEU environment variable)" in message
     assert "run once with network access" in message and "set SACREBLEU to a folder that holds them" in message
+
+
+def test_a_run_is_scored_on_a_sacrebleu_set_with_its_target_languages_bleu_tokenizer(tmp_path):
+    """An English-Chinese parent trained for a few updates and scored on newstest2018 En-Zh from sacreBLEU's
+    cache: its result records the set's sentences, its references, and BLEU with tok:zh."""
+    import json
+
+    words = ["cat", "dog", "house", "river", "tree", "bird", "sun", "moon"]
+    hanzi = ["猫", "狗", "房子", "河", "树", "鸟", "太阳", "月亮"]
+    for split, count in (("train", 300), ("valid", 20)):
+        rows = [i * 7 % len(words) for i in range(count)]
+        (tmp_path / f"{split}.en").write_text("".join(f"the {words[r]} and the {words[r - 1]}\n" for r in rows))
+        (tmp_path / f"{split}.zh").write_text("".join(f"{hanzi[r]}和{hanzi[r - 1]}\n" for r in rows))
+    news = [(f"the {words[i]} and the {words[i - 1]}", f"{hanzi[i]}和{hanzi[i - 1]}") for i in range(6)]
+    lay_sacrebleu_release(tmp_path / "sacrebleu", "wmt18", "en-zh", [("en", news)])
+    experiment = tmp_path / "zh.yaml"
+    experiment.write_text(
+        "name: zh\ncorpora:\n  en-zh:\n    train: {en: train.en, zh: train.zh}\n    valid: {en: valid.en, zh: valid.zh}\n"
+        "    test:\n      newstest2018: {sacrebleu: wmt18}\ntokenizer: {vocab_size: 40}\nmodel: {preset: tiny}\n"
+        "train: {lr: 0.003, warmup_updates: 2, max_tokens: 600, max_updates: 6, validate_every: 3, patience: 0}\n"
+        "evaluation: {beam: 1}\nparents:\n  - {name: en-zh, pair: en-zh, corpus: en-zh}\n")
+    result = xattn_ray("train", experiment, "--run", "en-zh", "--storage", tmp_path / "st", cwd=tmp_path,
+                       env={"SACREBLEU": str(tmp_path / "sacrebleu")})
+    assert result.returncode == 0, result.stderr
+    assert "newstest2018: BLEU" in result.stdout and "|tok:zh|" in result.stdout
+    (summary,) = (tmp_path / "st" / "zh" / "runs").glob("*/result.json")
+    test = json.loads(summary.read_text())["tests"]["newstest2018"]
+    assert test["sentences"] == 6 and "|tok:zh|" in test["bleu_signature"]
+    assert Path(test["references"]).read_text(encoding="utf-8").splitlines() == [zh for _, zh in news]
