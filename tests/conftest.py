@@ -1,8 +1,31 @@
-"""Shared fixtures: real toy tokenizers and the tiny studies the tests write (paths and the CLI: support.py)."""
+"""Shared fixtures: real toy tokenizers, sacreBLEU's cache and the tiny studies the tests write (paths and the
+CLI: support.py)."""
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# sacreBLEU reads SACREBLEU once, when it is first imported (before any test module imports the project):
+# the tests, and the commands they run, get an empty cache of their own instead of the user's ~/.sacrebleu,
+# so no test downloads a test set or passes because one happens to be there.
+_SACREBLEU_CACHE = Path(tempfile.mkdtemp(prefix="xattn-tests-sacrebleu-"))
+os.environ["SACREBLEU"] = str(_SACREBLEU_CACHE)
+atexit.register(shutil.rmtree, _SACREBLEU_CACHE, True)
+
+
+@pytest.fixture
+def sacrebleu_cache():
+    """sacreBLEU's cache folder (empty), emptied again after the test."""
+    import sacrebleu.utils
+
+    assert Path(sacrebleu.utils.SACREBLEU_DIR) == _SACREBLEU_CACHE, "sacreBLEU was imported before conftest.py"
+    yield _SACREBLEU_CACHE
+    for entry in _SACREBLEU_CACHE.iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 @pytest.fixture(scope="session")

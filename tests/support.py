@@ -27,6 +27,42 @@ requires_muse = pytest.mark.skipif(
 )
 
 
+def lay_sacrebleu_release(cache: Path, name: str, pair: str, documents: list[tuple[str, list[tuple[str, str]]]]):
+    """Put a WMT test set into sacreBLEU's cache `cache` as sacreBLEU leaves it after downloading it: the
+    release archive under `<name>/raw/`, and beside it the SGML files it extracted (the real format:
+    `<doc ... origlang=..>` around `<seg id=..>` lines), which sacreBLEU turns into plain text when asked.
+
+    `documents`: (the language it was first written in, its (source, reference) sentences), in order; the
+    file names come from sacreBLEU's own record of the set (a set with SGML files, WMT08 to WMT20). The
+    sentences are written as they are (no `<`, `&` in them, as SGML would need escaped)."""
+    import io
+    import tarfile
+
+    from sacrebleu.dataset import DATASETS
+
+    dataset = DATASETS[name]
+    (source_file, reference_file), (url,) = dataset.langpairs[pair], dataset.data
+    raw = cache / name / "raw"
+
+    def sgml(side: int, root: str) -> bytes:
+        lines = [f'<{root} setid="{name}" srclang="any">']
+        for d, (origlang, sentences) in enumerate(documents):
+            lines.append(f'<doc sysid="ref" docid="doc{d}" genre="news" origlang="{origlang}">')
+            lines += [f'<seg id="{i + 1}">{sentence[side]}</seg>' for i, sentence in enumerate(sentences)]
+            lines.append("</doc>")
+        return "".join(line + "\n" for line in [*lines, f"</{root}>"]).encode()
+
+    archive = raw / f"{name.replace('/', '_')}.{url.rsplit('/', 1)[-1]}"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, text in ((source_file, sgml(0, "srcset")), (reference_file, sgml(1, "refset"))):
+            info = tarfile.TarInfo(member)
+            info.size = len(text)
+            tar.addfile(info, io.BytesIO(text))
+    with tarfile.open(archive) as tar:
+        tar.extractall(raw, filter="data")
+
+
 def xattn_ray(*args, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
               input: str | bytes | None = None) -> subprocess.CompletedProcess:
     """`xattn-ray ARGS` in a subprocess; its output is captured as text.

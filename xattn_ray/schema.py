@@ -278,19 +278,32 @@ def _convert_union(members: tuple[Any, ...], value: Any, key_path: KeyPath, doc:
         if type(None) in members:
             return None
         raise ConfigError(f"{doc.where(key_path)}: a value is required")
+    members = tuple(member for member in members if member is not type(None))
+    if isinstance(value, dict):
+        # A mapping holding every required key of a dataclass member means that dataclass, so its errors
+        # are the ones to report: `{sacrebleu: wmt14, orglang: de}` is a misspelt sacreBLEU test set, not
+        # files of the languages `sacrebleu` and `orglang`.
+        for member in members:
+            required = _required_keys(member) if dataclasses.is_dataclass(member) else set()
+            if required and required <= value.keys():
+                return _convert(member, value, key_path, doc)
     errors = []
     for member in members:
-        if member is type(None):
-            continue
         try:
             return _convert(member, value, key_path, doc)
         except ConfigError as err:
             errors.append(err)
-    # Report the error of the member whose shape matches (a mapping for a dataclass, ...), else the first.
-    for member, err in zip([m for m in members if m is not type(None)], errors):
-        if dataclasses.is_dataclass(member) and isinstance(value, dict):
+    # Report the error of the member whose shape matches (a mapping: a dataclass or a dict), else the first.
+    for member, err in zip(members, errors):
+        if isinstance(value, dict) and (dataclasses.is_dataclass(member) or typing.get_origin(member) is dict):
             raise err
     raise errors[0]
+
+
+def _required_keys(cls: type) -> set[str]:
+    """The keys a mapping must have to become a `cls`: its fields without a default."""
+    return {f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING}
 
 
 def _convert_tuple(args: tuple[Any, ...], value: Any, key_path: KeyPath, doc: YamlDocument) -> tuple:

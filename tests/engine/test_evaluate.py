@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import random
 
 import pytest
@@ -10,7 +11,7 @@ import sacrebleu
 import torch
 
 from xattn_ray.engine.decode import translate
-from xattn_ray.engine.evaluate import Score, bleu, chrf, score_test_set
+from xattn_ray.engine.evaluate import Score, ScoringError, bleu, chrf, score_test_set
 from xattn_ray.engine.model import Transformer, preset_config
 from xattn_ray.engine.tokenizer import TokenizerOptions, train_tokenizer
 
@@ -46,6 +47,38 @@ def test_bleu_is_case_sensitive_and_scores_detokenised_text() -> None:
     assert bleu(["The bicycle is RED."], ["The bicycle is red."]).score < 100
     # 13a splits the punctuation off, so glued and spaced punctuation score alike
     assert bleu(["Two dogs, don't they?"], ["Two dogs , don't they ?"]).score == pytest.approx(100)
+
+
+# A Chinese reference and a translation with one word changed (读 -> 看, "read" -> "look at") and the
+# full stop of the second sentence left out; Chinese writes no spaces between words.
+CHINESE_REFERENCES = ["我们今天下午去公园散步。", "他每天晚上都喜欢读书。"]
+CHINESE_HYPOTHESES = ["我们今天下午去公园散步。", "他每天晚上都喜欢看书"]
+
+
+def test_a_chinese_target_is_scored_with_sacrebleus_zh_tokenizer() -> None:
+    chinese = bleu(CHINESE_HYPOTHESES, CHINESE_REFERENCES, "zh")
+    assert chinese.signature == f"nrefs:1|case:mixed|eff:no|tok:zh|smooth:exp|version:{sacrebleu.__version__}"
+    assert chinese.score == pytest.approx(sacrebleu.corpus_bleu(CHINESE_HYPOTHESES, [CHINESE_REFERENCES],
+                                                                tokenize="zh").score)
+    # 13a sees each unspaced sentence as one word, so one changed character loses the whole sentence
+    unsegmented = bleu(CHINESE_HYPOTHESES, CHINESE_REFERENCES)
+    assert "|tok:13a|" in unsegmented.signature and unsegmented.score < chinese.score - 10
+    assert bleu(CHINESE_HYPOTHESES, CHINESE_REFERENCES, "zh_tw") == chinese  # a code's first part names the language
+
+
+@pytest.mark.parametrize("language", ["en", "de", "fr", "cs", "pv"])
+def test_other_targets_keep_the_13a_tokenizer_and_the_same_scores(language) -> None:
+    signature = f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
+    expected = Score("BLEU", sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score, signature)
+    assert bleu(HYPOTHESES, REFERENCES, language) == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("MeCab") is not None, reason="MeCab is installed: ja targets score")
+def test_a_japanese_target_without_mecab_is_one_line_saying_what_to_install() -> None:
+    with pytest.raises(ScoringError) as info:
+        bleu(["猫が寝ている。"], ["猫が寝ている。"], "ja")
+    assert str(info.value) == ("BLEU of 'ja' translations uses sacreBLEU's ja-mecab tokenizer, whose packages are not "
+                               'installed: pip install "sacrebleu[ja]"')
 
 
 def test_scores_are_frozen() -> None:
@@ -88,3 +121,14 @@ def test_score_test_set_translates_and_scores(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="10 source sentences but 9 references"):
         score_test_set(model, src_tokenizer, tgt_tokenizer, sources, references[:9])
+
+
+def test_score_test_set_scores_in_the_language_of_its_target_tokenizer(tmp_path) -> None:
+    src_tokenizer = train_tokenizer("xx", made_up_sentences(1), TokenizerOptions(vocab_size=120), tmp_path)
+    zh_tokenizer = train_tokenizer("zh", made_up_sentences(2), TokenizerOptions(vocab_size=120), tmp_path)
+    torch.manual_seed(0)
+    model = Transformer(preset_config("tiny", src_tokenizer.vocab_size, zh_tokenizer.vocab_size))
+    sources = made_up_sentences(3, count=4)
+    result = score_test_set(model, src_tokenizer, zh_tokenizer, sources, CHINESE_REFERENCES * 2, beam=1)
+    assert "|tok:zh|" in result.bleu.signature
+    assert result.bleu == bleu(result.hypotheses, CHINESE_REFERENCES * 2, "zh")

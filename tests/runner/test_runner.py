@@ -22,8 +22,8 @@ from xattn_ray.store import ResultsStore
 from xattn_ray.study.spec import RunSpec
 from xattn_ray.study.sweep import SearchConfig, SearchDomain
 
-from support import (PROJECT, assert_exactly_once, free_port, stop_head, summaries, trial_processes, wait_for,
-                     xattn_ray)
+from support import (PROJECT, assert_exactly_once, free_port, lay_sacrebleu_release, stop_head, summaries,
+                     trial_processes, wait_for, xattn_ray)
 
 
 
@@ -304,6 +304,8 @@ def test_ray_job_submit_runs_a_study_on_a_local_head(tmp_path, tiny_study):
 
 
 def test_wmt_paper_study_validates_with_data_paths_as_parameters(tmp_path):
+    """Its files under XATTN_WMT, its newstest2014 Fr-En and newstest2016 Ro-En in sacreBLEU's cache at
+    SACREBLEU, as sacreBLEU leaves them after downloading them (so validate needs no network)."""
     import gzip
 
     for pair in ("fr-en", "ro-en", "ja-en", "de-en", "ha-en", "fr-es", "fr-de"):
@@ -312,9 +314,15 @@ def test_wmt_paper_study_validates_with_data_paths_as_parameters(tmp_path):
             for lang in pair.split("-"):
                 with gzip.open(tmp_path / pair / f"{split}.{lang}.gz", "wt") as file:
                     file.write("".join(f"{lang} sentence {i}\n" for i in range(20)))
+    for name, pair in (("wmt14", "fr-en"), ("wmt16", "ro-en")):
+        source, target = pair.split("-")
+        lay_sacrebleu_release(tmp_path / "sacrebleu", name, pair,
+                              [(source, [(f"{source} news {i}", f"{target} news {i}") for i in range(12)])])
     result = xattn_ray("validate", PROJECT / "experiments" / "wmt-paper.yaml", "--storage", tmp_path / "st",
-                       cwd=tmp_path, env={"XATTN_WMT": str(tmp_path)})
+                       cwd=tmp_path, env={"XATTN_WMT": str(tmp_path), "SACREBLEU": str(tmp_path / "sacrebleu")})
     assert result.returncode == 0, result.stderr
     assert "24 child runs = 6 children x 4 policies" in result.stdout
+    assert "newstest 12 (sacreBLEU wmt14)" in result.stdout and "newstest 12 (sacreBLEU wmt16)" in result.stdout
+    assert "newstest 20" in result.stdout  # the children's test files
     experiment = load_experiment(PROJECT / "experiments" / "wmt-paper.yaml")
     assert experiment.model.preset == "base" and experiment.resources.workers == 8

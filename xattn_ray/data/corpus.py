@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xattn_ray.data.options import CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice
+from xattn_ray.data.sacrebleu_sets import SacrebleuTestSet
 from xattn_ray.data.synthetic import FamilySpec, family_dir_name, generate_family, language_codes
 from xattn_ray.errors import DataError
 from xattn_ray.files import write_atomically
@@ -47,7 +48,18 @@ class Corpus:
     languages: frozenset[str]
     train: dict[str, Path]
     valid: dict[str, Path]
-    tests: dict[str, dict[str, Path]]  # test set name -> language -> file
+    tests: dict[str, dict[str, Path] | SacrebleuTestSet]  # test set name -> language -> file, or sacreBLEU's set
+
+    def read_test(self, name: str, pair: LanguagePair) -> ParallelText:
+        """Test set `name` of `pair`: its two files, or the pair's entry of a sacreBLEU test set (from
+        sacreBLEU's cache, downloaded there on first use), read and checked alike."""
+        test = self.tests[name]
+        if not isinstance(test, SacrebleuTestSet):
+            return read_parallel(*self.pair_files(test, pair, f"test {name}"))
+        text = read_parallel(*test.files(str(pair)))
+        sources, references = test.kept(str(pair), text.src, text.tgt)
+        documents = f", origlang {test.origlang}" if test.origlang else ""
+        return ParallelText(sources, references, origin=f"sacreBLEU {test.sacrebleu} {pair}{documents}")
 
     def pair_files(self, split_files: dict[str, Path], pair: LanguagePair, split: str) -> tuple[Path, Path]:
         """The (source, target) files of `pair` within one split."""
@@ -96,7 +108,8 @@ def resolve_corpus(name: str, config: CorpusConfig, base_dir: Path, cache_dir: P
         languages=frozenset(languages),
         train=files(config.train),
         valid=files(config.valid) if config.valid is not None else {},
-        tests={test_name: files(split) for test_name, split in config.test.items()},
+        tests={test_name: split if isinstance(split, SacrebleuTestSet) else files(split)
+               for test_name, split in config.test.items()},
     )
 
 

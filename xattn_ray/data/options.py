@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from xattn_ray.data.sacrebleu_sets import SacrebleuTestSet
 from xattn_ray.data.synthetic import FamilySpec, validate_spec
 from xattn_ray.engine.policies import Side
 from xattn_ray.engine.transfer import TransferError
@@ -18,6 +19,8 @@ from xattn_ray.schema import Invalid, check_file_name
 # A split's files: a template with `{lang}` ("data/train.{lang}.gz", a multi-parallel set) or one path
 # per language ({fr: train.fr, en: train.en}, a pair of aligned files).
 SplitFiles = str | dict[str, str]
+# A test set: files like a split's, or one of sacreBLEU's by name ({sacrebleu: wmt14}), read for the run's pair.
+TestSetSource = SplitFiles | SacrebleuTestSet
 
 # A language code names files (`{lang}` in templates, tokenizer models) and is half of a run's default
 # name, so it is one file-name segment without '-' (which separates a pair) or '.': e.g. en, pt_br.
@@ -62,6 +65,14 @@ def changed_side(parent: LanguagePair, child: LanguagePair) -> Side:
                         f"side (use the `scratch` policy to train such a pair from scratch)")
 
 
+def stitched_pair(body: LanguagePair, donor: LanguagePair, donor_side: Side) -> LanguagePair:
+    """The pair a stitched model translates: the donor child's new side (`donor_side`) with the body child's
+    other side, e.g. body Fr-Cs + source embeddings of De-En = De-Cs."""
+    if donor_side == "source":
+        return LanguagePair(donor.src, body.tgt)
+    return LanguagePair(body.src, donor.tgt)
+
+
 @dataclass(frozen=True)
 class CorpusConfig:
     """Where one corpus lives: files per split and language, or a synthetic family to generate."""
@@ -69,7 +80,7 @@ class CorpusConfig:
     languages: list[str] | None = None  # the languages `{lang}` templates cover
     train: SplitFiles | None = None
     valid: SplitFiles | None = None
-    test: dict[str, SplitFiles] = field(default_factory=dict)  # named test sets
+    test: dict[str, TestSetSource] = field(default_factory=dict)  # named test sets
     synthetic: FamilySpec | None = None  # generate the synthetic family instead of reading files
 
     def __post_init__(self) -> None:

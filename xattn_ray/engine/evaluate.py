@@ -1,9 +1,12 @@
 """Test-set scores with sacreBLEU: BLEU and chrF of detokenised translations against raw references.
 
-sacreBLEU tokenises hypotheses and references itself (BLEU: the `13a` tokeniser of WMT's mteval,
-case-sensitive, exponential smoothing; chrF: character 6-grams), so scores are comparable across
-papers and subword vocabularies. Each score carries sacreBLEU's signature, which records those
-settings and the sacreBLEU version; report it with the number.
+sacreBLEU tokenises hypotheses and references itself (BLEU: case-sensitive, exponential smoothing, the
+tokeniser of the target language; chrF: character 6-grams), so scores are comparable across papers and
+subword vocabularies. BLEU is given the target language (`trg_lang`), as sacreBLEU's command line does
+for its own test sets: Chinese targets are split into characters (`zh`), Japanese and Korean ones into
+MeCab's words (`ja-mecab`, `ko-mecab`, which need `pip install "sacrebleu[ja]"` or `"sacrebleu[ko]"`),
+every other language gets the `13a` tokeniser of WMT's mteval. Each score carries sacreBLEU's
+signature, which records those settings (`tok:zh`) and the sacreBLEU version; report it with the number.
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from sacrebleu.metrics.base import Metric
 from xattn_ray.engine.decode import translate, translate_ids
 from xattn_ray.engine.model import Transformer
 from xattn_ray.engine.tokenizer import Tokenizer
+from xattn_ray.errors import XattnError
+
+
+class ScoringError(XattnError):
+    """sacreBLEU cannot score a target language here: its tokeniser needs packages that are not installed."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +51,31 @@ class TestResult:
         return len(self.hypotheses) / self.seconds
 
 
-def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
-    """Corpus BLEU of detokenised `hypotheses` against one raw reference each (sacreBLEU defaults)."""
-    return _corpus_score("BLEU", BLEU(), hypotheses, references)
+def bleu(hypotheses: Sequence[str], references: Sequence[str], target_language: str = "") -> Score:
+    """Corpus BLEU of detokenised `hypotheses` in `target_language` against one raw reference each (sacreBLEU's
+    defaults, with the tokeniser sacreBLEU chooses for that language)."""
+    return _corpus_score("BLEU", bleu_metric(target_language), hypotheses, references)
+
+
+# The target languages whose sacreBLEU tokeniser needs packages of its own, and that tokeniser; each
+# language is also the name of sacreBLEU's extra that installs them (`pip install "sacrebleu[ja]"`).
+_MECAB_TOKENIZERS = {"ja": "ja-mecab", "ko": "ko-mecab"}
+
+
+def bleu_metric(target_language: str) -> BLEU:
+    """sacreBLEU's BLEU for translations into `target_language` (a code such as `zh`; `zh_tw` counts as `zh`).
+
+    A tokeniser whose packages are missing (MeCab's, for `ja` and `ko`) is a one-line ScoringError that says
+    what to install (an experiment file's targets are checked for it when the file loads)."""
+    language = target_language.split("_")[0]
+    try:
+        return BLEU(trg_lang=language)
+    except (ImportError, RuntimeError):  # sacreBLEU imports a tokeniser's packages when it first builds it
+        if language not in _MECAB_TOKENIZERS:
+            raise
+        raise ScoringError(f"BLEU of {target_language!r} translations uses sacreBLEU's "
+                           f"{_MECAB_TOKENIZERS[language]} tokenizer, whose packages are not installed: "
+                           f'pip install "sacrebleu[{language}]"') from None
 
 
 def chrf(hypotheses: Sequence[str], references: Sequence[str]) -> Score:
@@ -59,12 +89,14 @@ def score_test_set(model: Transformer, src_tokenizer: Tokenizer, tgt_tokenizer: 
                    max_len_b: int = 10) -> TestResult:
     """Translate `sources` (raw text) and score the translations against `references`."""
     _check_parallel(sources, references, "source sentences")
+    metric = bleu_metric(tgt_tokenizer.language)  # a missing tokeniser fails before decoding, not after
     start = time.perf_counter()
     hypotheses = translate(model, src_tokenizer, tgt_tokenizer, sources, beam=beam,
                            length_penalty=length_penalty, max_tokens=max_tokens, max_len_a=max_len_a,
                            max_len_b=max_len_b)
     seconds = time.perf_counter() - start
-    return TestResult(bleu(hypotheses, references), chrf(hypotheses, references), hypotheses, seconds)
+    return TestResult(_corpus_score("BLEU", metric, hypotheses, references), chrf(hypotheses, references),
+                      hypotheses, seconds)
 
 
 def score_encoded(model: Transformer, tgt_tokenizer: Tokenizer, sources: Sequence[list[int]],
@@ -73,11 +105,13 @@ def score_encoded(model: Transformer, tgt_tokenizer: Tokenizer, sources: Sequenc
                   max_len_b: int = 10) -> TestResult:
     """Translate encoded `sources` (with their segment ids: code-switched input) and score them."""
     _check_parallel(sources, references, "source sentences")
+    metric = bleu_metric(tgt_tokenizer.language)  # a missing tokeniser fails before decoding, not after
     start = time.perf_counter()
     hypotheses = translate_ids(model, tgt_tokenizer, sources, segments, beam=beam, length_penalty=length_penalty,
                                max_tokens=max_tokens, max_len_a=max_len_a, max_len_b=max_len_b)
     seconds = time.perf_counter() - start
-    return TestResult(bleu(hypotheses, references), chrf(hypotheses, references), hypotheses, seconds)
+    return TestResult(_corpus_score("BLEU", metric, hypotheses, references), chrf(hypotheses, references),
+                      hypotheses, seconds)
 
 
 def _corpus_score(name: str, metric: Metric, hypotheses: Sequence[str], references: Sequence[str]) -> Score:

@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from xattn_ray.data.corpus import read_parallel, resolve_corpus
-from xattn_ray.data.options import LanguagePair
+from xattn_ray.data.corpus import resolve_corpus
+from xattn_ray.data.options import LanguagePair, stitched_pair
 from xattn_ray.engine.checkpoint import LoadedModel, load_model
 from xattn_ray.engine.evaluate import score_test_set
 from xattn_ray.engine.lexicon import find_dictionary, lexicon_induction
@@ -132,7 +132,7 @@ def _test_sets(experiment: Experiment, corpus_name: str, pair: LanguagePair, nam
                storage: Path) -> dict:
     corpus = resolve_corpus(corpus_name, experiment.corpora[corpus_name], experiment.base_dir, storage / "cache")
     chosen = names if names is not None else list(corpus.tests)
-    return {name: read_parallel(*corpus.pair_files(corpus.tests[name], pair, f"test {name}")) for name in chosen}
+    return {name: corpus.read_test(name, pair) for name in chosen}
 
 
 def _write_lines(folder: Path, name: str, lines: list[str]) -> str:
@@ -220,11 +220,8 @@ def _zeroshot(experiment: Experiment, task: AnalysisTask, storage: Path) -> list
 
 def zeroshot_pair(experiment: Experiment, task: AnalysisTask) -> LanguagePair:
     """The pair a stitched model translates: the donor's new side with the body child's other side."""
-    body_pair = run_config(experiment, task.spec).language_pair
-    donor_pair = run_config(experiment, task.donor).language_pair
-    if child_side(experiment, task.donor) == "source":
-        return LanguagePair(donor_pair.src, body_pair.tgt)
-    return LanguagePair(body_pair.src, donor_pair.tgt)
+    body, donor = run_config(experiment, task.spec), run_config(experiment, task.donor)
+    return stitched_pair(body.language_pair, donor.language_pair, child_side(experiment, task.donor))
 
 
 def task_fields(experiment: Experiment, task: AnalysisTask) -> dict:

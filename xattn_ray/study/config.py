@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Literal
 
 from xattn_ray.data.options import (CorpusConfig, FilterConfig, LanguagePair, SplitFiles, TrainingSlice, changed_side,
-                                    check_language)
+                                    check_language, stitched_pair)
+from xattn_ray.data.sacrebleu_sets import SacrebleuTestSet
+from xattn_ray.engine.evaluate import ScoringError, bleu_metric
 from xattn_ray.engine.model import PRESETS, preset_config
 from xattn_ray.engine.pretrained import PRETRAINED_ARCHITECTURE, is_hub_id
 from xattn_ray.engine.policies import POLICIES, Policy, PolicyError, Side, embedding_group, select
@@ -365,6 +367,8 @@ def _check_references(experiment: Experiment, doc: YamlDocument) -> None:
                     known = ", ".join(corpus.test) or "none"
                     raise_at(doc, key_path + ("test_sets",),
                              f"corpus {corpus_name!r} has no test set {test_name!r} (it has: {known})")
+            _check_sacrebleu_pair(doc, corpus_name, corpus, run.test_sets, run.language_pair, f"run {name!r}")
+        _check_bleu_tokenizer(doc, key_path + ("pair",), run.language_pair.tgt)
     _check_analyses(experiment, doc)  # after the runs: the analyses name them and their corpora
     _check_policies(experiment, doc)
 
@@ -395,6 +399,12 @@ def _check_codeswitch(experiment: Experiment, doc: YamlDocument) -> None:
             if name not in corpus.test:
                 raise_at(doc, ("codeswitch", "test_sets", i), f"corpus {study.corpus!r} has no test set {name!r} "
                                                               f"(it has: {', '.join(corpus.test)})")
+        for name in study.test_sets if study.test_sets is not None else corpus.test:
+            if isinstance(corpus.test[name], SacrebleuTestSet):
+                raise_at(doc, ("corpora", study.corpus, "test", name, "sacrebleu"),
+                         "a code-switching study needs multi-parallel test sets (every source language and the "
+                         "pivot, line by line); a sacreBLEU test set is one pair: give files instead")
+    _check_bleu_tokenizer(doc, ("codeswitch", "pivot"), study.pivot)
     if "xlquery" not in experiment.grid.attention and study.pretrain is not None:
         raise_at(doc, ("codeswitch", "pretrain"), "Q_cross pretraining needs `xlquery` in grid.attention")
     for i, name in enumerate(experiment.grid.policies):
@@ -431,10 +441,31 @@ def _check_analyses(experiment: Experiment, doc: YamlDocument) -> None:
         corpus = stitch.corpus or experiment.child_corpus(body)
         if corpus not in experiment.corpora:
             raise_at(doc, at + ("corpus",), f"no corpus named {corpus!r}")
+        pair = stitched_pair(body.language_pair, donor.language_pair,
+                             changed_side(experiment.parent(donor.parent).language_pair, donor.language_pair))
+        _check_sacrebleu_pair(doc, corpus, experiment.corpora[corpus], stitch.test_sets, pair,
+                              f"zero-shot {stitch.body} + {stitch.embeddings}")
         for j, name in enumerate(stitch.baselines):
             if name not in parents:
                 raise_at(doc, at + ("baselines", j), f"no parent run named {name!r} (a baseline is a parent "
                                                      f"run trained from scratch on the zero-shot pair)")
+
+
+def _check_sacrebleu_pair(doc: YamlDocument, corpus_name: str, corpus: CorpusConfig, test_sets: list[str] | None,
+                          pair: LanguagePair, user: str) -> None:
+    """Each sacreBLEU test set among `test_sets` (None: all the corpus's) has the pair `user` translates."""
+    for name in test_sets if test_sets is not None else corpus.test:
+        test = corpus.test.get(name)
+        if isinstance(test, SacrebleuTestSet) and (why := test.missing_pair(str(pair))):
+            raise_at(doc, ("corpora", corpus_name, "test", name, "sacrebleu"), f"{user} translates {pair}: {why}")
+
+
+def _check_bleu_tokenizer(doc: YamlDocument, key_path: tuple, language: str) -> None:
+    """sacreBLEU can score translations into `language` here (Japanese and Korean need MeCab's packages)."""
+    try:
+        bleu_metric(language)
+    except ScoringError as err:
+        raise_at(doc, key_path, str(err))
 
 
 def _check_option(doc: YamlDocument, key_path: tuple, train: TrainConfig, name: str, value: float) -> None:
@@ -545,9 +576,9 @@ def _with_environment_expanded(experiment: Experiment, doc: YamlDocument, base_d
     """Expand `${NAME}` in every data path (corpora, dictionaries, pretrained models), naming the key when
     one is missing; a pretrained model's folder becomes absolute (`base_dir` is the file's folder)."""
 
-    def expand(files: SplitFiles | None, key_path: tuple) -> SplitFiles | None:
-        if files is None:
-            return None
+    def expand(files: SplitFiles | SacrebleuTestSet | None, key_path: tuple) -> SplitFiles | SacrebleuTestSet | None:
+        if files is None or isinstance(files, SacrebleuTestSet):  # a sacreBLEU test set names no path
+            return files
         if isinstance(files, str):
             return expand_environment(files, doc.where(key_path))
         return {lang: expand_environment(p, doc.where(key_path + (lang,))) for lang, p in files.items()}
@@ -597,8 +628,13 @@ def corpus_identity(experiment: Experiment, name: str) -> dict:
             return {key: resolve(value) for key, value in files.items()}
         return files
 
-    corpus = dataclasses.asdict(experiment.corpora[name])
-    return {key: resolve(value) if key in ("train", "valid", "test") else value for key, value in corpus.items()}
+    config = experiment.corpora[name]
+    corpus = dataclasses.asdict(config)
+    identity = {key: resolve(value) if key in ("train", "valid") else value for key, value in corpus.items()}
+    # A sacreBLEU test set is named by what identifies its text (its name, documents, release checksums).
+    identity["test"] = {test: files.identity() if isinstance(files, SacrebleuTestSet) else resolve(files)
+                        for test, files in config.test.items()}
+    return identity
 
 
 def raise_at(doc: YamlDocument, key_path: tuple, why: str) -> None:

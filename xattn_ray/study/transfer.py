@@ -26,6 +26,7 @@ import torch
 
 from xattn_ray.data.corpus import ParallelText, TrainingText, read_parallel, resolve_corpus, training_text
 from xattn_ray.data.options import LanguagePair, changed_side
+from xattn_ray.data.sacrebleu_sets import SacrebleuTestSet
 from xattn_ray.data.shards import pair_shard
 from xattn_ray.engine.batching import encode_pairs
 from xattn_ray.engine.checkpoint import load_model
@@ -119,8 +120,7 @@ def load_run_data(experiment: Experiment, run: Run, cache_dir: Path) -> RunData:
         *corpus.pair_files(corpus.train, pair, "train"), run.training_slice, experiment.filters, cache_dir)
     valid = read_parallel(*corpus.pair_files(corpus.valid, pair, "valid"))
     test_names = run.test_sets if run.test_sets is not None else list(corpus.tests)
-    tests = {name: read_parallel(*corpus.pair_files(corpus.tests[name], pair, f"test {name}"))
-             for name in test_names}
+    tests = {name: corpus.read_test(name, pair) for name in test_names}
     return RunData(pair=pair, train=train, valid=valid, tests=tests)
 
 
@@ -199,7 +199,7 @@ class Transfer:
                 kept, dropped = report.kept, report.empty + report.too_long + report.bad_ratio
             else:
                 origin = "pretrained"
-            tests = ", ".join(f"{name} {len(text)}" for name, text in data.tests.items())
+            tests = ", ".join(_test_label(experiment, run, name, len(text)) for name, text in data.tests.items())
             lines.append(f"{run_name(run):<14} {str(data.pair):<8} {origin:<22} {kept:>11} {dropped:>8} "
                          f"{len(data.valid):>6}  {tests}")
         return lines
@@ -257,6 +257,15 @@ def _side_words(experiment: Experiment, child: ChildConfig) -> str:
     if pair.tgt != parent.tgt and pair.src == parent.src:
         return f"new tgt {pair.tgt}"
     return "both sides" if pair.src != parent.src else "same pair"
+
+
+def _test_label(experiment: Experiment, run: Run, name: str, lines: int) -> str:
+    """A test set in `validate`'s table: its name and lines, and which sacreBLEU set it is if it is one."""
+    test = experiment.corpora[run_corpus(experiment, run)].test.get(name)
+    if not isinstance(test, SacrebleuTestSet):
+        return f"{name} {lines}"
+    documents = f" origlang {test.origlang}" if test.origlang else ""
+    return f"{name} {lines} (sacreBLEU {test.sacrebleu}{documents})"
 
 
 def _side_tokenizer(experiment: Experiment, data: RunData, index: int, cache: Path) -> Tokenizer:
