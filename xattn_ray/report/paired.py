@@ -23,8 +23,9 @@ difference 0) has p = 1. The draws come from NumPy's PCG64 generator seeded with
 same for every system tested against one baseline and for both metrics: the result depends on the
 translations and the seed alone. With the defaults (seed 12345; 1000 resamples, 10,000 trials) they
 are the draws of sacreBLEU's own `paired-bs` and `paired-ar` (`sacrebleu.significance`), whose
-p-values these equal, except that sacreBLEU counts pseudo differences strictly above the observed one
-(a system against itself: p = 1/(n + 1), "significant").
+p-values these equal, except that sacreBLEU counts pseudo differences strictly above the observed one:
+it gives a system against itself p = 1/(n + 1), "significant", and so two systems that differ in a
+handful of sentences, whose randomization has a few outcomes, all ties or below.
 
 `_extract_corpus_statistics` and `_compute_score_from_stats` are the sentence-statistics methods
 sacreBLEU's paired tests are built on; they are underscored in sacreBLEU 2.6.0, which the project pins.
@@ -45,7 +46,7 @@ SAMPLES = {BOOTSTRAP: 1000, RANDOMIZATION: 10_000}  # sacreBLEU's defaults: resa
 SEED = 12345  # sacreBLEU's default seed
 
 _SIGNATURE_KEYS = {BOOTSTRAP: "bs", RANDOMIZATION: "ar"}  # how sacreBLEU's signatures name the two tests
-_ROWS_AT_ONCE = 500  # pseudo test sets summed per matrix product: bounds the memory of long test sets
+_ROWS_AT_ONCE = 500  # randomization trials summed per matrix product: bounds the memory of long test sets
 
 
 @dataclass(frozen=True)
