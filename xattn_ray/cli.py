@@ -147,13 +147,18 @@ def _build_parser() -> argparse.ArgumentParser:
     results.add_argument("--out", type=Path, help="write to this file (atomically) instead of standard output")
     results.set_defaults(handler=_results)
 
-    report = commands.add_parser("report", help="write an experiment's paper-style report: Markdown tables and figures")
+    report = commands.add_parser("report", help="write an experiment's paper-style report: Markdown, LaTeX and CSV "
+                                                "tables, and figures")
     location = report.add_mutually_exclusive_group()
     location.add_argument("--store", help="results store: a folder or a URI such as s3://bucket/prefix "
                                           "(default: STORAGE/results)")
     location.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, help="study folder (default: %(default)s)")
     report.add_argument("--experiment", required=True, help="the experiment file's `name`")
-    report.add_argument("--out", type=Path, required=True, help="folder for report.md and its PNG figures")
+    report.add_argument("--out", type=Path, required=True,
+                        help="folder for report.md, its PNG figures, report.tex and each table's .tex and .csv")
+    report.add_argument("--test", choices=["bootstrap", "randomization"], default="bootstrap",
+                        help="the paired significance test of translations, on BLEU and chrF: bootstrap resampling "
+                             "(1000 resamples) or approximate randomization (10,000 trials) (default: %(default)s)")
     report.set_defaults(handler=_report)
 
     schema = commands.add_parser("schema", help="print the experiment file's JSON Schema, for editors to complete "
@@ -493,7 +498,7 @@ def _report(args: argparse.Namespace) -> int:
     store.check_exists()
     if store.holds(args.out):  # reading the store never writes into it
         raise XattnError(f"--out {args.out} is inside the results store {store.uri}: write it elsewhere")
-    path = build_report(store, args.experiment, args.out)
+    path = build_report(store, args.experiment, args.out, test=args.test)
     print(f"wrote {path}")
     return 0
 

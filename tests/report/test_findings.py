@@ -142,6 +142,7 @@ def test_each_grid_cell_is_checked_on_its_own_runs_never_pooled(tmp_path):
 
 
 def test_the_tables_give_each_grid_cell_its_own_column_or_row_as_the_findings_do():
+    from xattn_ray.report.markdown import markdown_cells
     from xattn_ray.report.transfer import bli_table, forgetting_table, table2, zeroshot_table
 
     def cell(lr: float, **numbers) -> list[dict]:
@@ -149,7 +150,7 @@ def test_the_tables_give_each_grid_cell_its_own_column_or_row_as_the_findings_do
                 for r in study_rows(**numbers) if r["stage"] != "parent"]
     parent = [r for r in study_rows() if r["stage"] == "parent"]
     rows = pandas.DataFrame([make_row(**r) for r in parent + cell(0.001) + cell(0.002, bleu={**PAPER, "xattn": 10.0})])
-    table = table2(rows)
+    table = markdown_cells(table2(rows))
     assert list(table.columns) == ["lb-pv lr=0.001", "lb-pv lr=0.002"]
     # Each cell against its own body; pooled, xattn would be 14.60 against body's 20.10.
     assert table.at["xattn", "lb-pv lr=0.001"] == "**19.10 (−1.00)**"

@@ -4,6 +4,7 @@ One study (2 children x scratch/body/xattn x 2 seeds, tiny preset, a few hundred
 runs once for the module through `xattn-ray run`, as a user would; every test reads its store.
 """
 
+import csv
 import math
 import shutil
 import struct
@@ -16,6 +17,7 @@ import pytest
 from xattn_ray.study.config import load_experiment
 from xattn_ray.study.transfer import load_run_data
 from xattn_ray.report.build import build_report
+from xattn_ray.report.markdown import markdown_cells
 from xattn_ray.report.significance import significance
 from xattn_ray.report.transfer import bli_table, child_bleu, cost_table, forgetting_table, table2, zeroshot_table
 from xattn_ray.store import ResultsStore, make_row
@@ -76,7 +78,7 @@ def test_table2_is_the_mean_and_std_over_seeds_of_the_stored_rows(rows):
 
 
 def test_table2_cells_show_difference_from_body_and_bold_the_best_two(rows):
-    table = table2(rows)
+    table = markdown_cells(table2(rows))
     summary = child_bleu(rows).set_index(["pair", "policy"])
     assert list(table.index) == ["scratch", "body", "xattn"]  # the paper's order
     assert list(table.columns) == ["lb-pv", "la-lb"]  # by parent, then new source before new target
@@ -160,6 +162,24 @@ def test_report_never_decodes_and_writes_sections_and_png_figures(study, tmp_pat
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no temporary files left
 
 
+def test_tables_for_papers_hold_the_stored_rows_numbers(study, rows, tmp_path):
+    build_report(ResultsStore(study / "st" / "results"), "tiny", tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix in (".tex", ".csv")) == sorted(
+        ["report.tex", *(f"{name}.{ext}" for name in ("table2", "significance", "cost") for ext in ("tex", "csv"))])
+    with (tmp_path / "table2.csv").open() as lines:
+        table = {line["policy"]: line for line in csv.DictReader(lines)}
+    summary = child_bleu(rows).set_index(["pair", "policy"])
+    for (pair, policy), cell in summary.iterrows():
+        assert float(table[policy][pair]) == pytest.approx(cell["mean"], rel=1e-11)
+        assert float(table[policy][f"{pair} std"]) == pytest.approx(cell["std"], rel=1e-11)
+        assert table[policy][f"{pair} vs body"] == ("" if policy in ("scratch", "body") else f"{cell['vs_body']:.12g}")
+    with (tmp_path / "significance.csv").open() as lines:
+        tests = list(csv.DictReader(lines))
+    assert len(tests) == 2 * 2 * 2 and all(0 < float(test["chrF p"]) <= 1 for test in tests)
+    document = (tmp_path / "report.tex").read_text()
+    assert document.count(r"\begin{tabular}") == 3 and (tmp_path / "table2.tex").read_text() in document
+
+
 def test_missing_runs_are_listed_not_averaged_and_analysis_rows_get_tables(study, rows, tmp_path):
     store = ResultsStore(tmp_path / "results")
     shutil.copytree(study / "st" / "results", tmp_path / "results")
@@ -203,7 +223,8 @@ def test_report_command_end_to_end(study):
     assert done.returncode == 0, done.stderr
     report = (study / "rep" / "report.md").read_text()
     assert "| policy | lb-pv | la-lb |" in report
-    assert "| pair | scratch | xattn |" in report  # the significance table: the rows name their references
+    # The significance table: the rows name their references.
+    assert "| pair | policy | seed | BLEU | BLEU p | chrF | chrF p |" in report
     assert all((study / "rep" / name).is_file() for name in FIGURES)
     assert report.splitlines()[0] == "# Report: tiny"
 

@@ -17,6 +17,7 @@ from xattn_ray.study.codeswitch import load_study_data
 from xattn_ray.study.config import load_experiment
 from xattn_ray.data.codeswitch import build_test_sets
 from xattn_ray.report.build import build_report
+from xattn_ray.report.markdown import markdown_cells
 from xattn_ray.report.codeswitch import (codeswitch_bleu, codeswitch_cost_table, codeswitch_table,
                                          codeswitch_test_set_table)
 from xattn_ray.report.significance import codeswitch_significance, codeswitch_verdicts
@@ -77,12 +78,12 @@ def test_table_is_the_mean_and_std_over_seeds_of_each_runs_mean_per_kind(rows):
     tests = finished_tests(rows)
     assert set(tests["variant"]) == set(VARIANTS)
     summary = codeswitch_bleu(rows).set_index(["variant", "kind"])
-    table = codeswitch_table(rows)
+    table = markdown_cells(codeswitch_table(rows))
     assert list(table.index) == VARIANTS  # base, then by policy (body first), standard before xlquery
     assert list(table.columns) == ["mono", "seen", "unseen", "seeds"]
     for name in VARIANTS:
         runs = tests[tests["variant"] == name]
-        assert table.at[name, "seeds"] == (1 if name == "base" else 2)
+        assert table.at[name, "seeds"] == ("1" if name == "base" else "2")
         for kind in ("mono", "seen", "unseen"):
             per_run = runs[runs["kind"] == kind].groupby("run_id")["bleu"].mean()
             if name == "base" and kind != "mono":  # the base is scored on single sentences only
@@ -101,7 +102,7 @@ def test_table_is_the_mean_and_std_over_seeds_of_each_runs_mean_per_kind(rows):
 
 def test_test_set_table_has_a_column_per_test_set_mono_seen_unseen(rows):
     tests = finished_tests(rows)
-    table = codeswitch_test_set_table(rows)
+    table = markdown_cells(codeswitch_test_set_table(rows))
     assert list(table.columns) == TEST_SETS and list(table.index) == VARIANTS
     for (name, test_set), bleu in tests.groupby(["variant", "test_set"])["bleu"]:
         text = f"{bleu.mean():.2f}" + (f" ± {bleu.std(ddof=1):.2f}" if len(bleu) > 1 else "")
@@ -189,14 +190,16 @@ def test_report_command_writes_the_codeswitch_sections_and_a_png(study):
         assert heading in report
     assert "## Table 2" not in report and "## Missing runs" not in report
     assert "| variant | mono | seen | unseen | seeds |" in report
-    assert "| variant | test set | s1 | s2 |" in report
+    assert "| variant | test set | seed | BLEU | BLEU p | chrF | chrF p |" in report
     assert "- `body · xlquery 0.3/0.3` against `body · standard`: significantly better in" in report
     assert "](bleu_by_kind.png)" in report
     data = (study / "rep" / "bleu_by_kind.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
     assert width > 600 and height > 300
-    assert sorted(path.name for path in (study / "rep").iterdir()) == ["bleu_by_kind.png", "report.md"]
+    tables = ["codeswitch", "test_sets", "significance", "cost"]
+    assert sorted(path.name for path in (study / "rep").iterdir()) == sorted(
+        ["bleu_by_kind.png", "report.md", "report.tex", *(f"{name}.{ext}" for name in tables for ext in ("csv", "tex"))])
 
 
 def test_report_never_imports_the_model(study, tmp_path):

@@ -1,20 +1,26 @@
-"""A code-switching study's tables and their Markdown sections: BLEU by kind and test set, xlquery tests, cost."""
+"""A code-switching study's tables and their sections: BLEU by kind and test set, xlquery tests, cost."""
 
 from __future__ import annotations
 
 import pandas
 
-from xattn_ray.report.costs import cost_cells, mean_costs
-from xattn_ray.report.markdown import markdown_table, mean_std, signed, untested_lines
+from xattn_ray.report.costs import cost_table_of, mean_costs
+from xattn_ray.report.markdown import markdown_table, table_section, untested_lines
+from xattn_ray.report.paired import BOOTSTRAP, describe
 from xattn_ray.report.rows import (CODESWITCH_KINDS, REFERENCE_ATTENTION, ReferencesFor, codeswitch_tests, ok_rows,
                                    ordered_test_sets, ordered_variants, with_variants)
-from xattn_ray.report.significance import (BOOTSTRAP_SAMPLES, SIGNIFICANCE_LEVEL, codeswitch_significance,
-                                           codeswitch_verdicts)
+from xattn_ray.report.significance import (SIGNIFICANCE_LEVEL, SIGNIFICANT, codeswitch_significance,
+                                           codeswitch_verdicts, signature_line, tested_cells)
+from xattn_ray.report.tables import Column, Number, Section, Table
 
 
-def codeswitch_sections(frame: pandas.DataFrame, references_for: ReferencesFor) -> list[str]:
-    """The report's results sections for a code-switching study, in order; a section without rows is ""."""
-    return [_codeswitch_section(frame), _test_sets_section(frame), _significance_section(frame, references_for),
+def codeswitch_sections(frame: pandas.DataFrame, references_for: ReferencesFor,
+                        test: str = BOOTSTRAP) -> list[Section]:
+    """The report's results sections for a code-switching study, in order; a section without rows is empty.
+
+    `test` is the paired test of the significance section.
+    """
+    return [_codeswitch_section(frame), _test_sets_section(frame), _significance_section(frame, references_for, test),
             _cost_section(frame)]
 
 
@@ -35,98 +41,98 @@ def codeswitch_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
             .agg(mean="mean", std="std", seeds="count").reset_index())
 
 
-def codeswitch_table(frame: pandas.DataFrame) -> pandas.DataFrame:
-    """Code-switched translation as text cells: rows = variants; columns = mono, seen, unseen (`mean ± std`
-    of `codeswitch_bleu`) and seeds."""
+def codeswitch_table(frame: pandas.DataFrame) -> Table:
+    """Code-switched translation: rows = variants; columns = mono, seen, unseen (`mean ± std` of
+    `codeswitch_bleu`) and seeds."""
     summary = codeswitch_bleu(frame)
     kinds = [kind for kind in CODESWITCH_KINDS if kind in set(summary["kind"])]
     variants = ordered_variants(codeswitch_tests(frame))
-    cells = {(row.variant, row.kind): mean_std(row.mean, row.std, row.seeds) for row in summary.itertuples()}
-    table = pandas.DataFrame([[cells.get((variant, kind), "") for kind in kinds] for variant in variants],
-                             index=variants, columns=kinds)
-    table["seeds"] = codeswitch_run_bleu(frame).groupby("variant")["seed"].nunique()
-    table.index.name = "variant"
-    return table
+    cells = {(row.variant, row.kind): Number(row.mean, std=row.std) for row in summary.itertuples()}
+    seeds = codeswitch_run_bleu(frame).groupby("variant")["seed"].nunique()
+    rows = tuple((variant, *(cells.get((variant, kind), "") for kind in kinds), int(seeds[variant]))
+                 for variant in variants)
+    note = ("sacreBLEU; for each run the mean over its test sets of each kind: single sentences of one source "
+            "language (mono), code-switched pairs mixed in training (seen), pairs never mixed in training (unseen); "
+            "then mean ± standard deviation over seeds. `base` is the model every run starts from, scored on single "
+            "sentences only.")
+    return Table("codeswitch", "Code-switched translation", note,
+                 (Column("variant"), *map(Column, kinds), Column("seeds")), rows)
 
 
-def codeswitch_test_set_table(frame: pandas.DataFrame) -> pandas.DataFrame:
-    """BLEU on each test set as text cells (`mean ± std` over seeds): rows = variants, columns = test sets."""
+def codeswitch_test_set_table(frame: pandas.DataFrame) -> Table:
+    """BLEU on each test set (`mean ± std` over seeds): rows = variants, columns = test sets."""
     tests = codeswitch_tests(frame)
     summary = tests.groupby(["variant", "test_set"])["bleu"].agg(mean="mean", std="std", seeds="count")
     names = ordered_test_sets(tests)
-    cells = {row.Index: mean_std(row.mean, row.std, row.seeds) for row in summary.itertuples()}
-    variants = ordered_variants(tests)
-    table = pandas.DataFrame([[cells.get((variant, name), "") for name in names] for variant in variants],
-                             index=variants, columns=names)
-    table.index.name = "variant"
-    return table
+    cells = {row.Index: Number(row.mean, std=row.std) for row in summary.itertuples()}
+    rows = tuple((variant, *(cells.get((variant, name), "") for name in names)) for variant in ordered_variants(tests))
+    note = ("sacreBLEU on each test set (`<test set>.<kind>.<languages>`), mean ± standard deviation over "
+            "seeds.")
+    return Table("test_sets", "BLEU by test set", note, (Column("variant"), *map(Column, names)), rows)
 
 
-def _codeswitch_section(frame: pandas.DataFrame) -> str:
-    title = "## Code-switched translation"
+def _codeswitch_section(frame: pandas.DataFrame) -> Section:
+    title = "Code-switched translation"
     runs = codeswitch_run_bleu(frame)
     if runs.empty:
-        return f"{title}\n\nNo finished runs."
+        return Section(f"## {title}\n\nNo finished runs.")
     if not (codeswitch_tests(frame)["stage"] == "codeswitch").any():
         title += ("\n\nNo fine-tuning run finished: every one failed or stopped (see Missing runs); "
                   "only the runs they start from are shown.")
-    lines = [title, "", "sacreBLEU; for each run the mean over its test sets of each kind: single sentences of one "
-             "source language (mono), code-switched pairs mixed in training (seen), pairs never mixed in training "
-             "(unseen); then mean ± standard deviation over seeds. `base` is the model every run starts from, "
-             "scored on single sentences only.", "", markdown_table(codeswitch_table(frame))]
+    after = []
     if runs.drop_duplicates(["variant", "run_id"]).duplicated(["variant", "seed"]).any():
-        lines += ["", "Several runs share a variant and seed (grid options): their BLEU is pooled."]
-    return "\n".join(lines)
+        after += ["", "Several runs share a variant and seed (grid options): their BLEU is pooled."]
+    return table_section(title, codeswitch_table(frame), after)
 
 
-def _test_sets_section(frame: pandas.DataFrame) -> str:
+def _test_sets_section(frame: pandas.DataFrame) -> Section:
     if codeswitch_tests(frame).empty:
-        return ""
-    return "\n".join(["## BLEU by test set", "", "sacreBLEU on each test set (`<test set>.<kind>.<languages>`), "
-                      "mean ± standard deviation over seeds.", "", markdown_table(codeswitch_test_set_table(frame))])
+        return Section("")
+    return table_section("BLEU by test set", codeswitch_test_set_table(frame))
 
 
 # --- xlquery against standard attention ----------------------------------------------------------
 
-def codeswitch_significance_table(tests: pandas.DataFrame, variants: list[str]) -> pandas.DataFrame:
-    """The tested rows of `codeswitch_significance` as text cells: rows = (xlquery variant, test set) in the
-    order of `variants` and `ordered_test_sets`; one column per seed, `±delta (p)`, `*` if p < 0.05."""
+def codeswitch_significance_table(tests: pandas.DataFrame, variants: list[str], test: str = BOOTSTRAP) -> Table:
+    """The tested rows of `codeswitch_significance` (of `test`): one row per xlquery variant, test set and seed
+    (in the order of `variants`, `ordered_test_sets` and seeds); BLEU and chrF each with the difference from
+    standard attention's, and p."""
     tested = tests.dropna(subset=["p_value"])
-    seeds = sorted(tested["seed"].unique())
-    names = ordered_test_sets(tested)
-    rows = []
-    for variant in [variant for variant in variants if variant in set(tested["variant"])]:
-        runs = tested[tested["variant"] == variant]
-        for name in [name for name in names if name in set(runs["test_set"])]:
-            cells = {run.seed: f"{signed(run.delta)} (p {run.p_value:.3f})"
-                     + ("*" if run.p_value < SIGNIFICANCE_LEVEL else "")
-                     for run in runs[runs["test_set"] == name].itertuples()}
-            rows.append([variant, name, *(cells.get(seed, "") for seed in seeds)])
-    return pandas.DataFrame(rows, columns=["variant", "test set", *(f"s{seed}" for seed in seeds)]).set_index("variant")
+    rank = {"variant": {variant: i for i, variant in enumerate(variants)},
+            "test_set": {name: i for i, name in enumerate(ordered_test_sets(tested))}}
+    tested = tested.sort_values(["variant", "test_set", "seed"],
+                                key=lambda column: column.map(rank[column.name]) if column.name in rank else column)
+    vs_standard = f"vs {REFERENCE_ATTENTION}"
+    columns = (Column("variant"), Column("test set"), Column("seed"), Column("BLEU", vs_standard), Column("BLEU p"),
+               Column("chrF", vs_standard), Column("chrF p"))
+    rows = tuple((run.variant, run.test_set, int(run.seed), *tested_cells(run.bleu, run.baseline_bleu, run.p_value),
+                  *tested_cells(run.chrf, run.baseline_chrf, run.chrf_p_value)) for run in tested.itertuples())
+    note = (f"sacreBLEU {describe(test)} of each xlquery run against the {REFERENCE_ATTENTION}-attention run with the "
+            "same policy and seed, on the stored translations of every seen and unseen test set: BLEU and chrF of the "
+            f"xlquery run, in parentheses the difference from {REFERENCE_ATTENTION} attention's, then the p-value; "
+            f"`{SIGNIFICANT}` marks p < {SIGNIFICANCE_LEVEL}.")
+    return Table("significance", f"Significance: xlquery against {REFERENCE_ATTENTION} attention", note, columns, rows)
 
 
-def _significance_section(frame: pandas.DataFrame, references_for: ReferencesFor) -> str:
-    tests = codeswitch_significance(frame, references_for)
+def _significance_section(frame: pandas.DataFrame, references_for: ReferencesFor, test: str) -> Section:
+    tests = codeswitch_significance(frame, references_for, test)
     if tests.empty:
-        return ""
-    lines = [f"## Significance: xlquery against {REFERENCE_ATTENTION} attention", "",
-             f"sacreBLEU paired bootstrap resampling ({BOOTSTRAP_SAMPLES} resamples) of each xlquery run against "
-             f"the {REFERENCE_ATTENTION}-attention run with the same policy and seed, on the stored translations of "
-             f"every seen and unseen test set. Cells: BLEU of xlquery minus {REFERENCE_ATTENTION}, and the p-value, "
-             f"per seed; `*` marks p < {SIGNIFICANCE_LEVEL}."]
+        return Section("")
+    variants = ordered_variants(codeswitch_tests(frame))
+    table = codeswitch_significance_table(tests, variants, test)
+    lines = [f"## {table.title}", "", table.note]
     tested = tests.dropna(subset=["p_value"])
     if not tested.empty:
-        variants = ordered_variants(codeswitch_tests(frame))
-        lines += ["", markdown_table(codeswitch_significance_table(tests, variants)), ""]
+        lines += ["", markdown_table(table), ""]
         verdicts = codeswitch_verdicts(tests)
         if not verdicts.empty:
-            lines += [f"On unseen pairs (a seed counts when p < {SIGNIFICANCE_LEVEL} on every unseen test set, "
+            lines += [f"On unseen pairs, BLEU (a seed counts when p < {SIGNIFICANCE_LEVEL} on every unseen test set, "
                       "in the same direction):"]
             lines += [_verdict(variant, verdicts.loc[variant]) for variant in variants if variant in verdicts.index]
             lines.append("")
-        lines += ["Signature: " + ", ".join(f"`{s}`" for s in sorted(tested["signature"].unique()))]
+        lines += [signature_line(tested)]
     lines += untested_lines(tests, lambda run: f"{run.variant} s{run.seed} on {run.test_set}")
-    return "\n".join(lines)
+    return Section("\n".join(lines), (table,) if table.rows else ())
 
 
 def _verdict(variant: str, counts: pandas.Series) -> str:
@@ -145,10 +151,10 @@ def codeswitch_cost_table(frame: pandas.DataFrame) -> pandas.DataFrame:
     return mean_costs(rows, "variant").loc[ordered_variants(rows)]
 
 
-def _cost_section(frame: pandas.DataFrame) -> str:
+def _cost_section(frame: pandas.DataFrame) -> Section:
     table = codeswitch_cost_table(frame)
     if table.empty:
-        return ""
-    return "\n".join(["## Cost", "", "Mean over seeds; the share is of all the model's parameters. The base and "
-                      "each alphas' Q_cross pretraining run once and are shared by the runs that start from them.",
-                      "", markdown_table(cost_cells(table))])
+        return Section("")
+    return table_section("Cost", cost_table_of(table, "Mean over seeds; the share is of all the model's parameters. "
+                                                      "The base and each alphas' Q_cross pretraining run once and "
+                                                      "are shared by the runs that start from them."))

@@ -1,10 +1,10 @@
-"""What runs cost: the means of their training rows, and those means as text cells."""
+"""What runs cost: the means of their training rows, and those means as a table."""
 
 from __future__ import annotations
 
 import pandas
 
-from xattn_ray.report.markdown import number
+from xattn_ray.report.tables import Column, Number, Table
 
 
 def mean_costs(rows: pandas.DataFrame, by: str) -> pandas.DataFrame:
@@ -20,13 +20,12 @@ def mean_costs(rows: pandas.DataFrame, by: str) -> pandas.DataFrame:
                                 updates=("updates", "mean"))
 
 
-def cost_cells(table: pandas.DataFrame) -> pandas.DataFrame:
-    """A table of `mean_costs` as text cells."""
-    return pandas.DataFrame({
-        "runs": table["runs"].astype(int),
-        "trainable parameters": [f"{value:,.0f} ({share:.1%})"
-                                 for value, share in zip(table["trainable_params"], table["share"])],
-        "train seconds": table["train_seconds"].map(lambda value: number(value, 1)),
-        "target tokens/s": table["target_tokens_per_second"].map(lambda value: f"{value:,.0f}"),
-        "updates": table["updates"].map(lambda value: f"{value:,.0f}"),
-    }, index=table.index)
+def cost_table_of(costs: pandas.DataFrame, note: str) -> Table:
+    """The table `cost` of a `mean_costs` frame: a row per value of its index (a policy, a variant), the
+    trainable parameters with their share of all the model's in parentheses."""
+    columns = (Column(costs.index.name), Column("runs"), Column("trainable parameters", aside="share"),
+               Column("train seconds"), Column("target tokens/s"), Column("updates"))
+    rows = tuple((name, int(row.runs), Number(row.trainable_params, ",.0f", aside=row.share, aside_style=".1%"),
+                  Number(row.train_seconds, ".1f"), Number(row.target_tokens_per_second, ",.0f"),
+                  Number(row.updates, ",.0f")) for name, row in zip(costs.index, costs.itertuples()))
+    return Table("cost", "Cost", note, columns, rows)

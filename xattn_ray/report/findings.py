@@ -44,9 +44,10 @@ Beside each verdict stand the figures (mean ± standard deviation over seeds, ru
 pooled first so that every seed counts once) and the evidence of two tests, which the verdict does
 not use:
 
-- the paired bootstrap, seed by seed (sacreBLEU, as in the report's significance sections): in how
-  many seeds each side's translations are significantly better (p < 0.05). For the Table-2 claims
-  and xlquery on code-switched pairs, where translations of both runs of a seed exist;
+- a paired test of BLEU, seed by seed (bootstrap resampling by default, or approximate
+  randomization: `test`, as in the report's significance sections): in how many seeds each side's
+  translations are significantly better (p < 0.05). For the Table-2 claims and xlquery on
+  code-switched pairs, where translations of both runs of a seed exist;
 - across seeds, with at least `MIN_SEEDS` (3) seeds that have both sides: a one-sided paired t-test
   of the per-seed differences (`across_seeds`).
 """
@@ -58,11 +59,12 @@ from dataclasses import dataclass, replace
 
 import pandas
 
-from xattn_ray.report.markdown import MINUS, number
+from xattn_ray.report.paired import BOOTSTRAP, describe
 from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, codeswitch_tests, grid_cells,
                                    is_codeswitch_study, ok_rows, ordered_variants, primary_child_tests,
                                    references_from_uri)
 from xattn_ray.report.significance import SIGNIFICANCE_LEVEL, codeswitch_significance, significance
+from xattn_ray.report.tables import MINUS, number
 
 CLOSE_BLEU = 2.0
 PRECISION_RATIO = 2.0
@@ -85,14 +87,15 @@ class Finding:
     claim: str
     verdict: str  # HELD, NOT_HELD or NOT_ENOUGH
     figures: str  # e.g. "lb-pv: xattn 20.12 ± 0.31 vs body 21.30 ± 0.12 (3 seeds)"; what is missing when NOT_ENOUGH
-    tests: str  # the bootstrap's and the test across seeds' evidence, per comparison; "" when NOT_ENOUGH
+    tests: str  # the per-seed paired test's and the test across seeds' evidence, per comparison; "" when NOT_ENOUGH
 
 
-def study_findings(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri) -> list[Finding]:
+def study_findings(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri,
+                   test: str = BOOTSTRAP) -> list[Finding]:
     """The findings of whichever study the rows are: `codeswitch_findings` or `transfer_findings`."""
     if is_codeswitch_study(frame):
-        return codeswitch_findings(frame, references_for)
-    return transfer_findings(frame, references_for)
+        return codeswitch_findings(frame, references_for, test)
+    return transfer_findings(frame, references_for, test)
 
 
 def findings_lines(findings: list[Finding]) -> list[str]:
@@ -106,9 +109,11 @@ def findings_lines(findings: list[Finding]) -> list[str]:
     return lines
 
 
-def findings_section(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri) -> str:
-    """The report's Findings section, of whichever study the rows are ("" without findings)."""
-    findings = study_findings(frame, references_for)
+def findings_section(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri,
+                     test: str = BOOTSTRAP) -> str:
+    """The report's Findings section, of whichever study the rows are ("" without findings); `test` is
+    the per-seed paired test."""
+    findings = study_findings(frame, references_for, test)
     if not findings:
         return ""
     if findings[0].paper == TRANSFER_PAPER:
@@ -121,7 +126,7 @@ def findings_section(frame: pandas.DataFrame, references_for: ReferencesFor = re
     lines = ["## Findings", "",
              f"The claims of {findings[0].paper}, checked on this study's runs ({scope}). A claim holds when the "
              "means over seeds meet it on every comparison; figures are mean ± standard deviation over seeds. "
-             "The tests are evidence beside the verdict: the paired bootstrap of each seed's translations "
+             f"The tests are evidence beside the verdict: the {describe(test)} of each seed's translations on BLEU "
              f"(in how many seeds each side is better at p < {SIGNIFICANCE_LEVEL}), and with at least {MIN_SEEDS} "
              "seeds a one-sided paired t-test of the per-seed differences against the null hypothesis (H0) "
              "given.", ""]
@@ -158,8 +163,8 @@ class _Comparison:
     """One comparison a claim makes: `first` against `second`, each a value per seed, on one child pair
     (or dictionary, test set, policy: `label`).
 
-    The claim is that the difference first − factor × second is above `margin`; `bootstrap` sums up the
-    per-seed bootstrap tests where there are any; `note` adds a figure (e.g. the parent's BLEU).
+    The claim is that the difference first − factor × second is above `margin`; `paired` sums up the
+    per-seed paired tests where there are any; `note` adds a figure (e.g. the parent's BLEU).
     """
 
     label: str
@@ -169,7 +174,7 @@ class _Comparison:
     second_values: pandas.Series
     margin: float = 0.0
     factor: float = 1.0
-    bootstrap: str = ""
+    paired: str = ""
     note: str = ""
     percent: bool = False  # precision in %, one decimal (BLEU: two)
 
@@ -191,7 +196,7 @@ class _Comparison:
             across = f"across {len(paired)} seeds: the same difference in each, no t-test"
         else:
             across = f"across {len(paired)} seeds: paired t {_p(p)} (H0 {self._null()})"
-        return f"{self.label}: " + "; ".join(filter(None, [self.bootstrap, across]))
+        return f"{self.label}: " + "; ".join(filter(None, [self.paired, across]))
 
     def _mean_std(self, name: str, values: pandas.Series) -> str:
         decimals, unit = (1, "%") if self.percent else (2, "")
@@ -209,8 +214,8 @@ def _p(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _bootstrap(tests: pandas.DataFrame, first: str, second: str) -> str:
-    """The per-seed bootstrap tests of `first` against `second` summed up.
+def _paired(tests: pandas.DataFrame, first: str, second: str, test: str) -> str:
+    """The per-seed paired tests (`test`, its name the summary's first word) of `first` against `second` summed up.
 
     `tests`: one row per test (seed, delta = first − second, p_value NaN where it was not run, note).
     A seed counts for a side when every test of that seed (one per test set) finds that side better
@@ -219,13 +224,13 @@ def _bootstrap(tests: pandas.DataFrame, first: str, second: str) -> str:
     tested = tests.dropna(subset=["p_value"])
     if tested.empty:
         if tests.empty:
-            return "bootstrap: no seed has both runs"
+            return f"{test}: no seed has both runs"
         several = tests["note"].str.startswith("several runs", na=False).any()
-        return "bootstrap: not run (" + ("several runs per seed" if several else "no translations") + ")"
+        return f"{test}: not run (" + ("several runs per seed" if several else "no translations") + ")"
     significant = tested["p_value"] < SIGNIFICANCE_LEVEL
     by_seed = tested.assign(better=significant & (tested["delta"] > 0), worse=significant & (tested["delta"] < 0)
                             ).groupby("seed")[["better", "worse"]].all()
-    return (f"bootstrap p < {SIGNIFICANCE_LEVEL}: {first} better in {int(by_seed['better'].sum())} of "
+    return (f"{test} p < {SIGNIFICANCE_LEVEL}: {first} better in {int(by_seed['better'].sum())} of "
             f"{len(by_seed)} seed{'s' if len(by_seed) != 1 else ''}, {second} in {int(by_seed['worse'].sum())}")
 
 
@@ -257,11 +262,12 @@ def _both(table: pandas.DataFrame, first: str, second: str) -> tuple[pandas.Seri
 
 # --- Gheini et al. (2021) -------------------------------------------------------------------------
 
-def transfer_findings(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri) -> list[Finding]:
+def transfer_findings(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri,
+                      test: str = BOOTSTRAP) -> list[Finding]:
     """The six findings on the rows of one transfer study (none for a code-switching study).
 
-    `references_for(test row)` gives the reference lines the per-seed bootstrap tests score against
-    (the report's significance section uses the same).
+    `references_for(test row)` gives the reference lines the per-seed paired tests (`test`) score
+    against (the report's significance section uses the same).
     """
     if frame.empty or is_codeswitch_study(frame):
         return []
@@ -272,11 +278,12 @@ def transfer_findings(frame: pandas.DataFrame, references_for: ReferencesFor = r
         return [replace(c, label=f"{c.label} {cell}") if cell else c for cell, rows in cells for c in compare(rows)]
 
     def table2(number: int, claim: str, first: str, second: str, margin: float, holds) -> Finding:
-        comparisons = each_cell(lambda rows: _table2_comparisons(rows, references_for, first, second, margin))
+        comparisons = each_cell(lambda rows: _table2_comparisons(rows, references_for, first, second, margin, test))
         return _finding(TRANSFER_PAPER, number, claim, comparisons, holds, f"needs child runs of {first} and {second}")
 
     # Claim 3 on the pairs (and grid cells) that have all three policies.
-    xattn, randxattn = (each_cell(lambda rows, p=policy: _table2_comparisons(rows, references_for, p, "scratch", 0.0))
+    xattn, randxattn = (each_cell(lambda rows, p=policy: _table2_comparisons(rows, references_for, p, "scratch", 0.0,
+                                                                                test))
                         for policy in ("xattn", "randxattn"))
     pairs = {c.label for c in xattn} & {c.label for c in randxattn}
     above_scratch = [c for c in xattn + randxattn if c.label in pairs]
@@ -312,8 +319,8 @@ def _cell_frames(frame: pandas.DataFrame) -> list[tuple[str, pandas.DataFrame]]:
 
 
 def _table2_comparisons(frame: pandas.DataFrame, references_for: ReferencesFor, first: str, second: str,
-                        margin: float) -> list[_Comparison]:
-    """`first` against `second` on each child pair's primary test set, with the per-seed bootstrap of the two."""
+                        margin: float, test: str) -> list[_Comparison]:
+    """`first` against `second` on each child pair's primary test set, with the per-seed paired `test` of the two."""
     tests = primary_child_tests(frame)
     tests = tests[tests["policy"].isin((first, second))]
     found = {pair: both for (pair,), table in _by_seed(tests, ["pair"], "bleu").items()
@@ -322,11 +329,11 @@ def _table2_comparisons(frame: pandas.DataFrame, references_for: ReferencesFor, 
         return []
     # significance() tests every policy against body's run of the same seed: `second` plays body's part.
     paired = tests[tests["pair"].isin(found)].replace({"policy": {second: REFERENCE_POLICY}})
-    bootstrap = significance(paired, references_for)
+    tested = significance(paired, references_for, test)
     # `bleu` is scored again from the file, `body_bleu` is the stored score of the baseline's file: both sacreBLEU's.
-    bootstrap = bootstrap.assign(delta=bootstrap["bleu"] - bootstrap["body_bleu"])
+    tested = tested.assign(delta=tested["bleu"] - tested["body_bleu"])
     return [_Comparison(pair, first, values, second, baseline, margin,
-                        bootstrap=_bootstrap(bootstrap[bootstrap["pair"] == pair], first, second))
+                        paired=_paired(tested[tested["pair"] == pair], first, second, test))
             for pair, (values, baseline) in found.items()]
 
 
@@ -356,27 +363,27 @@ def _zeroshot_comparisons(frame: pandas.DataFrame) -> list[_Comparison]:
 
 # --- Foroutan et al. (2023) -----------------------------------------------------------------------
 
-def codeswitch_findings(frame: pandas.DataFrame,
-                        references_for: ReferencesFor = references_from_uri) -> list[Finding]:
+def codeswitch_findings(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri,
+                        test: str = BOOTSTRAP) -> list[Finding]:
     """The four findings on the rows of one code-switching study (none for a transfer study).
 
-    `references_for(test row)` gives the reference lines of the per-seed bootstrap tests of xlquery
+    `references_for(test row)` gives the reference lines of the per-seed paired tests (`test`) of xlquery
     against standard attention on code-switched sets (the report's significance section uses the
     same); single sentences, and the comparison of kinds, have the test across seeds only.
     """
     if frame.empty or not is_codeswitch_study(frame):
         return []
     runs = _codeswitch_runs(frame)
-    bootstrap = codeswitch_significance(frame, references_for)
+    tested = codeswitch_significance(frame, references_for, test)
     harder = [_Comparison(policy, "mono", both[0], "unseen", both[1])
               for (policy, attention, _), table in runs.items()
               if attention == REFERENCE_ATTENTION and (both := _both(table, "mono", "unseen")) is not None]
 
     def xlquery(kind: str, margin: float) -> list[_Comparison]:
         return [_Comparison(policy, name, values, REFERENCE_ATTENTION, baseline, margin,
-                            bootstrap=_bootstrap(bootstrap[(bootstrap["variant"] == variant)
-                                                           & (bootstrap["kind"] == kind)], name, REFERENCE_ATTENTION)
-                            if kind != "mono" else "")  # the bootstrap tests code-switched sets only
+                            paired=_paired(tested[(tested["variant"] == variant) & (tested["kind"] == kind)], name,
+                                           REFERENCE_ATTENTION, test)
+                            if kind != "mono" else "")  # the paired tests are on code-switched sets only
                 for policy, variant, name, values, baseline in _against_standard(runs, kind)]
 
     return [

@@ -1,33 +1,41 @@
-"""Markdown pieces every section of the report uses: tables, numbers, and the runs a test left out."""
+"""Markdown: the report's tables, and the runs a significance test left out."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pandas
 
-MINUS = "\u2212"  # a real minus sign: a hyphen reads as a dash in tables
+from xattn_ray.report.tables import Cell, Number, Section, Table
 
 
-def markdown_table(table: pandas.DataFrame) -> str:
-    """A GitHub-flavoured Markdown table, the index as its first column."""
-    header = [table.index.name or "", *map(str, table.columns)]
-    rows = [[str(index), *map(str, values)] for index, values in zip(table.index, table.to_numpy())]
+def markdown_table(table: Table) -> str:
+    """A GitHub-flavoured Markdown table, its first column naming the rows."""
+    header = [column.name for column in table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(map(markdown_cell, row)) + " |" for row in table.rows])
 
 
-def number(value: float, decimals: int = 2) -> str:
-    """`value` with `decimals` decimals and a real minus sign; blank for NaN."""
-    return "" if value != value else f"{value:.{decimals}f}".replace("-", MINUS)
+def table_section(heading: str, table: Table, after: Sequence[str] = ()) -> Section:
+    """The section of one table: `## heading`, the table's note, the table, then the lines `after` it."""
+    return Section("\n".join([f"## {heading}", "", table.note, "", markdown_table(table), *after]), (table,))
 
 
-def mean_std(mean: float, std: float, seeds: int) -> str:
-    """`mean ± std`, the mean alone for one seed."""
-    return number(mean) + (f" ± {std:.2f}" if seeds > 1 else "")
+def markdown_cell(cell: Cell) -> str:
+    """A cell's Markdown: a `Number`'s text, `**bold**` when it is, then its mark; text with `|` escaped."""
+    if isinstance(cell, Number):
+        text = cell.text()
+        return (f"**{text}**" if cell.bold and text else text) + (cell.mark if text else "")
+    return str(cell).replace("|", "\\|")
 
 
-def signed(value: float) -> str:
-    """A difference with its sign, `+` or a real minus, to 2 decimals."""
-    return ("+" if value >= 0 else MINUS) + f"{abs(value):.2f}"
+def markdown_cells(table: Table) -> pandas.DataFrame:
+    """The Markdown text of every cell, indexed by the first column's: a table to look cells up in."""
+    frame = pandas.DataFrame([[markdown_cell(cell) for cell in row[1:]] for row in table.rows],
+                             index=[markdown_cell(row[0]) for row in table.rows],
+                             columns=[column.name for column in table.columns[1:]])
+    frame.index.name = table.columns[0].name
+    return frame
 
 
 def untested_lines(tests: pandas.DataFrame, describe) -> list[str]:

@@ -1,28 +1,37 @@
-"""Paired bootstrap tests (sacreBLEU) of stored translations: policies against body, xlquery against standard."""
+"""Paired tests (paired.py) of stored translations on BLEU and chrF: which runs are tested against which
+(policies against body, xlquery against standard attention), and their results as table cells.
+
+Every test is seed by seed: a run against its baseline's run with the same seed, on the test set's
+translations both stored. `test` names the paired test (`BOOTSTRAP`, the default, or `RANDOMIZATION`).
+A result holds BLEU's figures (bleu, p_value, signature) and chrF's beside them (chrf, chrf_p_value,
+chrf_signature).
+"""
 
 from __future__ import annotations
 
-import logging
-
 import pandas
 
+from xattn_ray.report.paired import BOOTSTRAP, paired_tests
 from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, StoredTexts,
                                    codeswitch_tests, ordered_policies, ordered_variants, primary_child_tests,
                                    references_from_uri)
+from xattn_ray.report.tables import Number
 from xattn_ray.store import codeswitch_kind
 
-BOOTSTRAP_SAMPLES = 1000
 SIGNIFICANCE_LEVEL = 0.05
+SIGNIFICANT = "*"  # after a p-value below SIGNIFICANCE_LEVEL
 
 
-def significance(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri) -> pandas.DataFrame:
-    """Paired bootstrap resampling (sacreBLEU) of each policy against body, seed by seed.
+def significance(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri,
+                 test: str = BOOTSTRAP) -> pandas.DataFrame:
+    """The paired `test` of each policy against body, seed by seed, on BLEU and chrF.
 
     For every child pair's primary test set and every seed body has, the stored translations of each
-    other policy's run with that seed are tested against body's (1000 resamples, sacreBLEU's fixed
-    seed) on the references `references_for(body's row)` returns. Columns: pair, test_set, policy,
-    seed, bleu (as the test recomputes it from the files), body_bleu (stored), p_value, signature, note
-    (why a run could not be tested; its p_value is then NaN).
+    other policy's run with that seed are tested against body's on the references
+    `references_for(body's row)` returns. Columns: pair, test_set, policy, seed, bleu (as the test
+    recomputes it from the files), body_bleu (stored), p_value (BLEU's), chrf, body_chrf, chrf_p_value,
+    signature (BLEU's with the test's), chrf_signature, note (why a run could not be tested; its
+    p-values are then NaN).
     """
     texts = _translations(references_for)
     tests = primary_child_tests(frame)
@@ -31,29 +40,32 @@ def significance(frame: pandas.DataFrame, references_for: ReferencesFor = refere
         if REFERENCE_POLICY not in set(runs["policy"]):
             continue  # nothing to pair these runs with
         body = runs[runs["policy"] == REFERENCE_POLICY].iloc[0]
-        base = dict(pair=pair, test_set=test_set, seed=seed, body_bleu=body["bleu"])
+        base = dict(pair=pair, test_set=test_set, seed=seed, body_bleu=body["bleu"], body_chrf=body["chrf"])
         if runs["policy"].duplicated().any():
             # Sizes or options of the grid give one policy several runs per seed: which pairs with which is unclear.
             note = "several runs of one policy with this seed (grid sizes or options): not paired"
             results += [dict(base, **_untested(policy, note))
                         for policy in ordered_policies(runs["policy"]) if policy != REFERENCE_POLICY]
         else:
-            results += [dict(base, **test) for test in _paired_tests(runs.set_index("policy"), references_for(body),
-                                                                     REFERENCE_POLICY, texts)]
-    columns = ["pair", "test_set", "system", "seed", "bleu", "body_bleu", "p_value", "signature", "note"]
+            results += [dict(base, **tested) for tested in _paired_tests(runs.set_index("policy"),
+                                                                         references_for(body), REFERENCE_POLICY,
+                                                                         texts, test)]
+    columns = ["pair", "test_set", "system", "seed", "bleu", "body_bleu", "p_value", "chrf", "body_chrf",
+               "chrf_p_value", "signature", "chrf_signature", "note"]
     return pandas.DataFrame(results, columns=columns).rename(columns={"system": "policy"})
 
 
-def codeswitch_significance(frame: pandas.DataFrame,
-                            references_for: ReferencesFor = references_from_uri) -> pandas.DataFrame:
-    """Paired bootstrap resampling (sacreBLEU) of each xlquery run against standard attention, seed by seed.
+def codeswitch_significance(frame: pandas.DataFrame, references_for: ReferencesFor = references_from_uri,
+                            test: str = BOOTSTRAP) -> pandas.DataFrame:
+    """The paired `test` of each xlquery run against standard attention, seed by seed, on BLEU and chrF.
 
     On every seen and unseen test set, the stored translations of each xlquery run (every alphas) are
-    tested against those of the standard-attention run with the same policy and seed (1000 resamples,
-    sacreBLEU's fixed seed) on the references `references_for(standard's row)` returns. Columns:
-    variant (the xlquery run's), baseline (the standard run's), policy, seed, kind, test_set, bleu and
-    baseline_bleu (as the test recomputes them from the files), delta (bleu minus baseline_bleu), p_value,
-    signature, note (why a run could not be tested; its numbers are then NaN).
+    tested against those of the standard-attention run with the same policy and seed on the references
+    `references_for(standard's row)` returns. Columns: variant (the xlquery run's), baseline (the
+    standard run's), policy, seed, kind, test_set, bleu and baseline_bleu (as the test recomputes them
+    from the files), delta (bleu minus baseline_bleu), p_value (BLEU's), the same four of chrF (chrf,
+    baseline_chrf, chrf_delta, chrf_p_value), signature (BLEU's with the test's), chrf_signature, note
+    (why a run could not be tested; its numbers are then NaN).
     """
     texts = _translations(references_for)
     tests = codeswitch_tests(frame)
@@ -72,13 +84,14 @@ def codeswitch_significance(frame: pandas.DataFrame,
             results += [dict(shared, **_untested(variant, note))
                         for variant in ordered_variants(runs) if variant != baseline["variant"]]
         else:
-            results += [dict(shared, **test) for test in _paired_tests(runs.set_index("variant"),
-                                                                       references_for(baseline), baseline["variant"],
-                                                                       texts)]
+            results += [dict(shared, **tested) for tested in _paired_tests(runs.set_index("variant"),
+                                                                           references_for(baseline),
+                                                                           baseline["variant"], texts, test)]
     columns = ["system", "baseline", "policy", "seed", "kind", "test_set", "bleu", "baseline_bleu", "p_value",
-               "signature", "note"]
+               "chrf", "baseline_chrf", "chrf_p_value", "signature", "chrf_signature", "note"]
     table = pandas.DataFrame(results, columns=columns).rename(columns={"system": "variant"})
     table.insert(table.columns.get_loc("p_value"), "delta", table["bleu"] - table["baseline_bleu"])
+    table.insert(table.columns.get_loc("chrf_p_value"), "chrf_delta", table["chrf"] - table["baseline_chrf"])
     return table
 
 
@@ -106,17 +119,13 @@ def _translations(references_for: ReferencesFor) -> StoredTexts:
 
 
 def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline: str,
-                  texts: StoredTexts) -> list[dict]:
-    """One paired bootstrap test of each run of `runs` against the `baseline` run.
+                  texts: StoredTexts, test: str) -> list[dict]:
+    """The paired `test` of each run of `runs` against the `baseline` run, on BLEU and chrF.
 
     `runs` is indexed by system (a policy, a code-switching variant); `texts` reads their translations.
-    Each test is a dict of system, bleu and baseline_bleu (as the test recomputes them from the files),
-    p_value, signature and note.
+    Each test is a dict of system, then bleu, baseline_bleu and p_value, chrf, baseline_chrf and
+    chrf_p_value (scores as the test recomputes them from the files), signature, chrf_signature, note.
     """
-    from sacrebleu.metrics import BLEU
-    from sacrebleu.significance import PairedTest
-
-    logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # it logs every step of every test at INFO
     others = [system for system in ordered_policies(runs.index) if system != baseline]
     systems, notes = [], {}
     for system in [baseline, *others]:
@@ -131,22 +140,32 @@ def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline
             systems.append((system, hypotheses))
     if baseline in notes:  # nothing to test against
         return [_untested(system, notes.get(system, f"{baseline}: {notes[baseline]}")) for system in others]
-    tests = []
-    if len(systems) > 1:
-        # Every system against the baseline, systems[0], on the same resamples.
-        signatures, scores = PairedTest(systems, {"BLEU": BLEU()}, [references], test_type="bs",
-                                        n_samples=BOOTSTRAP_SAMPLES)()
-        baseline_bleu = scores["BLEU"][0].score
-        # An exact tie is no evidence of a difference. sacreBLEU would say p = 1/(n+1) when every
-        # resample ties as well (identical translations), so a tie is given p = 1 instead.
-        tests += [dict(system=system, bleu=result.score, baseline_bleu=baseline_bleu,
-                       p_value=1.0 if result.score == baseline_bleu else result.p_value,
-                       signature=str(signatures["BLEU"]), note=None)
-                  for (system, _), result in zip(systems[1:], scores["BLEU"][1:])]
-    return tests + [_untested(system, note) for system, note in notes.items()]
+    (_, baseline_lines), tested = systems[0], systems[1:]
+    results = paired_tests(baseline_lines, [lines for _, lines in tested], references, test) if tested else []
+    return [dict(system=system, bleu=by_metric["BLEU"].score, baseline_bleu=by_metric["BLEU"].baseline,
+                 p_value=by_metric["BLEU"].p_value, chrf=by_metric["chrF"].score,
+                 baseline_chrf=by_metric["chrF"].baseline, chrf_p_value=by_metric["chrF"].p_value,
+                 signature=by_metric["BLEU"].signature, chrf_signature=by_metric["chrF"].signature, note=None)
+            for (system, _), by_metric in zip(tested, results)] + [_untested(system, note)
+                                                                   for system, note in notes.items()]
 
 
 def _untested(system: str, note: str) -> dict:
     """A test that could not be run, and why."""
-    return dict(system=system, bleu=float("nan"), baseline_bleu=float("nan"), p_value=float("nan"), signature=None,
-                note=note)
+    nan = float("nan")
+    return dict(system=system, bleu=nan, baseline_bleu=nan, p_value=nan, chrf=nan, baseline_chrf=nan,
+                chrf_p_value=nan, signature=None, chrf_signature=None, note=note)
+
+
+def signature_line(tested: pandas.DataFrame) -> str:
+    """The signatures of the tests run, BLEU's and chrF's."""
+    return "Signatures: " + "; ".join(
+        f"{metric} " + ", ".join(f"`{s}`" for s in sorted(tested[column].dropna().unique()))
+        for metric, column in (("BLEU", "signature"), ("chrF", "chrf_signature")))
+
+
+def tested_cells(score: float, baseline: float, p_value: float) -> tuple[Number, Number]:
+    """A test's cells in a table: the score with its difference from the baseline's in parentheses, and the
+    p-value, marked `SIGNIFICANT` below `SIGNIFICANCE_LEVEL`."""
+    return (Number(score, aside=score - baseline),
+            Number(p_value, ".3f", mark=SIGNIFICANT if p_value < SIGNIFICANCE_LEVEL else ""))

@@ -1,23 +1,32 @@
-"""A transfer study's tables and their Markdown sections: Table 2, significance, Table 3, zero-shot, BLI, cost."""
+"""A transfer study's tables and their sections: Table 2, significance, Table 3, zero-shot, BLI, cost."""
 
 from __future__ import annotations
 
 import json
 
+import numpy
 import pandas
 
-from xattn_ray.report.costs import cost_cells, mean_costs
-from xattn_ray.report.markdown import markdown_table, mean_std, number, signed, untested_lines
+from xattn_ray.report.costs import cost_table_of, mean_costs
+from xattn_ray.report.markdown import markdown_table, table_section, untested_lines
+from xattn_ray.report.paired import BOOTSTRAP, describe
 from xattn_ray.report.rows import (REFERENCE_POLICY, ReferencesFor, cells_as_pairs, child_column, ok_rows,
                                    ordered_columns, ordered_pairs, ordered_policies, primary_child_tests,
                                    primary_test_sets)
-from xattn_ray.report.significance import BOOTSTRAP_SAMPLES, SIGNIFICANCE_LEVEL, significance
+from xattn_ray.report.significance import SIGNIFICANCE_LEVEL, SIGNIFICANT, signature_line, significance, tested_cells
+from xattn_ray.report.tables import Column, Number, Section, Table, number
+
+DIFFERENT = "\u2020"  # †: after a Table 2 cell whose policy differs significantly from body in every seed
 
 
-def transfer_sections(frame: pandas.DataFrame, references_for: ReferencesFor) -> list[str]:
-    """The report's results sections for a transfer study, in order; a section without rows is ""."""
-    return [_table2_section(frame), _significance_section(frame, references_for), _forgetting_section(frame),
-            _zeroshot_section(frame), _bli_section(frame), _cost_section(frame)]
+def transfer_sections(frame: pandas.DataFrame, references_for: ReferencesFor, test: str = BOOTSTRAP) -> list[Section]:
+    """The report's results sections for a transfer study, in order; a section without rows is empty.
+
+    `test` is the paired test of Table 2's marks and of the significance section.
+    """
+    tests = significance(frame, references_for, test)
+    return [_table2_section(frame, tests, test), _significance_section(frame, tests, test),
+            _forgetting_section(frame), _zeroshot_section(frame), _bli_section(frame), _cost_section(frame)]
 
 
 # --- Table 2 ------------------------------------------------------------------------------------
@@ -44,24 +53,45 @@ def child_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
     return summary
 
 
-def table2(frame: pandas.DataFrame) -> pandas.DataFrame:
-    """The paper's Table 2 as text cells: rows = policies, columns = child pairs (one per grid cell).
+def table2(frame: pandas.DataFrame, tests: pandas.DataFrame | None = None, test: str = BOOTSTRAP) -> Table:
+    """The paper's Table 2: rows = policies, columns = child pairs (one per grid cell).
 
     A cell is `mean ± std`, with `(±difference)` from body for the transfer policies (not for
-    scratch, which is no transfer), in **bold** when among the two best of its column.
+    scratch, which is no transfer), in bold when among the two best of its column, and marked
+    `DIFFERENT` when `tests` (`significance`, of `test`) find the policy's BLEU significantly above
+    body's in every seed tested, or below it in every one.
     """
     summary = child_bleu(frame)
     columns, policies = ordered_columns(primary_child_tests(frame)), ordered_policies(summary["policy"])
-    cells = {}
-    for row in summary.itertuples():
-        text = mean_std(row.mean, row.std, row.seeds)
-        if row.policy not in ("scratch", REFERENCE_POLICY) and row.vs_body == row.vs_body:
-            text += f" ({signed(row.vs_body)})"
-        cells[(row.policy, row.column)] = f"**{text}**" if row.best else text
-    table = pandas.DataFrame([[cells.get((policy, column), "") for column in columns] for policy in policies],
-                             index=policies, columns=columns)
-    table.index.name = "policy"
-    return table
+    different = _different_from_body(tests) if tests is not None else set()
+    cells = {(row.policy, row.column): Number(
+        row.mean, std=row.std, aside=row.vs_body if row.policy not in ("scratch", REFERENCE_POLICY) else None,
+        bold=row.best, mark=DIFFERENT if (row.pair, row.policy) in different else "") for row in summary.itertuples()}
+    rows = tuple((policy, *(cells.get((policy, column), "") for column in columns)) for policy in policies)
+    return Table("table2", "BLEU of child models", _table2_note(frame, test, bool(different)),
+                 (Column("policy"), *(Column(column, aside=f"vs {REFERENCE_POLICY}") for column in columns)), rows)
+
+
+def _different_from_body(tests: pandas.DataFrame) -> set[tuple[str, str]]:
+    """The (pair, policy) whose every tested seed has p < 0.05 on BLEU with the difference from body of one sign."""
+    tested = tests.dropna(subset=["p_value"])
+    # +1 above body and significant, -1 below and significant, 0 not significant.
+    direction = numpy.sign(tested["bleu"] - tested["body_bleu"]) * (tested["p_value"] < SIGNIFICANCE_LEVEL)
+    return {key for key, signs in direction.groupby([tested["pair"], tested["policy"]])
+            if signs.iloc[0] != 0 and (signs == signs.iloc[0]).all()}
+
+
+def _table2_note(frame: pandas.DataFrame, test: str, marks: bool) -> str:
+    first = primary_test_sets(frame)
+    names = sorted(set(first.values()))
+    where = (f"test set `{names[0]}`" if len(names) == 1 else "each pair's first test set by name ("
+             + ", ".join(f"{pair}: `{name}`" for pair, name in first.items()) + ")")
+    note = (f"sacreBLEU on {where}; mean ± standard deviation over seeds; in parentheses the difference from "
+            f"`{REFERENCE_POLICY}`; the two best of each pair in bold.")
+    if marks:
+        note += (f" {DIFFERENT}: BLEU significantly different from `{REFERENCE_POLICY}`'s in every seed, in the same "
+                 f"direction: p < {SIGNIFICANCE_LEVEL} in the {describe(test)} of the translations.")
+    return note
 
 
 def parent_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
@@ -72,60 +102,55 @@ def parent_bleu(frame: pandas.DataFrame) -> pandas.DataFrame:
     return used.groupby(["parent_pair", "test_set"])["bleu"].agg(mean="mean", seeds="count").reset_index()
 
 
-def _table2_section(frame: pandas.DataFrame) -> str:
+def _table2_section(frame: pandas.DataFrame, tests: pandas.DataFrame, test: str) -> Section:
     if primary_child_tests(frame).empty:
         tried = (frame["stage"] == "child").any()
-        return "## Table 2: BLEU of child models\n\nNo finished child runs" + (
-            ": every one failed or stopped (see Missing runs)." if tried else ".")
-    first = primary_test_sets(frame)
-    names = sorted(set(first.values()))
-    where = (f"test set `{names[0]}`" if len(names) == 1 else "each pair's first test set by name ("
-             + ", ".join(f"{pair}: `{name}`" for pair, name in first.items()) + ")")
-    lines = ["## Table 2: BLEU of child models", "",
-             f"sacreBLEU on {where}; mean ± standard deviation over seeds; in parentheses the difference "
-             f"from `{REFERENCE_POLICY}`; the two best of each pair in bold.", "", markdown_table(table2(frame))]
-    tests = primary_child_tests(frame)
-    if tests.assign(column=child_column(tests)).duplicated(["column", "policy", "seed"]).any():
-        lines += ["", "Several runs share a pair, grid cell, policy and seed: their BLEU is pooled."]
+        return Section("## Table 2: BLEU of child models\n\nNo finished child runs" + (
+            ": every one failed or stopped (see Missing runs)." if tried else "."))
+    after = []
+    children = primary_child_tests(frame)
+    if children.assign(column=child_column(children)).duplicated(["column", "policy", "seed"]).any():
+        after += ["", "Several runs share a pair, grid cell, policy and seed: their BLEU is pooled."]
     parents = parent_bleu(frame)
     if not parents.empty:
-        lines += ["", "Parent" + ("s" if len(parents) > 1 else "") + ": " + "; ".join(
+        after += ["", "Parent" + ("s" if len(parents) > 1 else "") + ": " + "; ".join(
             f"{row.parent_pair} {number(row.mean)} BLEU on `{row.test_set}`"
             + (f" (mean of {row.seeds} seeds)" if row.seeds > 1 else "") for row in parents.itertuples()) + "."]
-    return "\n".join(lines)
+    return table_section("Table 2: BLEU of child models", table2(frame, tests, test), after)
 
 
 # --- significance against body ------------------------------------------------------------------
 
-def significance_table(tests: pandas.DataFrame, pairs: list[str]) -> pandas.DataFrame:
-    """p-values as text cells: rows = child pairs, columns = policies; one `s<seed> p` per seed, `*` if p < 0.05."""
+def significance_table(tests: pandas.DataFrame, pairs: list[str], test: str = BOOTSTRAP) -> Table:
+    """The tested rows of `significance` (of `test`): one row per pair, policy and seed (in the order of
+    `pairs`, `ordered_policies` and seeds); BLEU and chrF each with the difference from body's, and p."""
     tested = tests.dropna(subset=["p_value"])
-    policies = ordered_policies(tested["policy"])
-    table = pandas.DataFrame("", index=[p for p in pairs if p in set(tested["pair"])], columns=policies)
-    for (pair, policy), runs in tested.groupby(["pair", "policy"]):
-        table.at[pair, policy] = ", ".join(
-            f"s{run.seed}: {run.p_value:.3f}" + ("*" if run.p_value < SIGNIFICANCE_LEVEL else "")
-            for run in runs.sort_values("seed").itertuples())
-    table.index.name = "pair"
-    return table
+    rank = {"pair": {pair: i for i, pair in enumerate(pairs)},
+            "policy": {policy: i for i, policy in enumerate(ordered_policies(tested["policy"]))}}
+    tested = tested.sort_values(["pair", "policy", "seed"],
+                                key=lambda column: column.map(rank[column.name]) if column.name in rank else column)
+    vs_body = f"vs {REFERENCE_POLICY}"
+    columns = (Column("pair"), Column("policy"), Column("seed"), Column("BLEU", vs_body), Column("BLEU p"),
+               Column("chrF", vs_body), Column("chrF p"))
+    rows = tuple((run.pair, run.policy, int(run.seed), *tested_cells(run.bleu, run.body_bleu, run.p_value),
+                  *tested_cells(run.chrf, run.body_chrf, run.chrf_p_value)) for run in tested.itertuples())
+    note = (f"sacreBLEU {describe(test)} of each policy against `{REFERENCE_POLICY}` with the same seed, on the "
+            "stored translations of Table 2's test sets: BLEU and chrF of the policy's run, in parentheses the "
+            f"difference from `{REFERENCE_POLICY}`'s, then the p-value; `{SIGNIFICANT}` marks p < "
+            f"{SIGNIFICANCE_LEVEL}.")
+    return Table("significance", f"Significance against {REFERENCE_POLICY}", note, columns, rows)
 
 
-def _significance_section(frame: pandas.DataFrame, references_for: ReferencesFor) -> str:
-    pairs = ordered_pairs(primary_child_tests(frame))
-    tests = significance(frame, references_for)
+def _significance_section(frame: pandas.DataFrame, tests: pandas.DataFrame, test: str) -> Section:
     if tests.empty:
-        return ""
-    lines = ["## Significance against body", "",
-             f"sacreBLEU paired bootstrap resampling ({BOOTSTRAP_SAMPLES} resamples) of each policy against "
-             f"`{REFERENCE_POLICY}` with the same seed, on the stored translations of Table 2's test sets. "
-             f"Cells: p-value per seed; `*` marks p < {SIGNIFICANCE_LEVEL}."]
+        return Section("")
+    table = significance_table(tests, ordered_pairs(primary_child_tests(frame)), test)
     tested = tests.dropna(subset=["p_value"])
+    lines = [f"## {table.title}", "", table.note]
     if not tested.empty:
-        signatures = sorted(tested["signature"].unique())
-        lines += ["", markdown_table(significance_table(tests, pairs)), "",
-                  "Signature: " + ", ".join(f"`{s}`" for s in signatures)]
+        lines += ["", markdown_table(table), "", signature_line(tested)]
     lines += untested_lines(tests, lambda run: f"{run.pair} {run.policy} s{run.seed}")
-    return "\n".join(lines)
+    return Section("\n".join(lines), (table,) if table.rows else ())
 
 
 # --- forgetting, zero-shot, lexicon induction ----------------------------------------------------
@@ -175,36 +200,38 @@ def bli_table(frame: pandas.DataFrame) -> pandas.DataFrame:
     return table
 
 
-def _forgetting_section(frame: pandas.DataFrame) -> str:
+def _forgetting_section(frame: pandas.DataFrame) -> Section:
     table = forgetting_table(frame)
     if table.empty:
-        return ""
-    text = table.map(number).reset_index().set_index("pair")
-    text = text.rename(columns={"test_set": "parent test set", "parent": "parent's own"})
-    return "\n".join(["## Table 3: forgetting", "",
-                      "BLEU on the parent's test set after the parent's embeddings are plugged back into each "
-                      "child (mean over seeds); `parent's own` is the parent's BLEU on the same set.", "",
-                      markdown_table(text)])
+        return Section("")
+    policies = list(table.columns.drop("parent"))
+    columns = (Column("pair"), Column("parent test set"), Column("parent's own"), *map(Column, policies))
+    rows = tuple((pair, test_set, *(Number(value) for value in values))
+                 for (pair, test_set), values in zip(table.index, table[["parent", *policies]].to_numpy()))
+    note = ("BLEU on the parent's test set after the parent's embeddings are plugged back into each child (mean "
+            "over seeds); `parent's own` is the parent's BLEU on the same set.")
+    return table_section("Table 3: forgetting", Table("forgetting", "Forgetting", note, columns, rows))
 
 
-def _zeroshot_section(frame: pandas.DataFrame) -> str:
+def _zeroshot_section(frame: pandas.DataFrame) -> Section:
     table = zeroshot_table(frame)
     if table.empty:
-        return ""
-    table["BLEU"] = [mean_std(row.mean, row.std, row.seeds) for row in table.itertuples()]
-    table["stitched from"] = table["stitched_from"].map(_stitched)
-    text = table.rename(columns={"test_set": "test set"}).set_index("pair")[
-        ["test set", "policy", "BLEU", "seeds", "stitched from"]]
-    lines = ["## Zero-shot translation", "", "Models stitched from two children, scored on a pair neither trained on.",
-             "", markdown_table(text)]
+        return Section("")
+    columns = (Column("pair"), Column("test set"), Column("policy"), Column("BLEU"), Column("seeds"),
+               Column("stitched from"))
+    rows = tuple((row.pair, row.test_set, row.policy, Number(row.mean, std=row.std), int(row.seeds),
+                  _stitched(row.stitched_from)) for row in table.itertuples())
+    note = "Models stitched from two children, scored on a pair neither trained on."
+    after = []
     # The paper's yardstick: models trained from scratch on (a little of) the zero-shot pair itself.
     pairs = table.assign(pair=table["pair"].str.split(" ").str[0])  # without the grid cell
     baselines = ok_rows(frame, "test", "parent").merge(pairs[["pair", "test_set"]].drop_duplicates())
     if not baselines.empty:
-        lines += ["", "Trained from scratch on the same pair: " + "; ".join(
+        after += ["", "Trained from scratch on the same pair: " + "; ".join(
             f"{row.run_id} {number(row.bleu)} on `{row.test_set}`"
             for row in baselines.sort_values(["pair", "run_id"]).itertuples()) + "."]
-    return "\n".join(lines)
+    return table_section("Zero-shot translation", Table("zeroshot", "Zero-shot translation", note, columns, rows),
+                         after)
 
 
 def _stitched(value: str | None) -> str:
@@ -218,17 +245,18 @@ def _stitched(value: str | None) -> str:
                      for key, item in record.items() if item not in (None, [], ""))
 
 
-def _bli_section(frame: pandas.DataFrame) -> str:
+def _bli_section(frame: pandas.DataFrame) -> Section:
     table = bli_table(frame)
     if table.empty:
-        return ""
-    text = table.copy()
-    for column in text.columns.drop("entries"):
-        text[column] = text[column].map(lambda value: number(value, 1))
-    text = text.reset_index().rename(columns={"bli_method": "method"}).set_index("pair")
-    return "\n".join(["## Bilingual lexicon induction", "",
-                      "Precision@1 (%) of the new language's word embeddings retrieving the parent language's "
-                      "translation (mean over seeds); `entries`: dictionary words scored.", "", markdown_table(text)])
+        return Section("")
+    policies = list(table.columns.drop("entries"))
+    columns = (Column("pair"), Column("dictionary"), Column("method"), *map(Column, policies), Column("entries"))
+    rows = tuple((*keys, *(Number(value, ".1f") for value in values), entries)
+                 for keys, values, entries in zip(table.index, table[policies].to_numpy(), table["entries"]))
+    note = ("Precision@1 (%) of the new language's word embeddings retrieving the parent language's translation "
+            "(mean over seeds); `entries`: dictionary words scored.")
+    return table_section("Bilingual lexicon induction", Table("bli", "Bilingual lexicon induction", note, columns,
+                                                              rows))
 
 
 # --- cost ---------------------------------------------------------------------------------------
@@ -243,9 +271,9 @@ def cost_table(frame: pandas.DataFrame) -> pandas.DataFrame:
     return table.loc[ordered_policies(table.index)]
 
 
-def _cost_section(frame: pandas.DataFrame) -> str:
+def _cost_section(frame: pandas.DataFrame) -> Section:
     table = cost_table(frame)
     if table.empty:
-        return ""
-    return "\n".join(["## Cost", "", "Child runs, mean over pairs and seeds; the share is of all the model's "
-                      "parameters.", "", markdown_table(cost_cells(table))])
+        return Section("")
+    return table_section("Cost", cost_table_of(table, "Child runs, mean over pairs and seeds; the share is of all "
+                                                      "the model's parameters."))
