@@ -11,7 +11,7 @@ import pytest
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
-from xattn_ray.report.paired import BOOTSTRAP, RANDOMIZATION, SAMPLES, paired_tests
+from xattn_ray.report.paired import BOOTSTRAP, RANDOMIZATION, SAMPLES, paired_tests, signature_tokenizer
 
 METRICS = ("BLEU", "chrF")
 TESTS = (BOOTSTRAP, RANDOMIZATION)
@@ -113,3 +113,17 @@ def test_a_difference_in_three_sentences_is_not_significant_by_randomization():
     assert ours["BLEU"].score > ours["BLEU"].baseline
     assert ours["BLEU"].p_value == pytest.approx(0.25, abs=0.015) and ours["chrF"].p_value == ours["BLEU"].p_value
     assert theirs["BLEU"][1].p_value == pytest.approx(1 / (SAMPLES[RANDOMIZATION] + 1))
+
+
+def test_bleu_uses_the_tokenizer_the_runs_were_scored_with():
+    """A Chinese target: BLEU tokenised by characters (`tok:zh`, as sacreBLEU scores `trg_lang=zh`), which
+    the stored signature names; 13a would see each unspaced sentence as one word."""
+    references = ["我们今天去公园散步", "他喜欢读书和写字", "天气很好阳光明媚", "这是一个简单的例子"] * 5
+    hypotheses = ["我们今天去公园", "他喜欢读书", "天气很好", "这是一个例子"] * 5
+    tokenize = signature_tokenizer("nrefs:1|case:mixed|eff:no|tok:zh|smooth:exp|version:2.6.0")
+    [by_zh] = paired_tests(references, [hypotheses], references, BOOTSTRAP, tokenize=tokenize)
+    [by_13a] = paired_tests(references, [hypotheses], references, BOOTSTRAP)
+    assert tokenize == "zh" and "tok:zh" in by_zh["BLEU"].signature
+    assert by_zh["BLEU"].score == pytest.approx(BLEU(trg_lang="zh").corpus_score(hypotheses, [references]).score)
+    assert by_zh["BLEU"].score > 10 > by_13a["BLEU"].score
+    assert signature_tokenizer(None) is None and signature_tokenizer("nrefs:1|tok:13a") == "13a"

@@ -75,11 +75,13 @@ def check_test(test: str) -> None:
 
 
 def paired_tests(baseline: Sequence[str], systems: Sequence[Sequence[str]], references: Sequence[str],
-                 test: str = BOOTSTRAP, seed: int = SEED, samples: int | None = None) -> list[dict[str, PairedResult]]:
+                 test: str = BOOTSTRAP, seed: int = SEED, samples: int | None = None,
+                 tokenize: str | None = None) -> list[dict[str, PairedResult]]:
     """Each system's translations against the baseline's, on BLEU and chrF: one {metric: result} per system.
 
     `baseline`, each of `systems` and `references` hold one line per sentence of the test set (one
-    reference each). `samples` defaults to `SAMPLES[test]`.
+    reference each). `samples` defaults to `SAMPLES[test]`. `tokenize` is BLEU's tokeniser, as the runs
+    were scored with it (`zh` for Chinese targets; see `signature_tokenizer`); None: sacreBLEU's default.
     """
     from sacrebleu.metrics import BLEU, CHRF
 
@@ -92,7 +94,8 @@ def paired_tests(baseline: Sequence[str], systems: Sequence[Sequence[str]], refe
     else:
         swapped = rng.integers(2, size=(samples, len(references)), dtype=bool)
     results: list[dict[str, PairedResult]] = [{} for _ in systems]
-    for name, metric in (("BLEU", BLEU()), ("chrF", CHRF())):
+    bleu = BLEU(tokenize=tokenize) if tokenize else BLEU()
+    for name, metric in (("BLEU", bleu), ("chrF", CHRF())):
         base = _statistics(metric, baseline, references)
         signature = metric.get_signature()  # known once the metric has seen the references
         signature.update("seed", str(seed))
@@ -111,6 +114,15 @@ def paired_tests(baseline: Sequence[str], systems: Sequence[Sequence[str]], refe
             p_value = (np.count_nonzero(pseudo >= abs(score - baseline_score)) + 1) / (samples + 1)
             result[name] = PairedResult(name, score, baseline_score, float(p_value), str(signature))
     return results
+
+
+def signature_tokenizer(signature: str | None) -> str | None:
+    """The tokeniser a stored BLEU signature names (`...|tok:zh|...` -> `zh`), or None without one."""
+    for part in (signature or "").split("|"):
+        key, _, value = part.partition(":")
+        if key == "tok" and value:
+            return value
+    return None
 
 
 def _statistics(metric, hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:

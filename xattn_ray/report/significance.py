@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pandas
 
-from xattn_ray.report.paired import BOOTSTRAP, paired_tests
+from xattn_ray.report.paired import BOOTSTRAP, paired_tests, signature_tokenizer
 from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, StoredTexts,
                                    codeswitch_tests, ordered_policies, ordered_variants, primary_child_tests,
                                    references_from_uri)
@@ -141,7 +141,10 @@ def _paired_tests(runs: pandas.DataFrame, references: list[str] | None, baseline
     if baseline in notes:  # nothing to test against
         return [_untested(system, notes.get(system, f"{baseline}: {notes[baseline]}")) for system in others]
     (_, baseline_lines), tested = systems[0], systems[1:]
-    results = paired_tests(baseline_lines, [lines for _, lines in tested], references, test) if tested else []
+    # BLEU with the tokeniser the baseline run was scored with (Chinese targets: `zh`), as the stored scores.
+    tokenize = signature_tokenizer(runs.at[baseline, "bleu_signature"])
+    results = (paired_tests(baseline_lines, [lines for _, lines in tested], references, test, tokenize=tokenize)
+               if tested else [])
     return [dict(system=system, bleu=by_metric["BLEU"].score, baseline_bleu=by_metric["BLEU"].baseline,
                  p_value=by_metric["BLEU"].p_value, chrf=by_metric["chrF"].score,
                  baseline_chrf=by_metric["chrF"].baseline, chrf_p_value=by_metric["chrF"].p_value,
