@@ -126,4 +126,4 @@ def test_bleu_uses_the_tokenizer_the_runs_were_scored_with():
     assert tokenize == "zh" and "tok:zh" in by_zh["BLEU"].signature
     assert by_zh["BLEU"].score == pytest.approx(BLEU(trg_lang="zh").corpus_score(hypotheses, [references]).score)
     assert by_zh["BLEU"].score > 10 > by_13a["BLEU"].score
-    assert signature_tokenizer(None) is None and signature_tokenizer("nrefs:1|tok:13a") == "13a"
+    assert signature_tokenizer(None) is None and signature_tokenizer(float("nan")) is None and signature_tokenizer("nrefs:1|tok:13a") == "13a"

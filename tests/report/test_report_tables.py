@@ -28,7 +28,7 @@ from support import xattn_ray
 
 EXPERIMENT = "paper_tables"
 COSTS = dict(trainable_params=1000, total_params=4000, train_seconds=2.5, target_tokens_per_second=1234.5,
-             updates=10, valid_curve=[[5, 3.0], [10, 2.5]])
+             updates=10, valid_losses=[{"update": 5, "valid_loss": 3.0}, {"update": 10, "valid_loss": 2.5}])
 # How many of a run's 60 test sentences are right, per policy and seed: new_xattn is far above body
 # in both seeds, scratch far below in both; xattn is far above in seed 1 and a little below in seed 2.
 RIGHT = {"scratch": (6, 6), "body": (30, 30), "new_xattn": (54, 54), "xattn": (42, 25)}

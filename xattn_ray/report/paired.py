@@ -116,9 +116,10 @@ def paired_tests(baseline: Sequence[str], systems: Sequence[Sequence[str]], refe
     return results
 
 
-def signature_tokenizer(signature: str | None) -> str | None:
-    """The tokeniser a stored BLEU signature names (`...|tok:zh|...` -> `zh`), or None without one."""
-    for part in (signature or "").split("|"):
+def signature_tokenizer(signature: str | float | None) -> str | None:
+    """The tokeniser a stored BLEU signature names (`...|tok:zh|...` -> `zh`), or None without one (a
+    missing cell of a DataFrame is NaN)."""
+    for part in (signature if isinstance(signature, str) else "").split("|"):
         key, _, value = part.partition(":")
         if key == "tok" and value:
             return value
