@@ -10,7 +10,7 @@ from xattn_ray.report.paired import BOOTSTRAP, describe
 from xattn_ray.report.rows import (CODESWITCH_KINDS, REFERENCE_ATTENTION, ReferencesFor, codeswitch_tests, ok_rows,
                                    ordered_test_sets, ordered_variants, with_variants)
 from xattn_ray.report.significance import (SIGNIFICANCE_LEVEL, SIGNIFICANT, codeswitch_significance,
-                                           codeswitch_verdicts, signature_line, tested_cells)
+                                           codeswitch_verdicts, signature_line, tested_cells, tested_in_order)
 from xattn_ray.report.tables import Column, Number, Section, Table
 
 
@@ -97,11 +97,8 @@ def codeswitch_significance_table(tests: pandas.DataFrame, variants: list[str], 
     """The tested rows of `codeswitch_significance` (of `test`): one row per xlquery variant, test set and seed
     (in the order of `variants`, `ordered_test_sets` and seeds); BLEU and chrF each with the difference from
     standard attention's, and p."""
-    tested = tests.dropna(subset=["p_value"])
-    rank = {"variant": {variant: i for i, variant in enumerate(variants)},
-            "test_set": {name: i for i, name in enumerate(ordered_test_sets(tested))}}
-    tested = tested.sort_values(["variant", "test_set", "seed"],
-                                key=lambda column: column.map(rank[column.name]) if column.name in rank else column)
+    tested = tested_in_order(tests, {"variant": variants,
+                                     "test_set": ordered_test_sets(tests.dropna(subset=["p_value"]))})
     vs_standard = f"vs {REFERENCE_ATTENTION}"
     columns = (Column("variant"), Column("test set"), Column("seed"), Column("BLEU", vs_standard), Column("BLEU p"),
                Column("chrF", vs_standard), Column("chrF p"))

@@ -172,3 +172,12 @@ def tested_cells(score: float, baseline: float, p_value: float) -> tuple[Number,
     p-value, marked `SIGNIFICANT` below `SIGNIFICANCE_LEVEL`."""
     return (Number(score, aside=score - baseline),
             Number(p_value, ".3f", mark=SIGNIFICANT if p_value < SIGNIFICANCE_LEVEL else ""))
+
+
+def tested_in_order(tests: pandas.DataFrame, orders: dict[str, list], last: str = "seed") -> pandas.DataFrame:
+    """The tested rows (a p-value) of a significance frame, sorted by the columns of `orders`, each in its
+    given order of values, then by `last`."""
+    tested = tests.dropna(subset=["p_value"])
+    rank = {name: {value: i for i, value in enumerate(values)} for name, values in orders.items()}
+    return tested.sort_values([*orders, last],
+                              key=lambda column: column.map(rank[column.name]) if column.name in rank else column)

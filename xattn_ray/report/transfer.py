@@ -13,7 +13,8 @@ from xattn_ray.report.paired import BOOTSTRAP, describe
 from xattn_ray.report.rows import (REFERENCE_POLICY, ReferencesFor, cells_as_pairs, child_column, ok_rows,
                                    ordered_columns, ordered_pairs, ordered_policies, primary_child_tests,
                                    primary_test_sets)
-from xattn_ray.report.significance import SIGNIFICANCE_LEVEL, SIGNIFICANT, signature_line, significance, tested_cells
+from xattn_ray.report.significance import (SIGNIFICANCE_LEVEL, SIGNIFICANT, signature_line, significance, tested_cells,
+                                           tested_in_order)
 from xattn_ray.report.tables import Column, Number, Section, Table, number
 
 DIFFERENT = "\u2020"  # †: after a Table 2 cell whose policy differs significantly from body in every seed
@@ -124,11 +125,8 @@ def _table2_section(frame: pandas.DataFrame, tests: pandas.DataFrame, test: str)
 def significance_table(tests: pandas.DataFrame, pairs: list[str], test: str = BOOTSTRAP) -> Table:
     """The tested rows of `significance` (of `test`): one row per pair, policy and seed (in the order of
     `pairs`, `ordered_policies` and seeds); BLEU and chrF each with the difference from body's, and p."""
-    tested = tests.dropna(subset=["p_value"])
-    rank = {"pair": {pair: i for i, pair in enumerate(pairs)},
-            "policy": {policy: i for i, policy in enumerate(ordered_policies(tested["policy"]))}}
-    tested = tested.sort_values(["pair", "policy", "seed"],
-                                key=lambda column: column.map(rank[column.name]) if column.name in rank else column)
+    tested = tested_in_order(tests, {"pair": pairs,
+                                     "policy": ordered_policies(tests.dropna(subset=["p_value"])["policy"])})
     vs_body = f"vs {REFERENCE_POLICY}"
     columns = (Column("pair"), Column("policy"), Column("seed"), Column("BLEU", vs_body), Column("BLEU p"),
                Column("chrF", vs_body), Column("chrF p"))
