@@ -42,6 +42,8 @@ def test_the_time_left_is_the_first_budget_to_end():
     assert time_left(Budget(max_seconds=60.0), result, None, now=10.0) == 10.0
     assert time_left(Budget(), result, pace, now=10.0) is None  # epochs or patience: no clock can tell
     assert time_left(Budget(max_updates=1000), {"update": 100}, pace, now=10.0) is None  # no pace yet
+    # One report so far: its own training pace, 50 s for 200 updates.
+    assert time_left(Budget(max_updates=1000), result, None, now=10.0) == 200.0
     assert updates_of_budget(120, Budget(max_updates=300)) == "120/300"
     assert updates_of_budget(120, Budget()) == "120" and updates_of_budget(None, Budget()) == "-"
     assert [duration(s) for s in (None, 45.2, 185, 7620)] == ["-", "45s", "3m05s", "2h07m"]

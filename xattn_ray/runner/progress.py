@@ -6,9 +6,10 @@ and an estimate of the time left, quietly enough to read. Trials are named by th
 (`lb-pv-xattn-s1-3f2a9c01`).
 
 The estimate is the budget left at the pace this table has seen: updates per second between the
-trial's first report here and its latest (so a resumed trial is not credited with its earlier
-updates), or the seconds left of a time budget, whichever ends first. Early stopping can end a run
-sooner, so it is an upper bound.
+trial's first report here and its latest (validations included; a resumed trial is not credited with
+its earlier updates), or before a second report, the run's own training pace (its reported
+`train_seconds` per update); or the seconds left of a time budget, whichever ends first. Early
+stopping can end a run sooner.
 """
 
 from __future__ import annotations
@@ -105,12 +106,14 @@ def updates_of_budget(update: int | None, budget: Budget) -> str:
 def time_left(budget: Budget, result: dict, pace: Pace | None, now: float) -> float | None:
     """Seconds until the budget ends at the pace seen since `pace`; None when nothing bounds it yet."""
     estimates = []
-    update = result.get("update")
-    if budget.max_updates and pace is not None and update is not None and update > pace.update and now > pace.seen:
-        per_second = (update - pace.update) / (now - pace.seen)
-        estimates.append(max(0, budget.max_updates - update) / per_second)
-    if budget.max_seconds and result.get("train_seconds") is not None:
-        estimates.append(max(0.0, budget.max_seconds - result["train_seconds"]))
+    update, trained = result.get("update"), result.get("train_seconds")
+    if budget.max_updates and update:
+        if pace is not None and update > pace.update and now > pace.seen:
+            estimates.append(max(0, budget.max_updates - update) * (now - pace.seen) / (update - pace.update))
+        elif trained:  # one report so far: the run's own seconds per update of training
+            estimates.append(max(0, budget.max_updates - update) * trained / update)
+    if budget.max_seconds and trained is not None:
+        estimates.append(max(0.0, budget.max_seconds - trained))
     return min(estimates) if estimates else None
 
 
