@@ -1,24 +1,31 @@
 """Engine speed against Hugging Face's MarianMTModel, and what freezing saves: ratios from one run.
 
-Three measurements, each a median over repeated timings on the same machine in the same process:
+Every comparison times its two sides in turns (A, B, A, B, ... in one process, the same batches, one
+warm-up call each first), so load that comes and goes on a shared machine lands on both. Each pair of
+turns gives one ratio; a comparison reports each side's median, the median ratio and its spread over
+the pairs (interquartile range and min..max), and marks the ratio untrusted when the interquartile
+range is wider than `TRUSTED_SPREAD` of the median: run it again on a quieter machine.
 
-1. training throughput (target tokens/s for forward + backward + Adam step) of the `small` and `base`
-   presets against a `MarianMTModel` of identical dimensions, vocabularies and batches (target >= 1.1);
-2. beam-5 translation throughput (sentences/s) against `MarianMTModel.generate` with the same beam,
-   length penalty and maximum lengths (target >= 1.5);
-3. on `base`, the step time and optimizer-state bytes of the `xattn` policy relative to `body` for a
-   new-source child (targets <= 0.75 and <= 0.2);
+The comparisons and their targets:
+
+1. training throughput (target tokens/s of forward + backward + Adam step) of the `tiny`, `small` and
+   `base` presets against a `MarianMTModel` of identical dimensions, vocabularies and batches, fused Adam
+   on both sides (target >= 1.2);
+2. beam-5 translation (sentences/s) against `MarianMTModel.generate` with the same beam, length penalty
+   and length limits, at `small` and `base` (target >= 1.5);
+3. on `base`, a new-source child's step time under `xattn` relative to `body` (target <= 0.75), and the
+   optimizer state's bytes (exact, no timing; target <= 0.2, whose floor with fp32 moments is printed);
 4. the pretrained path: an OPUS-MT-sized Marian model (random weights, the shapes of
    Helsinki-NLP/opus-mt-fr-en: d_model 512, 6+6 layers, a joint vocabulary of 58,101 pieces) saved as a
-   Hugging Face folder and imported by `engine.pretrained`; its `xattn` new-source child (8,000 new
-   pieces) trains against a `MarianMTModel` of the same shapes with the same parameters frozen (target
-   tokens/s ratio >= 1.1), and the imported parent decodes against `generate` (beam 5, ratio >= 1.5).
-   The two sides alternate, step by step, so load on the machine hits both.
+   Hugging Face folder and imported by `engine.pretrained`; its new-source child (8,000 new pieces) under
+   `body` and `xattn` trains against a `MarianMTModel` of the same shapes with the same parameters
+   frozen (target >= 1.2), and the imported parent decodes against `generate` (beam 5, target >= 1.5).
 
-Random weights: a random model rarely emits EOS, so both decoders run to their maximum length, the
-worst case, which is the same work for both. Needs the `bench` extra (transformers).
+Random weights rarely emit EOS, so EOS is suppressed on both sides and both decoders run every sentence
+to its length limit, the worst case and the same work. Needs the `bench` extra (transformers).
 
-    python experiments/benchmarks/engine_speed.py [--quick] [--only pretrained]
+    python experiments/benchmarks/engine_speed.py [--quick] [--only train,beam,freeze,pretrained]
+                                                  [--sizes tiny,small,base] [--pairs N]
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import random
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +48,75 @@ from xattn_ray.engine.train import TrainConfig, build_optimizer
 from xattn_ray.engine.transfer import make_child
 
 VOCAB = 8000
+TRAIN_TARGET, BEAM_TARGET, STEP_TARGET, STATE_TARGET = 1.2, 1.5, 0.75, 0.2
+TRUSTED_SPREAD = 0.10  # a ratio whose interquartile range is wider than this share of it is not trusted
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two sides timed in turns: `ours[i]` and `theirs[i]` are the seconds of pair i's two calls.
+
+    `work` is what one call does (target tokens, sentences), so a side's throughput is work / seconds.
+    The ratio of a pair is theirs / ours (how many times faster ours is), or ours / theirs when
+    `lower_is_better` (a step-time ratio such as xattn / body).
+    """
+
+    label: str
+    ours: list[float]
+    theirs: list[float]
+    work: float
+    unit: str
+    target: float
+    lower_is_better: bool = False
+    names: tuple[str, str] = ("xattn-ray", "Marian")  # the two sides, as the line prints them
+
+    @property
+    def ratios(self) -> list[float]:
+        return [o / t if self.lower_is_better else t / o for o, t in zip(self.ours, self.theirs)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        if len(self.ratios) < 2:
+            return self.ratio, self.ratio
+        first, _, third = statistics.quantiles(self.ratios, n=4, method="inclusive")
+        return first, third
+
+    @property
+    def trusted(self) -> bool:
+        first, third = self.quartiles
+        return (third - first) <= TRUSTED_SPREAD * self.ratio
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.target if self.lower_is_better else self.ratio >= self.target
+
+    def line(self) -> str:
+        first, third = self.quartiles
+        rate = lambda seconds: f"{self.work / statistics.median(seconds):8.1f} {self.unit}"
+        sign = "<=" if self.lower_is_better else ">="
+        verdict = "met" if self.met else "NOT MET"
+        trust = "" if self.trusted else "; spread too wide to trust: rerun on a quieter machine"
+        return (f"{self.label:<36} {self.names[0]} {rate(self.ours)} | {self.names[1]} {rate(self.theirs)} | "
+                f"ratio {self.ratio:.2f} (IQR {first:.2f}-{third:.2f}, range {min(self.ratios):.2f}-"
+                f"{max(self.ratios):.2f}, {len(self.ratios)} pairs) target {sign} {self.target}: {verdict}{trust}")
+
+
+def alternate(ours, theirs, pairs: int) -> tuple[list[float], list[float]]:
+    """Seconds of `ours()` and `theirs()` called in turns, `pairs` times each after one warm-up call each.
+    The order flips every pair (A B, B A, ...), so neither side always runs on the other's warm caches."""
+    ours(), theirs()
+    times: dict[str, list[float]] = {"ours": [], "theirs": []}
+    for i in range(pairs):
+        order = (("ours", ours), ("theirs", theirs)) if i % 2 == 0 else (("theirs", theirs), ("ours", ours))
+        for side, call in order:
+            start = time.perf_counter()
+            call()
+            times[side].append(time.perf_counter() - start)
+    return times["ours"], times["theirs"]
 
 
 def synthetic_pairs(n: int, seed: int = 0) -> EncodedPairs:
@@ -51,6 +128,7 @@ def synthetic_pairs(n: int, seed: int = 0) -> EncodedPairs:
         src.append([rng.randrange(4, VOCAB) for _ in range(length)] + [EOS_ID])
         tgt.append([rng.randrange(4, VOCAB) for _ in range(max(3, length + rng.randint(-3, 3)))] + [EOS_ID])
     return EncodedPairs(src, tgt)
+
 
 
 def marian_like(model: Transformer):
@@ -68,15 +146,6 @@ def marian_like(model: Transformer):
     return MarianMTModel(config)
 
 
-def median_seconds(step, repeats: int) -> float:
-    step()  # warm-up: allocator, kernels
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
 
 def training_step(model, batch, optimizer, marian: bool):
     def step():
@@ -92,21 +161,30 @@ def training_step(model, batch, optimizer, marian: bool):
     return step
 
 
-def training_throughput(model, batches, marian: bool, repeats: int, fused: bool) -> float:
-    """Target tokens/s; `fused` picks the engine's optimizer (fused Adam) over torch's default Adam."""
+def training_calls(model, batches, marian: bool):
+    """One call = a training step on each batch, with the engine's optimizer (fused Adam over the
+    trainable parameters) for either model."""
     model.train()
-    optimizer = build_optimizer(model, TrainConfig()) if fused else \
-        torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    tokens = sum(b.target_tokens for b in batches)
-    steps = [training_step(model, b, optimizer, marian) for b in batches]
-    return tokens / median_seconds(lambda: [s() for s in steps], repeats)
-
-
-def optimizer_state_bytes(model, batch) -> int:
     optimizer = build_optimizer(model, TrainConfig())
-    training_step(model, batch, optimizer, marian=False)()
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
-               if torch.is_tensor(t))
+    steps = [training_step(model, batch, optimizer, marian) for batch in batches]
+    return lambda: [step() for step in steps]
+
+
+def beam_call(model, batches, marian: bool, bad_words: bool = False):
+    """One call = beam-5 translation of every batch (length penalty 1.2, limit 1.2 * source + 10)."""
+    model.eval()
+
+    def run():
+        with torch.inference_mode():
+            for batch in batches:
+                if marian:  # the longest of our per-sentence limits
+                    longest = int(1.2 * int((batch.src != PAD_ID).sum(1).max()) + 10)
+                    model.generate(input_ids=batch.src, attention_mask=batch.src != PAD_ID, num_beams=5,
+                                   length_penalty=1.2, max_new_tokens=longest, do_sample=False,
+                                   **({"bad_words_ids": [[PAD_ID]]} if bad_words else {}))
+                else:
+                    beam_search(model, batch.src, beam=5, length_penalty=1.2, max_len_a=1.2, max_len_b=10)
+    return run
 
 
 def never_prefer_eos(model) -> None:
@@ -117,39 +195,65 @@ def never_prefer_eos(model) -> None:
         weight[EOS_ID].zero_()
 
 
-def beam_throughput(model, batches, marian: bool, repeats: int) -> float:
-    never_prefer_eos(model)
-    model.eval()
-    sentences = sum(b.src.shape[0] for b in batches)
 
-    def run():
-        with torch.inference_mode():
-            for batch in batches:
-                if marian:  # the longest of our per-sentence limits, 1.2 * source length + 10
-                    longest = int(1.2 * int((batch.src != PAD_ID).sum(1).max()) + 10)
-                    model.generate(input_ids=batch.src, attention_mask=batch.src != PAD_ID, num_beams=5,
-                                   length_penalty=1.2, max_new_tokens=longest, do_sample=False)
-                else:
-                    beam_search(model, batch.src, beam=5, length_penalty=1.2, max_len_a=1.2, max_len_b=10)
+def optimizer_state_bytes(model, batch) -> int:
+    optimizer = build_optimizer(model, TrainConfig())
+    training_step(model, batch, optimizer, marian=False)()
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+               if torch.is_tensor(t))
 
-    return sentences / median_seconds(run, repeats)
+
+def training_batches(pairs: EncodedPairs, count: int) -> list:
+    return [collate(pairs, b) for b in make_batches(pairs, 2048, seed=0, epoch=0).group(0, count)]
+
+
+def decoding_batches(pairs: EncodedPairs, sentences: int) -> list:
+    some = EncodedPairs(pairs.src[:sentences], pairs.tgt[:sentences])
+    return [collate(some, b) for b in make_batches(some, 1024, 0, 0, shuffle=False)]
+
+
+def train_comparison(preset: str, pairs: EncodedPairs, turns: int) -> Comparison:
+    """Measurement 1 at one preset: the same batches, fused Adam on both sides."""
+    batches = training_batches(pairs, {"tiny": 8, "small": 4, "base": 2}[preset])
+    ours = Transformer(preset_config(preset, VOCAB, VOCAB))
+    theirs = marian_like(ours)
+    seconds = alternate(training_calls(ours, batches, False), training_calls(theirs, batches, True), turns)
+    return Comparison(f"train {preset}", *seconds, sum(b.target_tokens for b in batches), "tgt tok/s",
+                      TRAIN_TARGET)
+
+
+def beam_comparison(preset: str, pairs: EncodedPairs, turns: int) -> Comparison:
+    """Measurement 2 at one preset: EOS never preferred on both sides, so every sentence runs to its limit."""
+    sentences = {"small": 120, "base": 48}[preset]
+    batches = decoding_batches(pairs, sentences)
+    ours = Transformer(preset_config(preset, VOCAB, VOCAB))
+    theirs = marian_like(ours)
+    never_prefer_eos(ours), never_prefer_eos(theirs)
+    seconds = alternate(beam_call(ours, batches, False), beam_call(theirs, batches, True), turns)
+    return Comparison(f"beam-5 {preset}", *seconds, sentences, "sent/s", BEAM_TARGET)
+
+
+def freeze_comparison(pairs: EncodedPairs, turns: int) -> Comparison:
+    """Measurement 3: a `base` new-source child's step under xattn against body, and optimizer bytes."""
+    parent = Transformer(preset_config("base", VOCAB, VOCAB))
+    batch = collate(pairs, make_batches(pairs, 2048, seed=0, epoch=0)[0])
+    children = {policy: make_child(parent, "source", VOCAB, POLICIES[policy], policy).model for policy in
+                ("body", "xattn")}
+    seconds = alternate(training_calls(children["xattn"], [batch], False),
+                        training_calls(children["body"], [batch], False), turns)
+    state = {policy: optimizer_state_bytes(child, batch) for policy, child in children.items()}
+    trainable = {policy: count_parameters(child).trainable for policy, child in children.items()}
+    print(f"base new-source child, optimizer state: xattn {state['xattn'] / 2**20:.0f} MiB / body "
+          f"{state['body'] / 2**20:.0f} MiB = {state['xattn'] / state['body']:.3f} (target <= {STATE_TARGET}); "
+          f"the floor with fp32 moments (8 bytes per trainable parameter) is the trainable ratio "
+          f"{trainable['xattn']:,} / {trainable['body']:,} = {trainable['xattn'] / trainable['body']:.3f}")
+    return Comparison("base child step, xattn / body", *seconds, batch.target_tokens, "tgt tok/s", STEP_TARGET,
+                      lower_is_better=True, names=("xattn", "body"))
 
 
 OPUS_MT = dict(d_model=512, encoder_ffn_dim=2048, decoder_ffn_dim=2048, encoder_attention_heads=8,
                decoder_attention_heads=8, encoder_layers=6, decoder_layers=6, max_position_embeddings=512)
 OPUS_MT_VOCAB = 58101  # Helsinki-NLP/opus-mt-fr-en's joint vocabulary
-
-
-def alternating_medians(first, second, repeats: int) -> tuple[float, float]:
-    """Median seconds of `first()` and of `second()`, timed in turns (after one warm-up call each)."""
-    first(), second()
-    times: tuple[list[float], list[float]] = ([], [])
-    for _ in range(repeats):
-        for side, call in enumerate((first, second)):
-            start = time.perf_counter()
-            call()
-            times[side].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def save_opus_mt_sized(folder) -> None:
@@ -175,8 +279,9 @@ def save_opus_mt_sized(folder) -> None:
     MarianMTModel(config).save_pretrained(folder)
 
 
-def pretrained_section(pairs: EncodedPairs, repeats: int) -> None:
-    """Measurement 4: an imported OPUS-MT-sized parent and its xattn child against MarianMTModel."""
+
+def pretrained_comparisons(pairs: EncodedPairs, turns: int) -> list[Comparison]:
+    """Measurement 4: an imported OPUS-MT-sized parent's children and its beam search against Marian's."""
     import tempfile
     from pathlib import Path
 
@@ -188,108 +293,86 @@ def pretrained_section(pairs: EncodedPairs, repeats: int) -> None:
         save_opus_mt_sized(Path(folder) / "opus-mt")
         parent = load_pretrained(str(Path(folder) / "opus-mt"), "fr", "en")[0].model
     new_vocab = 8000
-    child = make_child(parent, "source", new_vocab, POLICIES["xattn"], "xattn").model.train()
-    # The reference child: Marian with its own 8,000-piece encoder vocabulary, the same groups trainable.
-    reference = MarianMTModel(MarianConfig(
-        vocab_size=new_vocab, decoder_vocab_size=OPUS_MT_VOCAB, share_encoder_decoder_embeddings=False,
-        pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=BOS_ID, activation_function="swish",
-        scale_embedding=True, **OPUS_MT)).train()
-    for name, parameter in reference.named_parameters():
-        parameter.requires_grad_(name.startswith("model.encoder.embed_tokens") or ".encoder_attn" in name)
-    trainable = (count_parameters(child).trainable, sum(p.numel() for p in reference.parameters() if p.requires_grad))
-    batches = [collate(pairs, b) for b in make_batches(pairs, 2048, seed=0, epoch=0).group(0, 2)]
-    tokens = sum(b.target_tokens for b in batches)
-    ours_steps = [training_step(child, b, build_optimizer(child, TrainConfig()), marian=False) for b in batches]
-    theirs_optimizer = torch.optim.Adam([p for p in reference.parameters() if p.requires_grad], lr=1e-4)
-    theirs_steps = [training_step(reference, b, theirs_optimizer, marian=True) for b in batches]
-    ours_s, theirs_s = alternating_medians(lambda: [s() for s in ours_steps], lambda: [s() for s in theirs_steps],
-                                           repeats)
-    print(f"pretrained xattn child (OPUS-MT size, trainable {trainable[0]:,} / Marian {trainable[1]:,}): "
-          f"xattn-ray {tokens / ours_s:6.0f} tgt tok/s | Marian + torch Adam {tokens / theirs_s:6.0f} | "
-          f"ratio {theirs_s / ours_s:.2f} (target >= 1.1)")
-    del child, reference
+    batches = training_batches(pairs, 2)
+    comparisons = []
+    # Which of the reference Marian child's parameters train: a new-source child never trains the target
+    # side's embeddings (decoder embeddings, the tied output projection); xattn trains only the new
+    # encoder embeddings and the decoder's cross-attention.
+    trains = {"body": lambda name: not name.startswith(("model.decoder.embed_tokens", "lm_head")),
+              "xattn": lambda name: name.startswith("model.encoder.embed_tokens") or ".encoder_attn" in name}
+    for policy, trained in trains.items():
+        child = make_child(parent, "source", new_vocab, POLICIES[policy], policy).model
+        reference = MarianMTModel(MarianConfig(
+            vocab_size=new_vocab, decoder_vocab_size=OPUS_MT_VOCAB, share_encoder_decoder_embeddings=False,
+            pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=BOS_ID, activation_function="swish",
+            scale_embedding=True, **OPUS_MT))
+        for name, parameter in reference.named_parameters():
+            parameter.requires_grad_(trained(name))
+        counts = (count_parameters(child).trainable,
+                  sum(p.numel() for p in reference.parameters() if p.requires_grad))
+        seconds = alternate(training_calls(child, batches, False), training_calls(reference, batches, True), turns)
+        comparisons.append(Comparison(f"OPUS-MT-sized child, {policy}", *seconds,
+                                      sum(b.target_tokens for b in batches), "tgt tok/s", TRAIN_TARGET))
+        print(f"  {policy}: trainable parameters xattn-ray {counts[0]:,}, Marian {counts[1]:,}")
+        del child, reference
 
     marian = MarianMTModel(MarianConfig(
         vocab_size=OPUS_MT_VOCAB, decoder_vocab_size=OPUS_MT_VOCAB, share_encoder_decoder_embeddings=True,
         pad_token_id=PAD_ID, eos_token_id=EOS_ID, decoder_start_token_id=BOS_ID, activation_function="swish",
-        scale_embedding=True, **OPUS_MT)).eval()
+        scale_embedding=True, **OPUS_MT))
     with torch.no_grad():  # never end early: both run every sentence to its length limit, the same work
         parent.tgt_embed.logits_bias[EOS_ID] = -1e4
         marian.final_logits_bias[0, EOS_ID] = -1e4
-    parent.eval()
-    decode_pairs = EncodedPairs(pairs.src[:48], pairs.tgt[:48])
-    decode_batches = [collate(decode_pairs, b) for b in make_batches(decode_pairs, 1024, 0, 0, shuffle=False)]
+    sentences = 48
+    batches = decoding_batches(pairs, sentences)
+    seconds = alternate(beam_call(parent, batches, False), beam_call(marian, batches, True, bad_words=True),
+                        max(3, turns - 2))
+    comparisons.append(Comparison("OPUS-MT-sized parent, beam-5", *seconds, sentences, "sent/s", BEAM_TARGET))
+    return comparisons
 
-    def decode(model, hf: bool):
-        def run():
-            with torch.inference_mode():
-                for batch in decode_batches:
-                    if hf:
-                        longest = int(1.2 * int((batch.src != PAD_ID).sum(1).max()) + 10)
-                        model.generate(input_ids=batch.src, attention_mask=batch.src != PAD_ID, num_beams=5,
-                                       length_penalty=1.2, max_new_tokens=longest, do_sample=False,
-                                       bad_words_ids=[[PAD_ID]])
-                    else:
-                        beam_search(model, batch.src, beam=5, length_penalty=1.2, max_len_a=1.2, max_len_b=10)
-        return run
 
-    ours_s, theirs_s = alternating_medians(decode(parent, False), decode(marian, True), max(1, repeats - 2))
-    sentences = len(decode_pairs.src)
-    print(f"pretrained parent beam-5 (OPUS-MT size): xattn-ray {sentences / ours_s:5.1f} sent/s | Marian generate "
-          f"{sentences / theirs_s:5.1f} | ratio {theirs_s / ours_s:.2f} (target >= 1.5)")
+SECTIONS = ("train", "beam", "freeze", "pretrained")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run, noisier)")
-    parser.add_argument("--only", choices=["pretrained"], help="run only this measurement")
+    parser.add_argument("--quick", action="store_true", help="3 pairs of turns instead of 7 (a smoke run)")
+    parser.add_argument("--pairs", type=int, help="pairs of turns per comparison (default 7; --quick: 3)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated of {', '.join(SECTIONS)}")
+    parser.add_argument("--sizes", default="tiny,small,base", help="presets for train and beam")
     args = parser.parse_args()
-    repeats = 3 if args.quick else 5
+    turns = args.pairs or (3 if args.quick else 7)
+    sections = args.only.split(",")
+    sizes = args.sizes.split(",")
+    unknown = sorted(set(sections) - set(SECTIONS)) + sorted(set(sizes) - {"tiny", "small", "base"})
+    if unknown:
+        parser.error(f"unknown section or size: {', '.join(unknown)}")
     torch.manual_seed(0)
     pairs = synthetic_pairs(400)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocabularies {VOCAB}/{VOCAB}")
-    if args.only == "pretrained":
-        pretrained_section(pairs, repeats)
-        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocabularies {VOCAB}/{VOCAB}; "
+          f"{turns} pairs of turns per comparison")
+    comparisons = []
 
-    for preset, n_batches in (("small", 4), ("base", 2)):
-        batches = [collate(pairs, b) for b in make_batches(pairs, 2048, seed=0, epoch=0).group(0, n_batches)]
-        ours = Transformer(preset_config(preset, VOCAB, VOCAB))
-        theirs = marian_like(ours)
-        ours_tps = training_throughput(ours, batches, marian=False, repeats=repeats, fused=True)
-        theirs_tps = training_throughput(theirs, batches, marian=True, repeats=repeats, fused=False)
-        # The same fused optimizer for both isolates the models' own forward/backward cost.
-        theirs_fused_tps = training_throughput(theirs, batches, marian=True, repeats=repeats, fused=True)
-        print(f"train {preset:<5}: xattn-ray {ours_tps:7.0f} tgt tok/s | Marian + torch Adam {theirs_tps:7.0f} | "
-              f"ratio {ours_tps / theirs_tps:.2f} (target >= 1.1) | Marian + fused Adam {theirs_fused_tps:7.0f}, "
-              f"ratio {ours_tps / theirs_fused_tps:.2f}")
-        if preset == "small":
-            decode_pairs = EncodedPairs(pairs.src[:120], pairs.tgt[:120])
-            decode_batches = [collate(decode_pairs, b) for b in make_batches(decode_pairs, 1024, 0, 0, shuffle=False)]
-            ours_sps = beam_throughput(ours, decode_batches, marian=False, repeats=max(1, repeats - 2))
-            theirs_sps = beam_throughput(theirs, decode_batches, marian=True, repeats=max(1, repeats - 2))
-            print(f"beam-5 {preset}: xattn-ray {ours_sps:6.1f} sent/s | Marian generate {theirs_sps:6.1f} | "
-                  f"ratio {ours_sps / theirs_sps:.2f} (target >= 1.5)")
-        del theirs
+    def measured(comparison: Comparison) -> None:
+        comparisons.append(comparison)
+        print(comparison.line(), flush=True)
 
-    parent = Transformer(preset_config("base", VOCAB, VOCAB))
-    batch = collate(pairs, make_batches(pairs, 2048, seed=0, epoch=0)[0])
-    results = {}
-    for policy in ("body", "xattn"):
-        child = make_child(parent, "source", VOCAB, POLICIES[policy], policy).model.train()
-        optimizer = build_optimizer(child, TrainConfig())
-        results[policy] = (median_seconds(training_step(child, batch, optimizer, marian=False), repeats),
-                           optimizer_state_bytes(child, batch), count_parameters(child).trainable)
-    (body_s, body_bytes, body_trainable), (xattn_s, xattn_bytes, xattn_trainable) = results["body"], results["xattn"]
-    print(f"base new-source child: step xattn {xattn_s * 1000:.0f} ms / body {body_s * 1000:.0f} ms = "
-          f"{xattn_s / body_s:.2f} (target <= 0.75); optimizer state {xattn_bytes / 2**20:.0f} MiB / "
-          f"{body_bytes / 2**20:.0f} MiB = {xattn_bytes / body_bytes:.3f} (target <= 0.2)")
-    # fp32 Adam keeps two moments per trainable parameter: 8 bytes each, nothing for frozen ones. The
-    # ratio can only go below trainable(xattn) / trainable(body) with lower-precision moments.
-    print(f"  optimizer bytes per trainable parameter: xattn {xattn_bytes / xattn_trainable:.2f}, body "
-          f"{body_bytes / body_trainable:.2f}; floor for fp32 moments = trainable ratio "
-          f"{xattn_trainable:,} / {body_trainable:,} = {xattn_trainable / body_trainable:.3f}")
-    pretrained_section(pairs, repeats)
+    if "train" in sections:
+        for preset in sizes:
+            measured(train_comparison(preset, pairs, turns))
+    if "beam" in sections:
+        for preset in (size for size in sizes if size != "tiny"):
+            measured(beam_comparison(preset, pairs, max(3, turns - 2)))
+    if "freeze" in sections:
+        measured(freeze_comparison(pairs, turns))
+    if "pretrained" in sections:
+        for comparison in pretrained_comparisons(pairs, turns):
+            measured(comparison)
+    met = sum(c.met for c in comparisons)
+    untrusted = [c.label for c in comparisons if not c.trusted]
+    print(f"summary: {met} of {len(comparisons)} targets met" +
+          (f"; spread too wide to trust: {', '.join(untrusted)}" if untrusted else "; every spread within "
+           f"{TRUSTED_SPREAD:.0%} of its ratio"))
 
 
 if __name__ == "__main__":
