@@ -63,6 +63,18 @@ def lay_sacrebleu_release(cache: Path, name: str, pair: str, documents: list[tup
         tar.extractall(raw, filter="data")
 
 
+def places(value, path=()):
+    """Every (path, value) of a nested structure of dicts and lists, containers included, the root first
+    (its path is `()`): where a mutation test can change a loaded YAML document."""
+    yield path, value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from places(item, path + (key,))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from places(item, path + (i,))
+
+
 def xattn_ray(*args, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
               input: str | bytes | None = None) -> subprocess.CompletedProcess:
     """`xattn-ray ARGS` in a subprocess; its output is captured as text.

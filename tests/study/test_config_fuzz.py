@@ -13,7 +13,7 @@ import random
 import pytest
 import yaml
 
-from support import EXPERIMENTS
+from support import EXPERIMENTS, places
 
 from xattn_ray.errors import ConfigError
 from xattn_ray.study.config import load_experiment
@@ -23,17 +23,6 @@ MUTATIONS = int(os.environ.get("XATTN_FUZZ_MUTATIONS", "300"))
 
 REPLACEMENTS = [float("nan"), float("inf"), -1, -5.5, 0, 10**30, 1e300, "", "../../x", "a/b", "..", [], [1, 2],
                 {}, {"a": 1}, None, True, "x" * 300, "\n", 2**40, 0.5, 1, "tgt", "*", "la-la", [[1, 2]]]
-
-
-def places(value, path=()):
-    """Every (path, value) of a nested structure of dicts and lists, containers included."""
-    yield path, value
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from places(item, path + (key,))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from places(item, path + (i,))
 
 
 def container(data, path):

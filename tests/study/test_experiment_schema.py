@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from support import EXPERIMENTS, xattn_ray
+from support import EXPERIMENTS, places, xattn_ray
 
 from xattn_ray.cli import main
 from xattn_ray.errors import ConfigError
@@ -95,21 +95,9 @@ REPLACEMENTS = [-1, -5.5, 0, 0.5, 1, 7, "", "x", "fr-en", "auto", [], [1, 2], [[
 MUTATIONS_PER_FILE = 60
 
 
-def places(value, path=()):
-    """Every (path, value) of nested dicts and lists, containers included, the root excepted."""
-    if path:
-        yield path, value
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from places(item, path + (key,))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from places(item, path + (i,))
-
-
 def mutate(data, rng: random.Random) -> str:
     """Change one random place of `data` in place: replace, delete, misspell a key, or wrap in a list."""
-    path, value = rng.choice(list(places(data)))
+    path, value = rng.choice(list(places(data))[1:])  # the root excepted
     parent = data
     for part in path[:-1]:
         parent = parent[part]
