@@ -10,7 +10,7 @@ from xattn_ray.report.paired import BOOTSTRAP, describe
 from xattn_ray.report.rows import (CODESWITCH_KINDS, REFERENCE_ATTENTION, ReferencesFor, codeswitch_tests, ok_rows,
                                    ordered_test_sets, ordered_variants, with_variants)
 from xattn_ray.report.significance import (SIGNIFICANCE_LEVEL, SIGNIFICANT, codeswitch_significance,
-                                           codeswitch_verdicts, signature_line, tested_cells, tested_in_order)
+                                           codeswitch_verdicts, signature_line, tested_in_order, tested_rows)
 from xattn_ray.report.tables import Column, Number, Section, Table
 
 
@@ -99,11 +99,8 @@ def codeswitch_significance_table(tests: pandas.DataFrame, variants: list[str], 
     standard attention's, and p."""
     tested = tested_in_order(tests, {"variant": variants,
                                      "test_set": ordered_test_sets(tests.dropna(subset=["p_value"]))})
-    vs_standard = f"vs {REFERENCE_ATTENTION}"
-    columns = (Column("variant"), Column("test set"), Column("seed"), Column("BLEU", vs_standard), Column("BLEU p"),
-               Column("chrF", vs_standard), Column("chrF p"))
-    rows = tuple((run.variant, run.test_set, int(run.seed), *tested_cells(run.bleu, run.baseline_bleu, run.p_value),
-                  *tested_cells(run.chrf, run.baseline_chrf, run.chrf_p_value)) for run in tested.itertuples())
+    columns, rows = tested_rows(tested, ("variant", "test_set"), ("variant", "test set"), "baseline",
+                                f"vs {REFERENCE_ATTENTION}")
     note = (f"sacreBLEU {describe(test)} of each xlquery run against the {REFERENCE_ATTENTION}-attention run with the "
             "same policy and seed, on the stored translations of every seen and unseen test set: BLEU and chrF of the "
             f"xlquery run, in parentheses the difference from {REFERENCE_ATTENTION} attention's, then the p-value; "

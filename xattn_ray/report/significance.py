@@ -15,7 +15,7 @@ from xattn_ray.report.paired import BOOTSTRAP, paired_tests, signature_tokenizer
 from xattn_ray.report.rows import (REFERENCE_ATTENTION, REFERENCE_POLICY, ReferencesFor, StoredTexts,
                                    codeswitch_tests, ordered_policies, ordered_variants, primary_child_tests,
                                    references_from_uri)
-from xattn_ray.report.tables import Number
+from xattn_ray.report.tables import Column, Number
 from xattn_ray.store import codeswitch_kind
 
 SIGNIFICANCE_LEVEL = 0.05
@@ -181,3 +181,17 @@ def tested_in_order(tests: pandas.DataFrame, orders: dict[str, list], last: str 
     rank = {name: {value: i for i, value in enumerate(values)} for name, values in orders.items()}
     return tested.sort_values([*orders, last],
                               key=lambda column: column.map(rank[column.name]) if column.name in rank else column)
+
+
+def tested_rows(tested: pandas.DataFrame, keys: tuple[str, str], labels: tuple[str, str],
+                baseline: str, against: str) -> tuple[tuple[Column, ...], tuple[tuple, ...]]:
+    """A significance table's columns and rows: the two `keys` of each tested row (headed by `labels`),
+    its seed, then BLEU and chrF against the `baseline` columns (`<baseline>_bleu`, `<baseline>_chrf`)
+    with their p-values; `against` names the baseline in the score columns' asides."""
+    columns = (Column(labels[0]), Column(labels[1]), Column("seed"), Column("BLEU", against), Column("BLEU p"),
+               Column("chrF", against), Column("chrF p"))
+    rows = tuple((getattr(run, keys[0]), getattr(run, keys[1]), int(run.seed),
+                  *tested_cells(run.bleu, getattr(run, f"{baseline}_bleu"), run.p_value),
+                  *tested_cells(run.chrf, getattr(run, f"{baseline}_chrf"), run.chrf_p_value))
+                 for run in tested.itertuples())
+    return columns, rows

@@ -13,8 +13,8 @@ from xattn_ray.report.paired import BOOTSTRAP, describe
 from xattn_ray.report.rows import (REFERENCE_POLICY, ReferencesFor, cells_as_pairs, child_column, ok_rows,
                                    ordered_columns, ordered_pairs, ordered_policies, primary_child_tests,
                                    primary_test_sets)
-from xattn_ray.report.significance import (SIGNIFICANCE_LEVEL, SIGNIFICANT, signature_line, significance, tested_cells,
-                                           tested_in_order)
+from xattn_ray.report.significance import (SIGNIFICANCE_LEVEL, SIGNIFICANT, signature_line, significance,
+                                           tested_in_order, tested_rows)
 from xattn_ray.report.tables import Column, Number, Section, Table, number
 
 DIFFERENT = "\u2020"  # †: after a Table 2 cell whose policy differs significantly from body in every seed
@@ -127,11 +127,7 @@ def significance_table(tests: pandas.DataFrame, pairs: list[str], test: str = BO
     `pairs`, `ordered_policies` and seeds); BLEU and chrF each with the difference from body's, and p."""
     tested = tested_in_order(tests, {"pair": pairs,
                                      "policy": ordered_policies(tests.dropna(subset=["p_value"])["policy"])})
-    vs_body = f"vs {REFERENCE_POLICY}"
-    columns = (Column("pair"), Column("policy"), Column("seed"), Column("BLEU", vs_body), Column("BLEU p"),
-               Column("chrF", vs_body), Column("chrF p"))
-    rows = tuple((run.pair, run.policy, int(run.seed), *tested_cells(run.bleu, run.body_bleu, run.p_value),
-                  *tested_cells(run.chrf, run.body_chrf, run.chrf_p_value)) for run in tested.itertuples())
+    columns, rows = tested_rows(tested, ("pair", "policy"), ("pair", "policy"), "body", f"vs {REFERENCE_POLICY}")
     note = (f"sacreBLEU {describe(test)} of each policy against `{REFERENCE_POLICY}` with the same seed, on the "
             "stored translations of Table 2's test sets: BLEU and chrF of the policy's run, in parentheses the "
             f"difference from `{REFERENCE_POLICY}`'s, then the p-value; `{SIGNIFICANT}` marks p < "
