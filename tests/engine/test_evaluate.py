@@ -101,11 +101,17 @@ def made_up_sentences(seed: int, count: int = 300) -> list[str]:
     return [" ".join(rng.choices(words, k=rng.randint(2, 10))).capitalize() + "." for _ in range(count)]
 
 
-def test_score_test_set_translates_and_scores(tmp_path) -> None:
+def random_translator(tmp_path, target_language: str):
+    """Real SentencePiece models of made-up text (source `xx`) and a random tiny model between them."""
     src_tokenizer = train_tokenizer("xx", made_up_sentences(1), TokenizerOptions(vocab_size=120), tmp_path)
-    tgt_tokenizer = train_tokenizer("yy", made_up_sentences(2), TokenizerOptions(vocab_size=120), tmp_path)
+    tgt_tokenizer = train_tokenizer(target_language, made_up_sentences(2), TokenizerOptions(vocab_size=120), tmp_path)
     torch.manual_seed(0)
-    model = Transformer(preset_config("tiny", src_tokenizer.vocab_size, tgt_tokenizer.vocab_size))
+    return src_tokenizer, tgt_tokenizer, Transformer(preset_config("tiny", src_tokenizer.vocab_size,
+                                                                   tgt_tokenizer.vocab_size))
+
+
+def test_score_test_set_translates_and_scores(tmp_path) -> None:
+    src_tokenizer, tgt_tokenizer, model = random_translator(tmp_path, "yy")
     sources = made_up_sentences(3, count=10)
     translations = translate(model, src_tokenizer, tgt_tokenizer, sources, beam=3)
 
@@ -124,10 +130,7 @@ def test_score_test_set_translates_and_scores(tmp_path) -> None:
 
 
 def test_score_test_set_scores_in_the_language_of_its_target_tokenizer(tmp_path) -> None:
-    src_tokenizer = train_tokenizer("xx", made_up_sentences(1), TokenizerOptions(vocab_size=120), tmp_path)
-    zh_tokenizer = train_tokenizer("zh", made_up_sentences(2), TokenizerOptions(vocab_size=120), tmp_path)
-    torch.manual_seed(0)
-    model = Transformer(preset_config("tiny", src_tokenizer.vocab_size, zh_tokenizer.vocab_size))
+    src_tokenizer, zh_tokenizer, model = random_translator(tmp_path, "zh")
     sources = made_up_sentences(3, count=4)
     result = score_test_set(model, src_tokenizer, zh_tokenizer, sources, CHINESE_REFERENCES * 2, beam=1)
     assert "|tok:zh|" in result.bleu.signature
