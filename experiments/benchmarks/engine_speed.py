@@ -298,7 +298,9 @@ def pretrained_comparisons(pairs: EncodedPairs, turns: int) -> list[Comparison]:
     # Which of the reference Marian child's parameters train: a new-source child never trains the target
     # side's embeddings (decoder embeddings, the tied output projection); xattn trains only the new
     # encoder embeddings and the decoder's cross-attention.
-    trains = {"body": lambda name: not name.startswith(("model.decoder.embed_tokens", "lm_head")),
+    # Marian keeps its sinusoidal positions as parameters; they never train (the engine's are a buffer).
+    trains = {"body": lambda name: not name.startswith(("model.decoder.embed_tokens", "lm_head"))
+              and "embed_positions" not in name,
               "xattn": lambda name: name.startswith("model.encoder.embed_tokens") or ".encoder_attn" in name}
     for policy, trained in trains.items():
         child = make_child(parent, "source", new_vocab, POLICIES[policy], policy).model
