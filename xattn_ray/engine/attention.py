@@ -8,6 +8,10 @@ appends one step's self-attention keys and values to a cache instead of recomput
 projection for attention across the languages of a code-switched source, and one softmax over the
 scores of both queries, each masked by its own structured mask (`structured_dropout.py`).
 
+In training the projections run on packed rows (`packing.py`): given a `packing`, a query or key/value
+input is [N, D], the projections are scattered onto the [B, T] grid to attend, and the attended rows
+are gathered back before `out_proj`. Without one, inputs are [B, T, D] (decoding).
+
 Shapes: B batch, T query length, S key length, H heads, D = d_model, Dh = D / H.
 """
 
@@ -16,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from xattn_ray.engine.packing import Packing, padded
 
 
 class MultiHeadAttention(nn.Module):
@@ -42,22 +48,30 @@ class MultiHeadAttention(nn.Module):
         batch, _, length, _ = x.shape
         return x.transpose(1, 2).reshape(batch, length, -1)
 
-    def project_keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of `x` [B, S, D], each [B, H, S, Dh]."""
-        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+    def project_keys_values(self, x: Tensor, packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values of `x` [B, S, D] (or packed [N, D] with its `packing`), each [B, H, S, Dh]."""
+        return (self.split_heads(padded(self.k_proj(x), packing)),
+                self.split_heads(padded(self.v_proj(x), packing)))
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
-                causal: bool = False) -> Tensor:
-        """Attend from queries `x` [B, T, D] to `keys`/`values` [B, H, S, Dh]; returns [B, T, D].
+                causal: bool = False, packing: Packing | None = None) -> Tensor:
+        """Attend from queries `x` [B, T, D] to `keys`/`values` [B, H, S, Dh]; returns [B, T, D]
+        (or from packed [N, D] to packed [N, D], given the queries' `packing`).
 
         `mask` [B, 1, 1 or T, S] is True where a query may look (False hides padding); `causal` hides
         later positions (training the decoder on a whole prefix at once).
         """
-        queries = self.split_heads(self.q_proj(x))
+        queries = self.split_heads(padded(self.q_proj(x), packing))
         attended = F.scaled_dot_product_attention(
             queries, keys, values, attn_mask=mask, is_causal=causal,
             dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(self.merge_heads(attended))
+        return self.out_proj(self.merge(attended, packing))
+
+    def merge(self, attended: Tensor, packing: Packing | None) -> Tensor:
+        """[B, H, T, Dh] -> [B, T, D], or the packed rows [N, D] given a `packing`."""
+        if packing is None:
+            return self.merge_heads(attended)
+        return packing.pack(attended.transpose(1, 2)).flatten(1)
 
 
 class CrossLingualSelfAttention(MultiHeadAttention):
@@ -87,18 +101,21 @@ class CrossLingualSelfAttention(MultiHeadAttention):
             self.q_cross_proj.bias.copy_(self.q_proj.bias)
 
     def forward(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None,
-                causal: bool = False, structured_masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """Attend from `x` [B, T, D] to `keys`/`values` [B, H, S, Dh]; returns [B, T, D].
+                causal: bool = False, packing: Packing | None = None,
+                structured_masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Attend from `x` [B, T, D] (or packed [N, D] with its `packing`) to `keys`/`values`
+        [B, H, S, Dh]; returns the shape of `x`.
 
         `structured_masks` (M1, M2), each [B, 1, T, S] bool, select the joint softmax; they already
         hide padding keys, so `mask` is not needed with them. None: plain attention with `mask`.
         """
         if structured_masks is None:
-            return super().forward(x, keys, values, mask, causal)
+            return super().forward(x, keys, values, mask, causal, packing)
         if causal:
             raise ValueError("structured masks are for bidirectional (encoder) self-attention")
         m1, m2 = structured_masks
-        queries, cross_queries = self.split_heads(self.q_proj(x)), self.split_heads(self.q_cross_proj(x))
+        queries = self.split_heads(padded(self.q_proj(x), packing))
+        cross_queries = self.split_heads(padded(self.q_cross_proj(x), packing))
         scale = keys.shape[-1] ** -0.5
         scores = (queries @ keys.transpose(-2, -1) * scale).masked_fill(~m1, -torch.inf)  # [B, H, T, S]
         cross_scores = (cross_queries @ keys.transpose(-2, -1) * scale).masked_fill(~m2, -torch.inf)
@@ -108,4 +125,4 @@ class CrossLingualSelfAttention(MultiHeadAttention):
         weights = torch.exp(scores - shift) + torch.exp(cross_scores - shift)  # exp(-inf) = 0
         probabilities = weights / weights.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
         probabilities = F.dropout(probabilities, self.dropout, self.training)
-        return self.out_proj(self.merge_heads(probabilities @ values))
+        return self.out_proj(self.merge(probabilities @ values, packing))

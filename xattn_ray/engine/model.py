@@ -31,7 +31,11 @@ query, `encoder.layers.N.self_attn.q_cross_proj.{weight,bias}` (the `xlquery` gr
 code-switched sources given with their segment ids (`structured_dropout.py`); every other name and
 shape is the standard model's, so a trained standard model converts by copying (`transfer.to_xlquery`).
 
-Shapes: B batch, S source length, T target length, D d_model, V vocabulary size.
+Training runs on packed batches (`packing.py`): the real tokens' rows [N, D] go through every
+position-wise part, and only attention sees the padded [B, T] grid, so padding costs no matrix product.
+Decoding runs on [B, T, D] as it has no padding to skip.
+
+Shapes: B batch, S source length, T target length, D d_model, V vocabulary size, N real tokens.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAttention
+from xattn_ray.engine.packing import Packing
 from xattn_ray.engine.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
                                                  StructuredDropout, is_code_switched)
 from xattn_ray.engine.tokenizer import PAD_ID
@@ -154,12 +159,16 @@ class Embedding(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.max_positions = config.max_positions
 
-    def forward(self, ids: Tensor, start: int = 0) -> Tensor:
-        """[B, T] token ids at positions start..start+T-1 -> [B, T, D]."""
+    def forward(self, ids: Tensor, start: int = 0, packing: Packing | None = None) -> Tensor:
+        """[B, T] token ids at positions start..start+T-1 -> [B, T, D]; with the `packing` of `ids`,
+        the real tokens' rows [N, D]."""
         length = ids.shape[1]
         if start + length > self.max_positions:
             raise ValueError(f"sequence of {start + length} positions exceeds max_positions {self.max_positions}")
-        positions = torch.arange(start, start + length, device=ids.device)
+        if packing is None:
+            ids, positions = ids, torch.arange(start, start + length, device=ids.device)
+        else:
+            ids, positions = packing.pack(ids), packing.positions + start
         return self.dropout(self.norm(self.tokens(ids) * self.scale + self.positions(positions)))
 
 
@@ -210,17 +219,17 @@ class EncoderLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.pre_norm = config.norm == "pre"
 
-    def forward(self, x: Tensor, src_mask: Tensor,
-                structured_masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """x [B, S, D], src_mask [B, 1, 1, S] -> [B, S, D].
+    def forward(self, x: Tensor, src_mask: Tensor, structured_masks: tuple[Tensor, Tensor] | None = None,
+                packing: Packing | None = None) -> Tensor:
+        """x [B, S, D] (or packed [N, D] with its `packing`), src_mask [B, 1, 1, S] -> the shape of x.
 
         `structured_masks` (M1, M2) [B, 1, S, S] (xlquery on code-switched input) replace `src_mask`.
         """
         def attend(h: Tensor) -> Tensor:
-            keys, values = self.self_attn.project_keys_values(h)
+            keys, values = self.self_attn.project_keys_values(h, packing)
             if structured_masks is None:
-                return self.self_attn(h, keys, values, mask=src_mask)
-            return self.self_attn(h, keys, values, structured_masks=structured_masks)
+                return self.self_attn(h, keys, values, mask=src_mask, packing=packing)
+            return self.self_attn(h, keys, values, packing=packing, structured_masks=structured_masks)
 
         x = residual(x, attend, self.self_attn_norm, self.dropout, self.pre_norm)
         return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm)
@@ -248,35 +257,40 @@ class DecoderLayer(nn.Module):
         self.pre_norm = config.norm == "pre"
 
     def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
-                past_kv: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                past_kv: tuple[Tensor, Tensor] | None = None,
+                packing: Packing | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """x [B, T, D] -> (x [B, T, D], this layer's self-attention keys/values [B, H, t, Dh]).
 
-        Training passes whole prefixes (`past_kv` None, causal mask). Incremental decoding passes the
-        newest position only, with the keys/values of the earlier positions in `past_kv`.
+        Training passes whole prefixes (`past_kv` None, causal mask), packed [N, D] with their
+        `packing`: right padding comes after every real position, so the causal mask already hides
+        it. Incremental decoding passes the newest position only, with the keys/values of the
+        earlier positions in `past_kv`.
         """
         kv: list[tuple[Tensor, Tensor]] = []  # this step's keys/values, kept for the next step
 
         def attend_to_prefix(h: Tensor) -> Tensor:
-            keys, values = self.self_attn.project_keys_values(h)
+            keys, values = self.self_attn.project_keys_values(h, packing)
             if past_kv is not None:
                 keys, values = torch.cat([past_kv[0], keys], dim=2), torch.cat([past_kv[1], values], dim=2)
             kv.append((keys, values))
-            return self.self_attn(h, keys, values, causal=past_kv is None)
+            return self.self_attn(h, keys, values, causal=past_kv is None, packing=packing)
 
         x = residual(x, attend_to_prefix, self.self_attn_norm, self.dropout, self.pre_norm)
-        x = residual(x, lambda h: self.cross_attend(h, cross_kv, src_mask), self.cross_attn_norm, self.dropout,
-                     self.pre_norm)
+        x = residual(x, lambda h: self.cross_attend(h, cross_kv, src_mask, packing), self.cross_attn_norm,
+                     self.dropout, self.pre_norm)
         return residual(x, self.ffn, self.ffn_norm, self.dropout, self.pre_norm), kv[0]
 
-    def cross_attend(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor) -> Tensor:
-        """Cross-attention from x [B*K, T, D] to the keys/values [B, H, S, Dh] of B sources.
+    def cross_attend(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
+                     packing: Packing | None = None) -> Tensor:
+        """Cross-attention from x [B*K, T, D] to the keys/values [B, H, S, Dh] of B sources (or from
+        packed [N, D], K = 1, with its `packing`).
 
         In beam search the K hypotheses of a sentence (rows sentence-major) share its source, so they
         attend as K*T queries of one row instead of K copies of the source's keys and values.
         """
         sources = cross_kv[0].shape[0]
-        if x.shape[0] == sources:
-            return self.cross_attn(x, *cross_kv, mask=src_mask)
+        if packing is not None or x.shape[0] == sources:
+            return self.cross_attn(x, *cross_kv, mask=src_mask, packing=packing)
         rows, length, d_model = x.shape
         grouped = x.reshape(sources, rows // sources * length, d_model)
         return self.cross_attn(grouped, *cross_kv, mask=src_mask).reshape(rows, length, d_model)
@@ -296,8 +310,10 @@ class Encoder(nn.Module):
         self.structured_dropout = (StructuredDropout(config.training_alphas, config.evaluation_alphas)
                                    if config.attention == "xlquery" else None)
 
-    def forward(self, x: Tensor, src_mask: Tensor, segments: Tensor | None = None) -> Tensor:
-        """x [B, S, D], src_mask [B, 1, 1, S], segment ids [B, S] or None -> [B, S, D].
+    def forward(self, x: Tensor, src_mask: Tensor, segments: Tensor | None = None,
+                packing: Packing | None = None) -> Tensor:
+        """x [B, S, D] (or packed [N, D] with its `packing`), src_mask [B, 1, 1, S], segment ids [B, S]
+        or None -> the shape of x.
 
         An xlquery encoder given a code-switched batch draws its masks once for all layers (training
         alphas in training mode, evaluation alphas in eval mode); otherwise attention is plain.
@@ -306,7 +322,7 @@ class Encoder(nn.Module):
         if self.structured_dropout is not None and segments is not None and is_code_switched(segments):
             masks = self.structured_dropout(segments)
         for layer in self.layers:
-            x = layer(x, src_mask, masks)
+            x = layer(x, src_mask, masks, packing)
         return self.final_norm(x)
 
 
@@ -378,8 +394,10 @@ class Transformer(nn.Module):
                 module.activation_dropout.p = self.config.activation_dropout
 
     # -- training: whole sequences -------------------------------------------------------------
-    def encode(self, src: Tensor, src_segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """src [B, S] -> (memory [B, S, D], src_mask [B, 1, 1, S]).
+    def encode(self, src: Tensor, src_segments: Tensor | None = None,
+               packing: Packing | None = None) -> tuple[Tensor, Tensor]:
+        """src [B, S] -> (memory [B, S, D], src_mask [B, 1, 1, S]); memory is the packed rows [N, D]
+        given the `packing` of src.
 
         `src_segments` [B, S] are the segment ids of code-switched sources (structured_dropout.py),
         -1 exactly at padding; an xlquery encoder uses them, a standard one ignores them.
@@ -396,14 +414,17 @@ class Transformer(nn.Module):
         needs_grad = torch.is_grad_enabled() and any(
             p.requires_grad for p in (*self.src_embed.parameters(), *self.encoder.parameters()))
         with torch.set_grad_enabled(needs_grad):
-            memory = self.encoder(self.src_embed(src), src_mask, src_segments)
+            memory = self.encoder(self.src_embed(src, packing=packing), src_mask, src_segments, packing)
         return memory, src_mask
 
-    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
-        """Teacher forcing: tgt_in [B, T] (BOS + target), memory [B, S, D] -> hidden states [B, T, D]."""
-        x = self.tgt_embed(tgt_in)
+    def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor, src_packing: Packing,
+               tgt_packing: Packing) -> Tensor:
+        """Teacher forcing on packed batches: tgt_in [B, T] (BOS + target) and the packed source rows
+        `memory` [N_src, D] -> the packed target rows' hidden states [N_tgt, D]."""
+        x = self.tgt_embed(tgt_in, packing=tgt_packing)
         for layer in self.decoder.layers:
-            x, _ = layer(x, layer.cross_attn.project_keys_values(memory), src_mask)
+            cross_kv = layer.cross_attn.project_keys_values(memory, src_packing)
+            x, _ = layer(x, cross_kv, src_mask, packing=tgt_packing)
         return self.decoder.final_norm(x)
 
     def output_logits(self, hidden: Tensor) -> Tensor:
@@ -414,20 +435,27 @@ class Transformer(nn.Module):
                 src_segments: Tensor | None = None) -> Tensor:
         """src [B, S], tgt_in [B, T] -> logits [B, T, V].
 
-        With `keep` [B, T] (True at positions to predict), only those rows are projected onto the
-        vocabulary: logits [N, V] for the N kept positions, so padding costs no output-layer work.
+        With `keep` [B, T] (True at positions to predict, all real positions of tgt_in), only those
+        rows are projected onto the vocabulary: logits [K, V] for the K kept positions, row-major.
+        Padding costs no matrix product either way (the batch runs packed); without `keep` the
+        padding positions' logits are those of a zero hidden state.
         `src_segments` [B, S]: segment ids of code-switched sources (`encode`).
         """
-        memory, src_mask = self.encode(src, src_segments)
-        hidden = self.decode(tgt_in, memory, src_mask)
-        return self.output_logits(hidden if keep is None else hidden[keep])
+        src_packing, tgt_packing = Packing.of(src), Packing.of(tgt_in)
+        memory, src_mask = self.encode(src, src_segments, src_packing)
+        hidden = self.decode(tgt_in, memory, src_mask, src_packing, tgt_packing)  # [N_tgt, D]
+        if keep is None:
+            return self.output_logits(tgt_packing.pad(hidden))
+        chosen = tgt_packing.select(keep)
+        return self.output_logits(hidden if bool(chosen.all()) else hidden[chosen])
 
     # -- inference: one target position at a time ---------------------------------------------
     def start_decoding(self, src: Tensor, src_segments: Tensor | None = None) -> DecoderState:
         """Encode src [B, S] (with its segment ids [B, S], if code-switched) and compute every layer's
         cross-attention keys/values once."""
-        memory, src_mask = self.encode(src, src_segments)
-        cross_kv = [layer.cross_attn.project_keys_values(memory) for layer in self.decoder.layers]
+        packing = Packing.of(src)
+        memory, src_mask = self.encode(src, src_segments, packing)
+        cross_kv = [layer.cross_attn.project_keys_values(memory, packing) for layer in self.decoder.layers]
         return DecoderState(src_mask, cross_kv, [None] * len(self.decoder.layers))
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
