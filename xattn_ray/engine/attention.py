@@ -62,9 +62,12 @@ class MultiHeadAttention(nn.Module):
         later positions (training the decoder on a whole prefix at once).
         """
         queries = self.split_heads(padded(self.q_proj(x), packing))
-        attended = F.scaled_dot_product_attention(
-            queries, keys, values, attn_mask=mask, is_causal=causal,
-            dropout_p=self.dropout if self.training else 0.0)
+        dropout = self.dropout if self.training else 0.0
+        if few_queries_on_cpu(queries, dropout, causal):
+            attended = attend_with_matmuls(queries, keys, values, mask)
+        else:
+            attended = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, is_causal=causal,
+                                                      dropout_p=dropout)
         return self.out_proj(self.merge(attended, packing))
 
     def merge(self, attended: Tensor, packing: Packing | None) -> Tensor:
@@ -72,6 +75,28 @@ class MultiHeadAttention(nn.Module):
         if packing is None:
             return self.merge_heads(attended)
         return packing.pack(attended.transpose(1, 2)).flatten(1)
+
+
+# Up to this many queries a row, attention without dropout on a CPU is faster as two matrix products and
+# a softmax than through `scaled_dot_product_attention`'s fused kernel: a beam-search step (1 query a
+# hypothesis, or the K of a sentence in cross-attention) took 0.55 ms against 1.35 ms for 600 rows of
+# 4 heads over 20 keys, and 0.27 against 0.37 ms for 48 sentences x 5 beams over 25 source positions
+# (torch 2.13, 2 cores; docs/performance.md).
+FEW_QUERIES = 8
+
+
+def few_queries_on_cpu(queries: Tensor, dropout: float, causal: bool) -> bool:
+    """Whether `attend_with_matmuls` is the faster way for queries [B, H, T, Dh] (a decoding step)."""
+    return queries.device.type == "cpu" and queries.shape[-2] <= FEW_QUERIES and not dropout and not causal
+
+
+def attend_with_matmuls(queries: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+    """softmax(Q K^T / sqrt(Dh)) V for queries [B, H, T, Dh] and keys/values [B, H, S, Dh] -> [B, H, T, Dh];
+    `mask` [B, 1, 1 or T, S] is True where a query may look."""
+    scores = queries @ keys.transpose(-2, -1) * keys.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -torch.inf)
+    return torch.softmax(scores, dim=-1) @ values
 
 
 class CrossLingualSelfAttention(MultiHeadAttention):
