@@ -147,26 +147,29 @@ def marian_like(model: Transformer):
 
 
 
-def training_step(model, batch, optimizer, marian: bool):
+def training_step(model, batch, optimizer, marian: bool, bf16: bool = False):
+    """One step on `batch` (on the model's device). `bf16`: the forward pass under bf16 autocast and the
+    loss on fp32 logits, as engine/train.py trains on a GPU; off, the plain fp32 step."""
     def step():
         keep = batch.tgt_out != PAD_ID
-        if marian:
-            logits = model(input_ids=batch.src, attention_mask=batch.src != PAD_ID,
-                           decoder_input_ids=batch.tgt_in).logits[keep]
-        else:
-            logits = model(batch.src, batch.tgt_in, keep)
-        F.cross_entropy(logits, batch.tgt_out[keep], label_smoothing=0.1, reduction="sum").backward()
+        with torch.autocast(batch.src.device.type, dtype=torch.bfloat16, enabled=bf16):
+            if marian:
+                logits = model(input_ids=batch.src, attention_mask=batch.src != PAD_ID,
+                               decoder_input_ids=batch.tgt_in).logits[keep]
+            else:
+                logits = model(batch.src, batch.tgt_in, keep)
+        F.cross_entropy(logits.float(), batch.tgt_out[keep], label_smoothing=0.1, reduction="sum").backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
 
 
-def training_calls(model, batches, marian: bool):
+def training_calls(model, batches, marian: bool, bf16: bool = False):
     """One call = a training step on each batch, with the engine's optimizer (fused Adam over the
-    trainable parameters) for either model."""
+    trainable parameters) for either model; `bf16` as in `training_step`."""
     model.train()
     optimizer = build_optimizer(model, TrainConfig())
-    steps = [training_step(model, batch, optimizer, marian) for batch in batches]
+    steps = [training_step(model, batch, optimizer, marian, bf16) for batch in batches]
     return lambda: [step() for step in steps]
 
 
@@ -203,13 +206,13 @@ def optimizer_state_bytes(model, batch) -> int:
                if torch.is_tensor(t))
 
 
-def training_batches(pairs: EncodedPairs, count: int) -> list:
-    return [collate(pairs, b) for b in make_batches(pairs, 2048, seed=0, epoch=0).group(0, count)]
+def training_batches(pairs: EncodedPairs, count: int, max_tokens: int = 2048) -> list:
+    return [collate(pairs, b) for b in make_batches(pairs, max_tokens, seed=0, epoch=0).group(0, count)]
 
 
-def decoding_batches(pairs: EncodedPairs, sentences: int) -> list:
+def decoding_batches(pairs: EncodedPairs, sentences: int, max_tokens: int = 1024) -> list:
     some = EncodedPairs(pairs.src[:sentences], pairs.tgt[:sentences])
-    return [collate(some, b) for b in make_batches(some, 1024, 0, 0, shuffle=False)]
+    return [collate(some, b) for b in make_batches(some, max_tokens, 0, 0, shuffle=False)]
 
 
 def train_comparison(preset: str, pairs: EncodedPairs, turns: int) -> Comparison:

@@ -1,16 +1,20 @@
-"""The training loop: determinism, exact resume after a SIGKILL, early stopping, non-finite losses."""
+"""The training loop: determinism, exact resume after a SIGKILL, two DDP workers, early stopping, non-finite
+losses."""
 
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
 import random
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from xattn_ray.engine.batching import EncodedPairs, collate, make_batches
 from xattn_ray.engine.checkpoint import load_model
@@ -123,6 +127,51 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, toy_tokenizers):
     final = load_model(workdir / "best.pt").model.state_dict()
     for name, value in load_model(reference.best_checkpoint).model.state_dict().items():
         assert torch.equal(final[name], value), name
+
+
+# Two workers splitting each global batch of CONFIG's size: one validation halfway, one at the end.
+SPLIT_CONFIG = dataclasses.replace(CONFIG, max_updates=8, validate_every=4)
+
+
+def model_without_dropout() -> Transformer:
+    """The same start every time; without dropout, one and two workers compute the same updates."""
+    torch.manual_seed(0)
+    return Transformer(preset_config("tiny", VOCAB, VOCAB, dropout=0.0, attention_dropout=0.0))
+
+
+def train_as_one_of_two_workers(rank: int, rendezvous: str, workdir: str, tokenizer_blobs) -> None:
+    """Child process: worker `rank` of 2 (gloo, DDP), half of every global batch; rank 0 writes what
+    the run reported to workdir/progress.json."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from xattn_ray.engine.tokenizer import Tokenizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))
+    try:
+        tokenizers = tuple(Tokenizer.from_bytes(blob) for blob in tokenizer_blobs)
+        config = dataclasses.replace(SPLIT_CONFIG, max_tokens=SPLIT_CONFIG.max_tokens // 2)
+        result = train(DistributedDataParallel(model_without_dropout()), toy_data(tokenizers), config, Path(workdir))
+        if rank == 0:
+            (Path(workdir) / "progress.json").write_text(json.dumps(
+                {"history": result.progress.history, "target_tokens": result.progress.target_tokens}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_workers_report_the_losses_and_token_count_of_one(tmp_path, toy_tokenizers):
+    """Two CPU workers (gloo) over the same global batches report one worker's train and validation
+    losses and target tokens (only the order of float sums differs)."""
+    one = train(model_without_dropout(), toy_data(toy_tokenizers), SPLIT_CONFIG, tmp_path / "one")
+    torch.multiprocessing.spawn(train_as_one_of_two_workers, nprocs=2, args=(
+        str(tmp_path / "rendezvous"), str(tmp_path / "two"), [t.to_bytes() for t in toy_tokenizers]))
+    two = json.loads((tmp_path / "two" / "progress.json").read_text())
+    assert two["target_tokens"] == one.progress.target_tokens
+    assert [m["update"] for m in two["history"]] == [m["update"] for m in one.progress.history] == [4, 8]
+    for split, whole in zip(two["history"], one.progress.history):
+        assert split["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
+        assert split["valid_loss"] == pytest.approx(whole["valid_loss"], rel=1e-5)
 
 
 def test_early_stopping_after_patience_validations_without_improvement(tmp_path, toy_tokenizers):

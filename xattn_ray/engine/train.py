@@ -274,10 +274,10 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, pairs: PairSourc
     shares = [rank_share(batch, rank, world_size) for batch in group]  # each worker reads only its share
     batches = [collate(pairs, share) for share in shares if len(share)]
     local_tokens = sum(batch.target_tokens for batch in batches)
-    totals = torch.tensor([float(local_tokens), 0.0])
     # Gradients are sums over tokens; dividing by the global token count (times world size, since DDP
     # averages) makes the update identical however the batch is split across workers.
-    scale = world_size / _all_reduce(totals, device)[0].item()
+    global_tokens = int(_all_reduce(torch.tensor([float(local_tokens)]), device).item())
+    scale = world_size / global_tokens
     loss_total = 0.0
     for batch in batches:
         keep = batch.tgt_out != PAD_ID
@@ -288,8 +288,7 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, pairs: PairSourc
                                label_smoothing=config.label_smoothing, reduction="sum")
         (loss * scale).backward()
         loss_total += loss.item()
-    totals[1] = loss_total
-    loss_global = _all_reduce(totals, device)[1].item()
+    loss_global = _all_reduce(torch.tensor([loss_total]), device).item()
     if math.isfinite(loss_global):
         if config.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], config.clip_norm)
@@ -297,11 +296,12 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, pairs: PairSourc
             param_group["lr"] = learning_rate(config, update)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_global, int(totals[0].item())
+    return loss_global, global_tokens
 
 
 def _all_reduce(values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Sum `values` over workers (a no-op for a single process)."""
+    """Sum `values` over workers (a no-op for a single process). On a CPU the sum lands in `values`
+    itself (.to() returns it), so reduce a tensor only once."""
     if not dist.is_initialized():
         return values
     on_device = values.to(device)
