@@ -447,7 +447,7 @@ class Transformer(nn.Module):
         if keep is None:
             return self.output_logits(tgt_packing.pad(hidden))
         chosen = tgt_packing.select(keep)
-        return self.output_logits(hidden if bool(chosen.all()) else hidden[chosen])
+        return self.output_logits(hidden if chosen is None else hidden[chosen])
 
     # -- inference: one target position at a time ---------------------------------------------
     def start_decoding(self, src: Tensor, src_segments: Tensor | None = None) -> DecoderState:

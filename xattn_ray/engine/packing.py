@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from xattn_ray.engine.tokenizer import PAD_ID
@@ -55,12 +56,14 @@ class Packing:
             x = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy(0, self.index, x)
         return x.view(self.batch, self.length, -1)
 
-    def select(self, keep: Tensor) -> Tensor:
-        """[N] bool: which packed rows `keep` [B, T] marks; raises if it marks a padding position."""
+    def select(self, keep: Tensor) -> Tensor | None:
+        """Which packed rows `keep` [B, T] marks, [N] bool, or None when it marks every one; raises if it
+        marks a padding position. One read of the device (a GPU waits once)."""
         chosen = self.pack(keep)
-        if int(chosen.sum()) != int(keep.sum()):
+        marked, real = torch.stack([keep.sum(), chosen.sum()]).tolist()
+        if marked != real:
             raise ValueError("keep marks padding positions of tgt_in; it must mark real target positions")
-        return chosen
+        return None if real == len(chosen) else chosen
 
 
 def padded(x: Tensor, packing: Packing | None) -> Tensor:
