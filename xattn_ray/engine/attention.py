@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xattn_ray.engine.packing import Packing, padded
+from xattn_ray.engine.prepacked import Linear
 
 
 class MultiHeadAttention(nn.Module):
@@ -33,10 +34,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"d_model {d_model} is not divisible by heads {heads}")
         self.heads = heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.q_proj = Linear(d_model, d_model)
+        self.k_proj = Linear(d_model, d_model)
+        self.v_proj = Linear(d_model, d_model)
+        self.out_proj = Linear(d_model, d_model)
 
     def split_heads(self, x: Tensor) -> Tensor:
         """[B, T, D] -> [B, H, T, Dh]."""
@@ -116,7 +117,7 @@ class CrossLingualSelfAttention(MultiHeadAttention):
 
     def __init__(self, d_model: int, heads: int, dropout: float):
         super().__init__(d_model, heads, dropout)
-        self.q_cross_proj = nn.Linear(d_model, d_model)
+        self.q_cross_proj = Linear(d_model, d_model)
         self.init_cross_from_query()
 
     def init_cross_from_query(self) -> None:

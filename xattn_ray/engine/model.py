@@ -40,7 +40,9 @@ Shapes: B batch, S source length, T target length, D d_model, V vocabulary size,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -50,6 +52,7 @@ from torch import Tensor, nn
 
 from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAttention
 from xattn_ray.engine.packing import Packing
+from xattn_ray.engine.prepacked import Linear, pack, packed_linear
 from xattn_ray.engine.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
                                                  StructuredDropout, is_code_switched)
 from xattn_ray.engine.tokenizer import PAD_ID
@@ -196,8 +199,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.d_model, config.ffn_dim)
-        self.fc2 = nn.Linear(config.ffn_dim, config.d_model)
+        self.fc1 = Linear(config.d_model, config.ffn_dim)
+        self.fc2 = Linear(config.ffn_dim, config.d_model)
         self.activation = ACTIVATIONS[config.activation]
         self.activation_dropout = nn.Dropout(config.activation_dropout)
 
@@ -361,6 +364,8 @@ class DecoderState:
 class Transformer(nn.Module):
     """Encoder-decoder translation model; see the module docstring for parameter names."""
 
+    packed_output: Tensor | None = None  # the output projection's weight, prepacked while decoding
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -429,7 +434,25 @@ class Transformer(nn.Module):
 
     def output_logits(self, hidden: Tensor) -> Tensor:
         """[..., D] -> [..., V]: the tied output projection (no bias as in fairseq, unless `logits_bias`)."""
+        if self.packed_output is not None:
+            return packed_linear(hidden, self.packed_output, self.tgt_embed.logits_bias)
         return F.linear(hidden, self.tgt_embed.tokens.weight, self.tgt_embed.logits_bias)
+
+    @contextlib.contextmanager
+    def prepacked(self) -> Iterator[None]:
+        """Decode on weights prepacked for oneDNN (`prepacked.py`: faster for a decoding step's few rows
+        on a CPU; nothing changes elsewhere). For inference only: the packed copies have no autograd
+        and do not follow updates, so they exist only inside the context."""
+        linears = [module for module in self.modules() if isinstance(module, Linear)]
+        try:
+            for linear in linears:
+                linear.packed = pack(linear.weight)
+            self.packed_output = pack(self.tgt_embed.tokens.weight)
+            yield
+        finally:
+            for linear in linears:
+                linear.packed = None
+            self.packed_output = None
 
     def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None,
                 src_segments: Tensor | None = None) -> Tensor:
