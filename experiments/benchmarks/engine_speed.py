@@ -156,9 +156,10 @@ def training_step(model, batch, optimizer, marian: bool, bf16: bool = False):
             if marian:
                 logits = model(input_ids=batch.src, attention_mask=batch.src != PAD_ID,
                                decoder_input_ids=batch.tgt_in).logits[keep]
-            else:
-                logits = model(batch.src, batch.tgt_in, keep)
-        F.cross_entropy(logits.float(), batch.tgt_out[keep], label_smoothing=0.1, reduction="sum").backward()
+                loss = F.cross_entropy(logits.float(), batch.tgt_out[keep], label_smoothing=0.1, reduction="sum")
+            else:  # the engine's own loss (engine/train.py): blockwise on a CPU, engine/loss.py
+                loss = model(batch.src, batch.tgt_in, keep, targets=batch.tgt_out[keep], label_smoothing=0.1)
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAttention
+from xattn_ray.engine.loss import output_loss
 from xattn_ray.engine.packing import Packing
 from xattn_ray.engine.prepacked import Linear, pack, packed_linear
 from xattn_ray.engine.structured_dropout import (EVALUATION_ALPHAS, PADDING, TRAINING_ALPHAS, MaskAlphas,
@@ -455,22 +456,30 @@ class Transformer(nn.Module):
             self.packed_output = None
 
     def forward(self, src: Tensor, tgt_in: Tensor, keep: Tensor | None = None,
-                src_segments: Tensor | None = None) -> Tensor:
-        """src [B, S], tgt_in [B, T] -> logits [B, T, V].
+                src_segments: Tensor | None = None, targets: Tensor | None = None,
+                label_smoothing: float = 0.0) -> Tensor:
+        """src [B, S], tgt_in [B, T] -> logits [B, T, V]; or, given `targets`, the training loss.
 
         With `keep` [B, T] (True at positions to predict, all real positions of tgt_in), only those
         rows are projected onto the vocabulary: logits [K, V] for the K kept positions, row-major.
         Padding costs no matrix product either way (the batch runs packed); without `keep` the
         padding positions' logits are those of a zero hidden state.
-        `src_segments` [B, S]: segment ids of code-switched sources (`encode`).
+        `targets` [K] (the next tokens at the kept positions, `keep` required): the summed
+        cross-entropy with `label_smoothing` instead of logits, computed without the [K, V] logits
+        on a CPU (`loss.py`). `src_segments` [B, S]: segment ids of code-switched sources (`encode`).
         """
         src_packing, tgt_packing = Packing.of(src), Packing.of(tgt_in)
         memory, src_mask = self.encode(src, src_segments, src_packing)
         hidden = self.decode(tgt_in, memory, src_mask, src_packing, tgt_packing)  # [N_tgt, D]
         if keep is None:
+            if targets is not None:
+                raise ValueError("targets need keep: the positions they are the next tokens of")
             return self.output_logits(tgt_packing.pad(hidden))
         chosen = tgt_packing.select(keep)
-        return self.output_logits(hidden if chosen is None else hidden[chosen])
+        kept = hidden if chosen is None else hidden[chosen]
+        if targets is None:
+            return self.output_logits(kept)
+        return output_loss(kept, self.tgt_embed.tokens.weight, self.tgt_embed.logits_bias, targets, label_smoothing)
 
     # -- inference: one target position at a time ---------------------------------------------
     def start_decoding(self, src: Tensor, src_segments: Tensor | None = None) -> DecoderState:

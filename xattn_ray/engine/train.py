@@ -25,7 +25,6 @@ from typing import Literal, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from xattn_ray.engine.batching import PairSource, collate, make_batches, rank_share
@@ -282,10 +281,9 @@ def _update(model: nn.Module, optimizer: torch.optim.Optimizer, pairs: PairSourc
     for batch in batches:
         keep = batch.tgt_out != PAD_ID
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda"):
-            logits = model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device),
-                           _on(batch.src_segments, device))
-        loss = F.cross_entropy(logits.float(), batch.tgt_out.to(device)[keep.to(device)],
-                               label_smoothing=config.label_smoothing, reduction="sum")
+            loss = model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device),
+                         _on(batch.src_segments, device), targets=batch.tgt_out[keep].to(device),
+                         label_smoothing=config.label_smoothing)
         (loss * scale).backward()
         loss_total += loss.item()
     loss_global = _all_reduce(torch.tensor([loss_total]), device).item()
@@ -317,9 +315,8 @@ def validation_loss(model: Transformer, pairs: PairSource, max_tokens: int, devi
     for indices in make_batches(pairs, max_tokens, seed=0, epoch=0, shuffle=False):
         batch = collate(pairs, indices)
         keep = batch.tgt_out != PAD_ID
-        logits = model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device),
-                       _on(batch.src_segments, device))
-        total += F.cross_entropy(logits.float(), batch.tgt_out.to(device)[keep.to(device)], reduction="sum").item()
+        total += model(batch.src.to(device), batch.tgt_in.to(device), keep.to(device),
+                       _on(batch.src_segments, device), targets=batch.tgt_out[keep].to(device)).item()
         tokens += int(keep.sum())
     return total / max(tokens, 1)
 
