@@ -170,7 +170,7 @@ class Embedding(nn.Module):
         if start + length > self.max_positions:
             raise ValueError(f"sequence of {start + length} positions exceeds max_positions {self.max_positions}")
         if packing is None:
-            ids, positions = ids, torch.arange(start, start + length, device=ids.device)
+            positions = torch.arange(start, start + length, device=ids.device)
         else:
             ids, positions = packing.pack(ids), packing.positions + start
         return self.dropout(self.norm(self.tokens(ids) * self.scale + self.positions(positions)))
