@@ -56,3 +56,13 @@ def test_a_model_oneDNN_cannot_take_decodes_unpacked():
     with model.prepacked():
         assert model.packed_output is None
         assert all(linear.packed is None for linear in model.modules() if isinstance(linear, Linear))
+
+
+def test_under_bf16_autocast_the_packed_copies_step_aside():
+    """A bf16 input must not meet a float32 packed weight (oneDNN refuses the mix): autocast decides."""
+    model, src = model_and_sources()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = model.decode_step(torch.full((6,), 1), model.start_decoding(src))
+        with model.prepacked():
+            packed = model.decode_step(torch.full((6,), 1), model.start_decoding(src))
+    torch.testing.assert_close(packed, plain)

@@ -435,9 +435,7 @@ class Transformer(nn.Module):
 
     def output_logits(self, hidden: Tensor) -> Tensor:
         """[..., D] -> [..., V]: the tied output projection (no bias as in fairseq, unless `logits_bias`)."""
-        if self.packed_output is not None:
-            return packed_linear(hidden, self.packed_output, self.tgt_embed.logits_bias)
-        return F.linear(hidden, self.tgt_embed.tokens.weight, self.tgt_embed.logits_bias)
+        return packed_linear(hidden, self.packed_output, self.tgt_embed.tokens.weight, self.tgt_embed.logits_bias)
 
     @contextlib.contextmanager
     def prepacked(self) -> Iterator[None]:

@@ -17,6 +17,7 @@ a GPU or not float32, `pack` returns None and everything runs as plain `nn.Linea
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -31,8 +32,12 @@ def pack(weight: Tensor) -> Tensor | None:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach()) if can_pack(weight) else None
 
 
-def packed_linear(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
-    """x [..., in] times a `pack`ed weight [out, in], plus bias [out] -> [..., out]; no autograd."""
+def packed_linear(x: Tensor, packed: Tensor | None, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x [..., in] times weight [out, in], plus bias [out] -> [..., out]: on the `pack`ed copy of the
+    weight when there is one and x is plain float32 (no autocast: a bf16 input must not meet a float32
+    packed weight); `F.linear` otherwise. The packed path has no autograd."""
+    if packed is None or x.dtype != torch.float32 or torch.is_autocast_enabled(x.device.type):
+        return F.linear(x, weight, bias)
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
@@ -42,6 +47,4 @@ class Linear(nn.Linear):
     packed: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.packed is None:
-            return super().forward(x)
-        return packed_linear(x, self.packed, self.bias)
+        return packed_linear(x, self.packed, self.weight, self.bias)
