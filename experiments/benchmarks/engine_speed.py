@@ -100,9 +100,11 @@ class Comparison:
         sign = "<=" if self.lower_is_better else ">="
         verdict = "met" if self.met else "NOT MET"
         trust = "" if self.trusted else "; spread too wide to trust: rerun on a quieter machine"
+        digits = 3 if self.lower_is_better else 2  # a fraction near its target: 0.75 could be either side
         return (f"{self.label:<36} {self.names[0]} {rate(self.ours)} | {self.names[1]} {rate(self.theirs)} | "
-                f"ratio {self.ratio:.2f} (IQR {first:.2f}-{third:.2f}, range {min(self.ratios):.2f}-"
-                f"{max(self.ratios):.2f}, {len(self.ratios)} pairs) target {sign} {self.target}: {verdict}{trust}")
+                f"ratio {self.ratio:.{digits}f} (IQR {first:.{digits}f}-{third:.{digits}f}, range "
+                f"{min(self.ratios):.{digits}f}-{max(self.ratios):.{digits}f}, {len(self.ratios)} pairs) "
+                f"target {sign} {self.target}: {verdict}{trust}")
 
 
 def alternate(ours, theirs, pairs: int) -> tuple[list[float], list[float]]:

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xattn_ray.engine.attention import CrossLingualSelfAttention, MultiHeadAttention
+from xattn_ray.engine.dropout import Dropout
 from xattn_ray.engine.loss import output_loss
 from xattn_ray.engine.packing import Packing
 from xattn_ray.engine.prepacked import Linear, pack, packed_linear
@@ -160,7 +161,7 @@ class Embedding(nn.Module):
                           else SinusoidalPositions(config.max_positions, config.d_model))
         self.norm = nn.LayerNorm(config.d_model) if config.embedding_norm else nn.Identity()
         self.logits_bias = nn.Parameter(torch.zeros(vocab_size)) if output and config.logits_bias else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.max_positions = config.max_positions
 
     def forward(self, ids: Tensor, start: int = 0, packing: Packing | None = None) -> Tensor:
@@ -203,7 +204,7 @@ class FeedForward(nn.Module):
         self.fc1 = Linear(config.d_model, config.ffn_dim)
         self.fc2 = Linear(config.ffn_dim, config.d_model)
         self.activation = ACTIVATIONS[config.activation]
-        self.activation_dropout = nn.Dropout(config.activation_dropout)
+        self.activation_dropout = Dropout(config.activation_dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.activation_dropout(self.activation(self.fc1(x))))
@@ -220,7 +221,7 @@ class EncoderLayer(nn.Module):
         self.self_attn = attention(config.d_model, config.heads, config.attention_dropout)
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.pre_norm = config.norm == "pre"
 
     def forward(self, x: Tensor, src_mask: Tensor, structured_masks: tuple[Tensor, Tensor] | None = None,
@@ -257,7 +258,7 @@ class DecoderLayer(nn.Module):
         self.cross_attn = MultiHeadAttention(config.d_model, config.heads, config.attention_dropout)
         self.ffn_norm = nn.LayerNorm(config.d_model)
         self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.pre_norm = config.norm == "pre"
 
     def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,

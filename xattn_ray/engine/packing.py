@@ -53,7 +53,7 @@ class Packing:
     def pad(self, x: Tensor) -> Tensor:
         """[N, F] -> [B, T, F], zeros at the padding."""
         if not self.dense:
-            x = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy(0, self.index, x)
+            x = x.new_zeros(self.batch * self.length, x.shape[-1]).index_copy_(0, self.index, x)
         return x.view(self.batch, self.length, -1)
 
     def select(self, keep: Tensor) -> Tensor | None:
