@@ -279,35 +279,41 @@ def test_a_writer_killed_mid_upload_leaves_no_partial_object(s3):
     store = ResultsStore(f"s3://{BUCKET}/{prefix}")
     store.write([make_row(experiment="killed", run_id="small-s1", stage="child", eval="test", status="ok",
                           test_set=name, bleu=1.0) for name in ("a", "b")])
-    whole = {"small-s1": 2}  # the runs whose file was written to the end: its rows
-    killed = []
+
+    def file_of(run_id: str) -> str:
+        return f"experiment=killed/stage=child/{run_id}.test.parquet"
+
+    attempted, finished = [], []
     for attempt in range(3):  # a writer that finishes before it is killed (a fast upload) is tried again
         run_id = f"big-{attempt}"
-        key = f"{prefix}/experiment=killed/stage=child/{run_id}.test.parquet"
         writer = subprocess.Popen([sys.executable, "-c", WRITER, store.uri, run_id], env={**os.environ, **s3},
                                   stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
-        while writer.poll() is None and key not in pending_uploads(prefix) and time.monotonic() < deadline:
+        while (writer.poll() is None and f"{prefix}/{file_of(run_id)}" not in pending_uploads(prefix)
+               and time.monotonic() < deadline):
             time.sleep(0.02)
         if writer.poll() is None:
-            time.sleep(0.2)  # into the upload of its bytes
-            writer.send_signal(signal.SIGKILL)
+            writer.send_signal(signal.SIGKILL)  # its upload has begun
         _, errors = writer.communicate(timeout=60)
         assert writer.returncode in (0, -signal.SIGKILL), errors
-        pending = key in pending_uploads(prefix)
-        if writer.returncode == 0 or (not pending and key.removeprefix(f"{prefix}/") in objects(prefix)):
-            whole[run_id] = 1500  # it finished, or its upload ended before the signal landed: whole (below)
-        elif pending:
-            killed.append(run_id)
-        if len(killed) == 2:
+        attempted.append(run_id)
+        if writer.returncode == 0:
+            finished.append(run_id)
+        if sum(f"{prefix}/{file_of(r)}" in pending_uploads(prefix) for r in attempted) == 2:
             break
+    # A writer killed just after its last request may have the server still completing its upload: judge
+    # the store once that has settled.
+    time.sleep(2)
+    stored, pending = objects(prefix), pending_uploads(prefix)
+    killed = [r for r in attempted if f"{prefix}/{file_of(r)}" in pending and file_of(r) not in stored]
     assert killed, "no writer was killed while its upload was under way"
-
-    stored = objects(prefix)
-    assert sorted(stored) == sorted(f"experiment=killed/stage=child/{run_id}.test.parquet" for run_id in whole)
+    assert all(file_of(r) in stored for r in finished)
+    # the files written to the end (before the kill, or completed by the server after it): their rows
+    whole = {"small-s1": 2} | {r: 1500 for r in attempted if file_of(r) in stored}
+    assert sorted(stored) == sorted(file_of(run_id) for run_id in whole)  # nothing else, nothing partial
     client = boto3.client("s3")
     for run_id, rows in whole.items():  # each file is whole: it parses, with every row of its group
-        data = client.get_object(Bucket=BUCKET, Key=f"{prefix}/experiment=killed/stage=child/{run_id}.test.parquet")
+        data = client.get_object(Bucket=BUCKET, Key=f"{prefix}/{file_of(run_id)}")
         assert pq.read_table(io.BytesIO(data["Body"].read())).num_rows == rows
     assert store.read("killed").groupby("run_id").size().to_dict() == whole
 
